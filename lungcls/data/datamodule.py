@@ -1,0 +1,226 @@
+"""The LightningDataModule: find images, split them, decode them once, serve uint8 batches,
+and augment them on the batch's device."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lungcls.data.cache import CACHE_MODES, choose_cache_device, load_or_decode
+from lungcls.data.images import load_image
+from lungcls.data.layouts import Sample, cap_per_class, discover_samples
+from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
+from lungcls.data.transforms import build_augment, normalization_stats, to_unit_float
+from lungcls.errors import LungclsError
+
+log = logging.getLogger(__name__)
+
+
+class CachedImages(Dataset):
+    """Rows of a decoded uint8 tensor (RAM or GPU). ``__getitems__`` slices a whole batch with one
+    indexing operation instead of stacking images one by one."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor):
+        self.images, self.labels, self.rows = images, labels, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: Sequence[int]):
+        rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
+        dev_rows = rows.to(self.images.device)
+        return self.images[dev_rows], self.labels[dev_rows], rows
+
+
+def _keep_batch(batch):
+    return batch
+
+
+class LazyImages(Dataset):
+    """Decode each image when asked (``dataset.cache=none``): for sets too large for memory."""
+
+    def __init__(self, samples: Sequence[Sample], rows: Sequence[int], image_size: int):
+        self.samples, self.rows, self.image_size = samples, list(rows), image_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        s = self.samples[row]
+        return load_image(s.path, self.image_size), torch.tensor(s.label), torch.tensor(row)
+
+
+class LungDataModule(pl.LightningDataModule):
+    """Builds the label space, the split and the image cache from a ``dataset`` config."""
+
+    def __init__(self, dataset: Mapping[str, Any], augment: Mapping[str, Any] | None = None, seed: int = 1):
+        super().__init__()
+        self.cfg = dict(dataset)
+        self.augment_cfg = dict(augment) if augment else None
+        self.seed = seed
+        self.class_names: list[str] = list(self.cfg["classes"])
+        self.normal_class: str | None = self.cfg.get("normal_class")
+        self.image_size = int(self.cfg["image_size"])
+        if self.image_size < 16:
+            raise LungclsError(f"dataset.image_size={self.image_size} is too small; use 32 or more (224 for ImageNet backbones)")
+        if self.cfg.get("cache", "auto") not in CACHE_MODES:
+            raise LungclsError(f"dataset.cache={self.cfg.get('cache')} is not one of {', '.join(CACHE_MODES)}")
+        if self.normal_class is not None and self.normal_class not in self.class_names:
+            raise LungclsError(
+                f"dataset.normal_class={self.normal_class} is not in dataset.classes {self.class_names}; "
+                "set dataset.normal_class to one of them (or null)"
+            )
+        self.samples: list[Sample] = []
+        self.assignment: dict[str, str] = {}
+        self.images: torch.Tensor | None = None
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
+        self._augment = None
+        self._ready = False
+
+    # -- preparation -----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate the demo phantom once (rank 0 only, under a file lock)."""
+        if self.cfg.get("name") == "demo" and self.cfg.get("demo"):
+            from lungcls.data.demo import ensure_demo_dataset
+
+            demo = self.cfg["demo"]
+            ensure_demo_dataset(
+                Path(self.cfg["root"]),
+                images_per_class=int(demo["images_per_class"]),
+                image_size=int(demo["source_size"]),
+                seed=int(demo["seed"]),
+                classes=tuple(self.class_names),
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        if self.cfg.get("name") == "demo":
+            self.prepare_data()  # idempotent; makes direct use (outside a Trainer) work too
+        samples = discover_samples(
+            layout=self.cfg.get("layout", "radiography"),
+            classes=self.class_names,
+            root=self.cfg.get("root"),
+            manifest=self.cfg.get("manifest"),
+            allow_missing_classes=bool(self.cfg.get("allow_missing_classes", False)),
+        )
+        samples = cap_per_class(samples, self.cfg.get("max_per_class"), int(self.cfg.get("split_seed", 1)))
+        if self.cfg.get("splits_csv"):
+            assignment = apply_splits_csv(samples, self.cfg["splits_csv"])
+            samples = [s for s in samples if s.path in assignment]
+        else:
+            assignment = make_splits(
+                samples,
+                val_fraction=float(self.cfg.get("val_fraction", 0.1)),
+                test_fraction=float(self.cfg.get("test_fraction", 0.1)),
+                seed=int(self.cfg.get("split_seed", 1)),
+            )
+        self.samples, self.assignment = samples, assignment
+        self.labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+        self._rows = {
+            split: torch.tensor([i for i, s in enumerate(samples) if assignment[s.path] == split], dtype=torch.long)
+            for split in SPLITS
+        }
+        self._rows["all"] = torch.arange(len(samples))
+        counts = {split: dict(Counter(self.class_names[s.label] for s in self.split_samples(split))) for split in SPLITS}
+        log.info("images per split and class: %s", counts)
+
+        mode = self.cfg.get("cache", "auto")
+        if mode != "none":
+            images = load_or_decode([s.path for s in samples], self.image_size, self.cfg.get("cache_dir"))
+            where = choose_cache_device(mode, images.numel())
+            device = self._target_device()
+            if where == "gpu" and device.type == "cuda":
+                images = images.to(device)
+                self.labels = self.labels.to(device)
+            self.images = images
+            log.info("decoded %d images (%.0f MB) into %s", len(images), images.numel() / 2**20, where.upper())
+        train_images = None
+        if self.cfg.get("normalization") == "dataset":
+            rows = self._rows["train"]
+            train_images = (
+                self.images[rows.to(self.images.device)]
+                if self.images is not None
+                else torch.stack([load_image(samples[int(r)].path, self.image_size) for r in rows[:512]])
+            )
+        self.mean, self.std = normalization_stats(self.cfg.get("normalization", "imagenet"), train_images)
+        self._augment = build_augment(self.augment_cfg, self.image_size)
+        self._ready = True
+
+    def _target_device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+    # -- views -------------------------------------------------------------------------------------
+    def split_rows(self, split: str) -> torch.Tensor:
+        if split not in self._rows:
+            raise LungclsError(f"unknown split '{split}'; use one of train, val, test, all")
+        return self._rows[split]
+
+    def split_samples(self, split: str) -> list[Sample]:
+        return [self.samples[int(i)] for i in self.split_rows(split)]
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        c = Counter(s.label for s in self.split_samples(split))
+        return [c.get(i, 0) for i in range(len(self.class_names))]
+
+    def write_splits(self, path: str | Path) -> None:
+        write_splits_csv(path, self.samples, self.assignment, self.class_names)
+
+    # -- loaders -----------------------------------------------------------------------------------
+    def _dataset(self, split: str) -> Dataset:
+        rows = self.split_rows(split)
+        if self.images is not None:
+            return CachedImages(self.images, self.labels, rows)
+        return LazyImages(self.samples, rows.tolist(), self.image_size)
+
+    def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        ds = self._dataset(split)
+        bs = int(batch_size or self.cfg.get("batch_size", 32))
+        cached = isinstance(ds, CachedImages)
+        workers = 0 if cached else int(self.cfg.get("num_workers", 0))
+        return DataLoader(
+            ds,
+            batch_size=bs,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) > bs,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=not cached and torch.cuda.is_available(),
+            collate_fn=_keep_batch if cached else None,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.split_rows("train")) == 0:
+            raise LungclsError("the train split is empty; add images or lower dataset.val_fraction/test_fraction")
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 -> [0, 1] float on the batch's device, augmented while training."""
+        x, y, rows = batch
+        x = to_unit_float(x)
+        trainer = getattr(self, "trainer", None)
+        if self._augment is not None and trainer is not None and trainer.training:
+            self._augment.to(x.device)
+            x = self._augment(x)
+        return x, y, rows

@@ -1,0 +1,99 @@
+"""Experiment loggers: W&B (offline by default), TensorBoard, and the CSV file every run writes.
+
+W&B is optional at run time: with ``WANDB_MODE=disabled`` or without the package, a run warns once
+and keeps its CSV metrics, so it is always readable without any service.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import hydra
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def wandb_usable() -> tuple[bool, str]:
+    if os.environ.get("WANDB_MODE", "").lower() == "disabled" or os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true"):
+        return False, "WANDB_MODE=disabled"
+    if importlib.util.find_spec("wandb") is None:
+        return False, "the wandb package is not installed (pip install wandb)"
+    return True, ""
+
+
+def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: Path, run_name: str, config: dict | None = None) -> list[Logger]:
+    """The configured loggers plus a CSVLogger writing ``<run_dir>/csv/metrics.csv``."""
+    loggers: list[Logger] = []
+    for name, cfg in (logger_cfg or {}).items():
+        if not isinstance(cfg, Mapping) or "_target_" not in cfg:
+            continue
+        if "Wandb" in cfg["_target_"]:
+            ok, why = wandb_usable()
+            if not ok:
+                log.warning("W&B logging is off (%s); metrics are still written to %s/csv/metrics.csv", why, run_dir)
+                continue
+            cfg = dict(cfg)
+            cfg["name"] = cfg.get("name") or run_name
+            if os.environ.get("WANDB_MODE", "").lower() == "online" or os.environ.get("WANDB_SWEEP_ID"):
+                cfg["offline"] = False
+        lg = hydra.utils.instantiate(cfg)
+        if isinstance(lg, WandbLogger) and config is not None:
+            lg.log_hyperparams(config)
+        loggers.append(lg)
+    loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    return loggers
+
+
+def wandb_loggers(loggers: Sequence[Logger]) -> list[WandbLogger]:
+    return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+
+def log_results_to_wandb(loggers: Sequence[Logger], run_dir: Path, metrics: dict, class_names: Sequence[str], normal_class: str | None, test_predictions=None) -> None:
+    """Confusion matrix image, a per-class table and the missed-disease table of the test split."""
+    for lg in wandb_loggers(loggers):
+        import wandb
+
+        run = lg.experiment
+        payload: dict[str, Any] = {}
+        png = run_dir / "confusion_matrix.png"
+        if png.is_file():
+            payload["test/confusion_matrix"] = wandb.Image(str(png))
+        test = metrics.get("test")
+        if test:
+            rows = []
+            for c in class_names:
+                pc = test["per_class"][c]
+                rows.append([c, pc["support"], pc["precision"], pc["recall"], pc["f1"], pc["specificity"], test["fn_to_normal"].get(c)])
+            payload["test/per_class"] = wandb.Table(
+                columns=["class", "support", "precision", "recall", "f1", "specificity", "fn_to_normal"], data=rows
+            )
+        if test_predictions is not None and normal_class in class_names:
+            normal = class_names.index(normal_class)
+            miss_rows = []
+            for p, y, yhat, pr in zip(test_predictions.paths, test_predictions.labels, test_predictions.preds, test_predictions.probs):
+                if y != normal and yhat == normal:
+                    miss_rows.append([wandb.Image(p), class_names[y], class_names[yhat]] + [float(v) for v in pr])
+            payload["test/missed_as_normal"] = wandb.Table(
+                columns=["image", "label", "pred"] + [f"prob_{c}" for c in class_names], data=miss_rows
+            )
+        if payload:
+            run.log(payload)
+
+
+def finish_wandb(loggers: Sequence[Logger]) -> None:
+    """Close W&B runs and say how to upload an offline one."""
+    for lg in wandb_loggers(loggers):
+        import wandb
+
+        run = lg.experiment
+        offline = getattr(run.settings, "mode", "") == "offline" or getattr(run, "offline", False)
+        run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
+        wandb.finish()
+        if offline and run_dir is not None:
+            log.info("W&B run saved offline; upload it later with: wandb sync %s", run_dir)
+            print(f"W&B run saved offline; upload it later with: wandb sync {run_dir}")
