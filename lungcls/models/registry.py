@@ -72,7 +72,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         head="classifier.6",
         feature_blocks=_conv_blocks("features"),
         paper=("features.10", "classifier"),
-        gradcam_layer="features.10",
+        gradcam_layer="features.11",  # the ReLU after the last conv: rectified maps, like ResNet's block outputs
     ),
     "vgg16": BackboneSpec(
         name="vgg16",
@@ -81,7 +81,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         head="classifier.6",
         feature_blocks=_conv_blocks("features"),
         paper=("features.24", "features.26", "features.28", "classifier"),
-        gradcam_layer="features.28",
+        gradcam_layer="features.29",
     ),
     "vgg19_bn": BackboneSpec(
         name="vgg19_bn",
@@ -91,7 +91,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         feature_blocks=_conv_blocks("features"),
         # the last three conv layers (with their BatchNorm) and the whole classifier
         paper=("features.43", "features.44", "features.46", "features.47", "features.49", "features.50", "classifier"),
-        gradcam_layer="features.49",
+        gradcam_layer="features.51",
     ),
     "resnet18": BackboneSpec(
         name="resnet18",
