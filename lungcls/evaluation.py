@@ -17,8 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from lungcls.data.datamodule import LungDataModule
+from lungcls.errors import LungclsError
 from lungcls.metrics import class_probability_ci, plot_confusion_matrix, summarize_confusion
 
 log = logging.getLogger(__name__)
@@ -108,3 +110,107 @@ def write_results(
             title=f"{report_split} split ({len(predictions[report_split].labels)} images)",
         )
     return metrics
+
+
+# -- lungcls-evaluate ------------------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LungclsError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def _data_config_for(cfg: DictConfig, model) -> tuple[dict[str, Any], str]:
+    """The data to score: the run's own (with its splits.csv) unless a dataset is given."""
+    given = OmegaConf.to_container(cfg.dataset, resolve=True) if cfg.get("dataset") is not None else {}
+    split = str(given.get("split", "test"))
+    if "name" in given:
+        data = dict(given)
+    else:
+        data = dict(model.hparams.get("data") or {})
+        if not data:
+            raise LungclsError("the checkpoint does not record its data set; pass one, e.g. dataset=folder dataset.root=...")
+        run_dir = Path(cfg.ckpt_path).resolve().parent.parent
+        if (run_dir / "splits.csv").is_file() and split != "all":
+            data["splits_csv"] = str(run_dir / "splits.csv")
+        data.pop("max_per_class", None) if data.get("splits_csv") else None
+    data["image_size"] = int(model.hparams.image_size)  # the model's working size, whatever the data config says
+    data["allow_missing_classes"] = True  # reported below instead of refused: external sets often lack classes
+    if split == "all":
+        data["val_fraction"], data["test_fraction"], data["splits_csv"] = 0.0, 0.0, None
+    return data, split
+
+
+def class_alignment(model_classes: Sequence[str], data_classes: Sequence[str], counts: Sequence[int]) -> tuple[list[int | None], str | None]:
+    """Map data label ids to model label ids by name, and describe any mismatch in one line."""
+    mapping = [model_classes.index(c) if c in model_classes else None for c in data_classes]
+    unknown = [f"{c} ({n} images, left out)" for c, n, m in zip(data_classes, counts, mapping) if m is None and n]
+    present = {c for c, n in zip(data_classes, counts) if n}
+    absent = [c for c in model_classes if c not in present]
+    parts = []
+    if unknown:
+        parts.append("classes the model does not know: " + ", ".join(unknown))
+    if absent:
+        parts.append("classes the model knows that have no images here: " + ", ".join(absent))
+    return mapping, ("; ".join(parts) if parts else None)
+
+
+def _to_model_space(pred: Predictions, mapping: list[int | None]) -> Predictions:
+    keep = [i for i, y in enumerate(pred.labels) if mapping[y] is not None]
+    return Predictions(
+        paths=[pred.paths[i] for i in keep],
+        labels=np.array([mapping[pred.labels[i]] for i in keep], dtype=int),
+        probs=pred.probs[keep] if len(keep) else pred.probs[:0],
+    )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path``; writes metrics.json, predictions.csv and confusion_matrix.png."""
+    from lungcls.models.module import load_classifier
+    from lungcls.screening import screening_report
+
+    run_dir = Path(cfg.paths.output_dir)
+    device = pick_device(str(cfg.get("device", "auto")))
+    model = load_classifier(str(cfg.ckpt_path), map_location=device)
+    data, split = _data_config_for(cfg, model)
+    dm = LungDataModule(data, augment=None, seed=int(cfg.seed))
+    dm.setup("test")
+    counts = [len([s for s in dm.split_samples(split) if s.label == i]) for i in range(len(dm.class_names))]
+    mapping, mismatch = class_alignment(model.class_names, dm.class_names, counts)
+    if mismatch:
+        log.warning("class mismatch: %s", mismatch)
+        print(f"class mismatch: {mismatch}")
+    pred = _to_model_space(predict_split(model, dm, split, device), mapping)
+    if len(pred.labels) == 0:
+        raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
+    extra: dict[str, Any] = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "data_root": data.get("root") or data.get("manifest"),
+        "split": split,
+        "class_mismatch": mismatch,
+    }
+    ev = cfg.get("evaluate") or {}
+    if ev.get("positive_class"):
+        val = None
+        if split != "val" and len(dm.split_rows("val")):
+            val = _to_model_space(predict_split(model, dm, "val", device), mapping)
+        extra["screening"] = screening_report(
+            model.class_names,
+            ev.positive_class,
+            pred.probs,
+            pred.labels,
+            val.probs if val is not None else None,
+            val.labels if val is not None else None,
+            threshold=ev.get("threshold"),
+            target_sensitivity=float(ev.get("target_sensitivity", 0.95)),
+        )
+    metrics = write_results(run_dir, {split: pred}, model.class_names, model.normal_class, report_split=split, extra=extra)
+    summary = metrics[split]
+    missed = ", ".join(f"{c} {n}" for c, n in summary["fn_to_normal"].items()) or "n/a"
+    acc = summary["accuracy"]
+    print(f"{split}: {len(pred.labels)} images | accuracy {acc:.3f} | predicted {model.normal_class}: {missed}")
+    print(f"run folder: {run_dir}")
+    return summary

@@ -88,9 +88,10 @@ def summarize_confusion(
     a class the model always gets wrong:
     - precision is None for a class never predicted, recall for a class with no support,
       specificity when every image belongs to the class;
-    - F1 is None if precision or recall is None, 0.0 if both are 0;
-    - macro_f1 is the mean of the defined per-class F1s (None if none is defined), which differs
-      from scikit-learn only for classes with no support and no predictions;
+    - F1 is None only for a class with no support; a class with images that is never predicted
+      has F1 0.0 (its recall is 0), as in scikit-learn;
+    - macro_f1 is the mean F1 over the classes present in the split (None if none is), which
+      differs from scikit-learn only by leaving out classes with no support;
     - accuracy is None when the matrix holds no images.
     All numbers are plain Python floats/ints, so `json.dumps` works on the result.
     """
@@ -114,13 +115,10 @@ def summarize_confusion(
         tn_k = total - sup_k - fp_k
         precision = _ratio(tp_k, pred_k)
         recall = _ratio(tp_k, sup_k)
-        if precision is None or recall is None:
-            f1 = None
-        elif precision + recall == 0:
-            f1 = 0.0
-        else:
-            # Same value as 2PR/(P+R), computed from counts to avoid rounding twice.
-            f1 = 2.0 * tp_k / (sup_k + pred_k)
+        # 2TP / (support + predicted) equals 2PR/(P+R) where both are defined, and is 0 for a
+        # class that has images but is never predicted (recall 0): a model that ignores a class
+        # must not get a better macro F1 for it. Only a class with no images has no F1.
+        f1 = 2.0 * tp_k / (sup_k + pred_k) if sup_k > 0 else None
         per_class[name] = {
             "precision": precision,
             "recall": recall,

@@ -75,6 +75,7 @@ def make_model(cfg: DictConfig, dm: LungDataModule) -> LungClassifier:
         image_size=dm.image_size,
         class_counts=dm.class_counts("train"),
         compile=bool(cfg.get("compile", False)),
+        data=OmegaConf.to_container(cfg.dataset, resolve=True),  # lets lungcls-evaluate find the run's data
     )
 
 

@@ -87,10 +87,11 @@ def test_summary_undefined_values_are_none_and_json_null():
     assert pc["Lung_Opacity"] == {
         "precision": None, "recall": None, "f1": None, "specificity": 1.0, "support": 0,
     }
-    # Has support but never predicted: recall is a real 0, precision (and so F1) undefined.
+    # Has support but never predicted: recall is a real 0, precision undefined, F1 a real 0
+    # (ignoring a class must not raise macro F1).
     assert pc["Viral Pneumonia"]["precision"] is None
     assert pc["Viral Pneumonia"]["recall"] == 0.0
-    assert pc["Viral Pneumonia"]["f1"] is None
+    assert pc["Viral Pneumonia"]["f1"] == 0.0
     assert pc["Viral Pneumonia"]["specificity"] == 1.0
     assert pc["COVID"] == pytest.approx(
         {"precision": 0.75, "recall": 0.75, "f1": 0.75, "specificity": 6 / 7, "support": 4}
@@ -98,8 +99,8 @@ def test_summary_undefined_values_are_none_and_json_null():
     assert pc["Normal"] == pytest.approx(
         {"precision": 4 / 7, "recall": 0.8, "f1": 2 / 3, "specificity": 0.5, "support": 5}
     )
-    # Mean over the defined F1s only (COVID, Normal).
-    assert s["macro_f1"] == pytest.approx((0.75 + 2 / 3) / 2)
+    # Mean over the classes present in the split (COVID, Normal, Viral Pneumonia).
+    assert s["macro_f1"] == pytest.approx((0.75 + 2 / 3 + 0.0) / 3)
     assert s["fn_to_normal"] == {"COVID": 1, "Lung_Opacity": 0, "Viral Pneumonia": 2}
 
     text = json.dumps(s, allow_nan=False)
@@ -216,7 +217,7 @@ def test_flat_metrics_keys_and_values():
         "val/acc", "val/macro_f1",
         "val/precision/COVID", "val/precision/Normal",
         "val/recall/COVID", "val/recall/Normal", "val/recall/Viral Pneumonia",
-        "val/f1/COVID", "val/f1/Normal",
+        "val/f1/COVID", "val/f1/Normal", "val/f1/Viral Pneumonia",
         "val/specificity/COVID", "val/specificity/Lung_Opacity", "val/specificity/Normal",
         "val/specificity/Viral Pneumonia",
         "val/fn_to_normal/COVID", "val/fn_to_normal/Lung_Opacity",

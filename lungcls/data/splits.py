@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from lungcls.data.layouts import Sample
 from lungcls.errors import LungclsError
@@ -83,10 +83,14 @@ def _split_by_patients(samples: list[Sample], val_fraction: float, test_fraction
         n_splits = max(2, round(1 / share))
         n_groups = len(set(groups[i] for i in remaining))
         n_splits = min(n_splits, n_groups)
-        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         y = [labels[i] for i in remaining]
         g = [groups[i] for i in remaining]
-        _, held = next(cv.split(remaining, y, g))
+        try:
+            cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            _, held = next(cv.split(remaining, y, g))
+        except ValueError:  # too few patients per class to stratify: plain group-aware split
+            cv = GroupShuffleSplit(n_splits=1, test_size=min(0.5, share), random_state=seed)
+            _, held = next(cv.split(remaining, y, g))
         held_idx = {remaining[i] for i in held}
         for i in held_idx:
             assignment[paths[i]] = name

@@ -85,6 +85,7 @@ class LungClassifier(pl.LightningModule):
         image_size: int = 224,
         class_counts: Sequence[int] | None = None,
         compile: bool = False,
+        data: Mapping[str, Any] | None = None,
         load_weights: bool = True,
     ):
         super().__init__()
