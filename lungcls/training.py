@@ -44,21 +44,21 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer
         raise LungclsError(f"cannot build the Trainer ({' '.join(str(e).split())[:300]}); check trainer.* overrides") from None
 
 
-def _checkpoint_callback(cfg: DictConfig, run_dir: Path, has_val: bool) -> ModelCheckpoint:
+def _checkpoint_callbacks(cfg: DictConfig, run_dir: Path, has_val: bool) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt`` on the monitored metric, and ``last.ckpt`` after every epoch (for resuming).
+
+    ``last`` is its own callback: ModelCheckpoint(save_last=True) only refreshes it when the best
+    checkpoint changes, which would resume a run from a stale epoch.
+    """
     ck = cfg.callbacks.checkpoint
     monitor = ck.monitor if has_val else None
     if not has_val:
         log.warning("the val split is empty: best.ckpt is the last epoch's model (no %s to monitor)", ck.monitor)
-    return ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best",
-        monitor=monitor,
-        mode=ck.mode,
-        save_last=True,
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
+    folder = str(run_dir / "checkpoints")
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=ck.mode, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    return best, last
 
 
 def make_model(cfg: DictConfig, dm: LungDataModule) -> LungClassifier:
@@ -90,8 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = make_model(cfg, dm)
 
     has_val = len(dm.split_rows("val")) > 0
-    checkpoint = _checkpoint_callback(cfg, run_dir, has_val)
-    callbacks: list = [checkpoint]
+    checkpoint, last_checkpoint = _checkpoint_callbacks(cfg, run_dir, has_val)
+    callbacks: list = [checkpoint, last_checkpoint]
     es = cfg.callbacks.get("early_stopping")
     if es and es.get("enabled") and has_val:
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=int(es.patience)))
@@ -113,7 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test", True) and trainer.is_global_zero:
-        best = checkpoint.best_model_path or checkpoint.last_model_path
+        best = checkpoint.best_model_path or last_checkpoint.best_model_path
         if best:
             scored = load_classifier(best, map_location=model.device)
         else:  # train=false: score the model as built (e.g. from backbone.weights)

@@ -54,7 +54,9 @@ def train_cfg(tmp_path, data_dir):
     """A factory: ``train_cfg(*overrides)`` -> composed train config writing into tmp_path."""
 
     def make(*overrides: str, out: Path | None = None) -> DictConfig:
-        return compose_cfg("train", TINY + list(overrides), out or tmp_path, data_dir)
+        other_data = any(o.startswith("dataset=") and o != "dataset=demo" for o in overrides)
+        base = [o for o in TINY if not (other_data and o.startswith("dataset.demo."))]
+        return compose_cfg("train", base + list(overrides), out or tmp_path, data_dir)
 
     return make
 

@@ -1,0 +1,151 @@
+"""End to end: the training pipeline as users run it, on the demo phantom at tiny CPU size."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungcls.models.registry import BACKBONES
+from lungcls.training import train
+
+from conftest import SHARED_REAL, compose_cfg, requires_shared, run_cli
+
+
+def read_predictions(run: Path) -> list[dict]:
+    with (run / "predictions.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_demo_run_leaves_a_complete_run_folder(train_cfg, tmp_path):
+    cfg = train_cfg("backbone=resnet18", "finetune=full", "trainer.max_epochs=2")
+    results = train(cfg)
+    for name in ("splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json",
+                 "predictions.csv", "confusion_matrix.png", "csv/metrics.csv"):
+        assert (tmp_path / name).is_file(), name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"train", "val", "test", "trainable_params", "total_params"} <= set(metrics)
+    assert metrics["trainable_params"] == metrics["total_params"] > 0
+    # metrics.json agrees with predictions.csv recomputed by hand
+    rows = read_predictions(tmp_path)
+    names = metrics["test"]["class_names"]
+    cm = np.zeros((len(names), len(names)), int)
+    for r in rows:
+        cm[names.index(r["label"]), names.index(r["pred"])] += 1
+        probs = [float(r[f"prob_{c}"]) for c in names]
+        assert abs(sum(probs) - 1) < 1e-4 and names[int(np.argmax(probs))] == r["pred"]
+    assert cm.tolist() == metrics["test"]["confusion_matrix"]
+    normal = names.index("Normal")
+    assert metrics["test"]["fn_to_normal"] == {c: int(cm[i, normal]) for i, c in enumerate(names) if i != normal}
+    assert metrics["test"]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert results["test/acc"] == pytest.approx(metrics["test"]["accuracy"])
+    # the per-class keys of the design were logged during training
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        header = next(csv.reader(f))
+    for key in ("val/recall/COVID", "val/precision/Viral Pneumonia", "val/f1/Normal", "val/fn_to_normal/COVID",
+                "val/fn_to_normal_total", "val/macro_f1", "train/acc", "val/loss", "test/fn_to_normal/COVID"):
+        assert key in header, key
+    # the split file covers every image once and holds no leakage between splits
+    with (tmp_path / "splits.csv").open() as f:
+        split_rows = list(csv.DictReader(f))
+    assert len({r["path"] for r in split_rows}) == len(split_rows) == 4 * 12
+    test_paths = {r["path"] for r in split_rows if r["split"] == "test"}
+    assert test_paths == {r["path"] for r in rows}
+
+
+def test_resume_from_last_checkpoint_continues_the_run(train_cfg, tmp_path):
+    first = tmp_path / "first"
+    train(train_cfg("backbone=logistic", "trainer.max_epochs=1", out=first))
+    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 0
+    second = tmp_path / "second"
+    train(train_cfg("backbone=logistic", "trainer.max_epochs=3", f"ckpt_path={first}/checkpoints/last.ckpt", out=second))
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["global_step"] > ckpt["global_step"]
+
+
+def test_best_checkpoint_can_monitor_missed_disease(train_cfg, tmp_path):
+    cfg = train_cfg("backbone=logistic", "trainer.max_epochs=2", "callbacks.checkpoint.monitor=val/fn_to_normal_total",
+                    "callbacks.checkpoint.mode=min")
+    train(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    callback = next(v for k, v in ckpt["callbacks"].items() if "ModelCheckpoint" in k)
+    assert callback["monitor"] == "val/fn_to_normal_total"
+
+
+@pytest.mark.parametrize("backbone", ["alexnet", "vgg19_bn", "resnet50", "logistic"])
+@pytest.mark.parametrize("finetune", ["head", "partial", "paper", "full"])
+def test_every_backbone_and_finetune_trains(train_cfg, tmp_path, backbone, finetune):
+    cfg = train_cfg(f"backbone={backbone}", f"finetune={finetune}", "trainer.limit_train_batches=1",
+                    "trainer.limit_val_batches=1", "test=false", "dataset.batch_size=4")
+    results = train(cfg)
+    assert "train/loss" in results and np.isfinite(results["train/loss"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_cfg_job_prints_the_composed_config():
+    out = run_cli("lungcls.train", "--cfg", "job", "backbone=vgg19_bn", "finetune=partial", "finetune.fraction=0.5")
+    assert out.returncode == 0, out.stderr
+    assert "name: vgg19_bn" in out.stdout and "fraction: 0.5" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["backbone=resnet5"], "Could not find 'backbone/resnet5'"),
+        (["finetune=partial", "finetune.fraction=1.5"], "finetune.fraction=1.5 must be in (0, 1]"),
+        (["dataset=covid_radiography", "dataset.root=/nonexistent/data"], "data folder /nonexistent/data does not exist"),
+        (["dataset=folder", "dataset.root={tree}", "dataset.classes=[COVID,Normal,Tuberculosis]"],
+         "Tuberculosis have no images"),
+    ],
+)
+def test_wrong_overrides_fail_fast_with_one_clear_line(tmp_path, class_tree, overrides, message):
+    args = [o.replace("{tree}", str(class_tree)) for o in overrides]
+    out = run_cli("lungcls.train", *args, f"hydra.run.dir={tmp_path}/run", "logger=csv", timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr
+    if "Could not find" not in message:
+        error_lines = [l for l in out.stderr.splitlines() if l.startswith("lungcls: error:")]
+        assert len(error_lines) == 1 and "Traceback" not in out.stderr
+
+
+def test_evaluate_a_checkpoint_on_its_test_split_and_an_external_folder(train_cfg, tmp_path, class_tree):
+    run = tmp_path / "run"
+    train(train_cfg("backbone=logistic", "trainer.max_epochs=1", out=run))
+    expected = json.loads((run / "metrics.json").read_text())["test"]
+    ev = tmp_path / "ev"
+    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
+                  "evaluate.positive_class=COVID")
+    assert out.returncode == 0, out.stderr
+    got = json.loads((ev / "metrics.json").read_text())
+    assert got["test"]["confusion_matrix"] == expected["confusion_matrix"]  # the same test split, same numbers
+    assert got["screening"]["positive_class"] == "COVID"
+    assert (ev / "predictions.csv").is_file() and (ev / "confusion_matrix.png").is_file()
+    # an external folder with a class the model does not know and known classes missing
+    (class_tree / "Tuberculosis" / "images").mkdir(parents=True)
+    import shutil
+
+    shutil.copy(next((class_tree / "COVID" / "images").iterdir()), class_tree / "Tuberculosis" / "images" / "t.png")
+    ext = tmp_path / "ext"
+    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ext}", "dataset=folder",
+                  f"dataset.root={class_tree}", "dataset.classes=[COVID,Normal,Viral Pneumonia,Tuberculosis]", "dataset.split=all")
+    assert out.returncode == 0, out.stderr
+    mismatch = [l for l in out.stdout.splitlines() if l.startswith("class mismatch:")]
+    assert len(mismatch) == 1
+    assert "does not know: Tuberculosis (1 images, left out)" in mismatch[0] and "Lung_Opacity" in mismatch[0]
+    got = json.loads((ext / "metrics.json").read_text())
+    assert sum(got["all"]["per_class"][c]["support"] for c in got["all"]["class_names"]) == 30
+
+
+@requires_shared
+def test_training_on_real_xrays(train_cfg, tmp_path):
+    cfg = train_cfg("dataset=folder", f"dataset.root={SHARED_REAL}", "dataset.classes=[COVID,Normal,Viral Pneumonia]",
+                    "backbone=resnet18", "finetune=head", "dataset.max_per_class=20", "backbone.weights=null")
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test"]["class_names"] == ["COVID", "Normal", "Viral Pneumonia"]
+    assert sum(metrics["test"]["per_class"][c]["support"] for c in metrics["test"]["class_names"]) == 6
