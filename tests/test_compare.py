@@ -1,0 +1,206 @@
+"""`lungcls-compare` on fabricated run folders: order, exact numbers, failed runs kept, files written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lungcls.compare import collect_runs, main, rank_runs
+from lungcls.errors import LungclsError
+
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+
+
+def stage(accuracy, macro_f1, recall, fn):
+    """One stage block as metrics.json stores it (recall and fn_to_normal per class given)."""
+    per_class = {
+        c: {"precision": 0.5, "recall": recall.get(c), "f1": 0.5, "specificity": 0.9, "support": 10}
+        for c in CLASSES
+    }
+    return {
+        "accuracy": accuracy,
+        "macro_f1": macro_f1,
+        "per_class": per_class,
+        "fn_to_normal": {c: fn.get(c, 0) for c in CLASSES if c != "Normal"},
+        "confusion_matrix": [[10, 0, 0, 0]] * 4,
+        "class_names": CLASSES,
+    }
+
+
+def make_run(folder: Path, overrides, backbone, finetune, metrics=None, error=None) -> Path:
+    (folder / ".hydra").mkdir(parents=True)
+    config = {
+        "backbone": {"name": backbone},
+        "finetune": {"name": finetune},
+        "optimizer": {"_target_": "torch.optim.Adam", "lr": 1e-4},
+        "dataset": {"name": "demo", "classes": CLASSES, "normal_class": "Normal"},
+    }
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    if error is not None:
+        (folder / "error.txt").write_text(error + "\nsecond line\n")
+    return folder
+
+
+def full_metrics(test, trainable, val=None):
+    val = val or stage(0.7, 0.6, {"COVID": 0.7}, {"COVID": 2})
+    return {
+        "train": stage(0.99, 0.98, {"COVID": 1.0}, {}),
+        "val": val,
+        "test": test,
+        "trainable_params": trainable,
+        "total_params": 1000,
+        "best_checkpoint": "checkpoints/best.ckpt",
+    }
+
+
+@pytest.fixture()
+def multirun(tmp_path) -> Path:
+    """A sweep folder: three finished runs, one failed, one without test metrics (job 10)."""
+    root = tmp_path / "multirun" / "2026-01-31" / "10-00-00"
+    common = ["dataset=demo", "trainer.max_epochs=1"]
+    make_run(root / "0", ["backbone=alexnet", "finetune=head", *common], "alexnet", "head",
+             full_metrics(stage(0.80, 0.75, {"COVID": 0.7, "Viral Pneumonia": 0.8},
+                                {"COVID": 3, "Viral Pneumonia": 2}), 8196))
+    make_run(root / "1", ["backbone=resnet50", "finetune=paper", *common], "resnet50", "paper",
+             full_metrics(stage(0.9123456789012345, 0.9, {"COVID": 0.95, "Viral Pneumonia": None},
+                                {"COVID": 1, "Viral Pneumonia": 0}), 22_000_000))
+    # same number missed as run 1 but more accurate; its many Lung_Opacity misses are not "missed"
+    make_run(root / "2", ["backbone=vgg19_bn", "finetune=full", *common], "vgg19_bn", "full",
+             full_metrics(stage(0.95, 0.94, {"COVID": 0.9, "Viral Pneumonia": 1.0},
+                                {"COVID": 1, "Viral Pneumonia": 0, "Lung_Opacity": 7}), 139_000_000))
+    make_run(root / "3", ["backbone=logistic", "finetune=full", *common], "logistic", "full",
+             error="CUDA out of memory")
+    no_test = full_metrics(None, 50, val=stage(0.99, 0.99, {"COVID": 1.0}, {"COVID": 0}))
+    del no_test["test"]
+    make_run(root / "10", ["backbone=resnet18", "finetune=head", *common], "resnet18", "head", no_test)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def test_collect_runs_finds_every_run_in_job_order(multirun):
+    runs = collect_runs([multirun])
+    assert [r["run"] for r in runs] == ["0", "1", "2", "3", "10"]
+    assert [r["backbone"] for r in runs] == ["alexnet", "resnet50", "vgg19_bn", "logistic", "resnet18"]
+    assert runs[3]["status"] == "failed: CUDA out of memory" and runs[3]["metrics"] is None
+    assert runs[0]["status"] == "ok" and runs[4]["status"] == "ok"
+    # run folders given directly
+    assert [r["run"] for r in collect_runs([multirun / "2", multirun / "0"])] == ["2", "0"]
+
+
+def test_default_rank_fewest_missed_then_test_accuracy(multirun):
+    rows, _ = rank_runs(collect_runs([multirun]))
+    assert [r["run"] for r in rows] == ["2", "1", "0", "10", "3"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, None, None]
+    assert [r["missed"] for r in rows[:3]] == [1, 1, 5]
+    assert rows[0]["test/fn_to_normal_total"] == 8  # every disease class, Lung_Opacity included
+    assert rows[3]["status"] == "no test metrics"
+    assert rows[4]["status"] == "failed: CUDA out of memory"
+
+
+def test_numbers_are_copied_exactly(multirun):
+    rows, _ = rank_runs(collect_runs([multirun]))
+    row = next(r for r in rows if r["run"] == "1")
+    assert row["test/acc"] == 0.9123456789012345
+    assert row["train/acc"] == 0.99 and row["val/acc"] == 0.7
+    assert row["test/macro_f1"] == 0.9 and row["val/macro_f1"] == 0.6
+    assert row["trainable_params"] == 22_000_000
+    assert row["test/recall/COVID"] == 0.95
+    assert row["test/recall/Viral Pneumonia"] is None  # undefined in metrics.json stays undefined
+    assert row["test/fn_to_normal/COVID"] == 1 and row["test/fn_to_normal/Viral Pneumonia"] == 0
+    assert "test/fn_to_normal/Normal" not in row
+    assert row["backbone"] == "resnet50" and row["finetune"] == "paper"
+
+
+def test_distinguishing_overrides_hide_common_ones(multirun):
+    rows, _ = rank_runs(collect_runs([multirun]))
+    assert rows[0]["overrides"] == "backbone=vgg19_bn finetune=full"
+    single, _ = rank_runs(collect_runs([multirun / "0"]))
+    assert single[0]["overrides"] == "backbone=alexnet finetune=head dataset=demo trainer.max_epochs=1"
+
+
+@pytest.mark.parametrize(
+    "rank_by,order",
+    [
+        ("test/acc", ["2", "1", "0"]),
+        ("test/acc:asc", ["0", "1", "2"]),
+        ("trainable_params", ["0", "1", "2"]),
+        ("test/fn_to_normal/COVID", ["2", "1", "0"]),  # 1 vs 1 tie -> fewest missed, then accuracy
+        ("test/recall/COVID", ["1", "2", "0"]),
+        ("missed:desc", ["0", "2", "1"]),
+    ],
+)
+def test_rank_by_a_column(multirun, rank_by, order):
+    rows, _ = rank_runs(collect_runs([multirun]), rank_by=rank_by)
+    assert [r["run"] for r in rows[:3]] == order
+    assert [r["run"] for r in rows[3:]] == ["10", "3"]
+
+
+def test_rank_by_unknown_column_is_a_user_error(multirun):
+    with pytest.raises(LungclsError, match="no column 'test/auc'"):
+        rank_runs(collect_runs([multirun]), rank_by="test/auc")
+
+
+def test_stage_val_ranks_runs_without_test(multirun):
+    rows, _ = rank_runs(collect_runs([multirun]), stage="val")
+    assert rows[0]["run"] == "10" and rows[0]["missed"] == 0
+    assert rows[-1]["run"] == "3"
+
+
+def test_missed_classes_choice_and_fallback(multirun):
+    rows, notes = rank_runs(collect_runs([multirun]), missed=["Lung_Opacity"])
+    assert rows[0]["run"] == "1" and rows[0]["missed"] == 0
+    assert not notes
+    rows, notes = rank_runs(collect_runs([multirun]), missed=["Tuberculosis"])
+    assert rows[0]["missed"] == rows[0]["test/fn_to_normal_total"]
+    assert notes and "Tuberculosis" in notes[0]
+
+
+def test_cli_writes_the_three_files(multirun, capsys):
+    assert main([str(multirun)]) == 0
+    out = capsys.readouterr().out
+    for name in ("comparison.md", "comparison.csv", "comparison.png"):
+        assert (multirun / name).is_file(), name
+    assert (multirun / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    md = (multirun / "comparison.md").read_text()
+    assert md.splitlines()[0] == "# Run comparison"
+    assert "| rank | run | overrides | backbone | finetune |" in md
+    assert "failed: CUDA out of memory" in md and "no test metrics" in md
+    assert md in out  # the table is printed
+
+    with open(multirun / "comparison.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == ["2", "1", "0", "10", "3"]
+    assert float(table[1]["test/acc"]) == 0.9123456789012345
+    assert table[1]["test/recall/Viral Pneumonia"] == ""
+    assert table[4]["status"] == "failed: CUDA out of memory" and table[4]["rank"] == ""
+
+
+def test_cli_several_folders_and_out(multirun, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "report"
+    assert main([str(multirun / "0"), str(multirun / "3"), "--out", str(out), "--missed", "COVID"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.md", "comparison.png"]
+    text = (out / "comparison.md").read_text()
+    assert "| 1 | 0 |" in text and "failed: CUDA out of memory" in text
+
+    monkeypatch.chdir(tmp_path)
+    assert main([str(multirun / "1"), str(multirun / "2")]) == 0
+    assert (tmp_path / "comparison.csv").is_file()
+
+
+@pytest.mark.parametrize("args", [["does-not-exist"], ["EMPTY"], ["RUNS", "--rank-by", "nope"]])
+def test_cli_user_errors_are_one_line_exit_2(multirun, tmp_path, capsys, args):
+    (tmp_path / "empty").mkdir()
+    args = [{"EMPTY": str(tmp_path / "empty"), "RUNS": str(multirun)}.get(a, a) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lungcls-compare: error: ") and "\n" not in err
