@@ -15,8 +15,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAUROC, MulticlassConfusionMatrix
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAUROC
 
 from lungcls.errors import LungclsError
 from lungcls.metrics import flat_metrics, summarize_confusion
@@ -29,6 +29,28 @@ log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
+
+
+class ConfusionCounts(Metric):
+    """A confusion matrix (rows = true class) that accumulates with ``index_add_``.
+
+    torchmetrics' MulticlassConfusionMatrix counts with ``torch.bincount``, which on a GPU reads the
+    maximum back to the host on every update; this keeps training free of per-step host syncs and
+    still sums across processes (DDP) at ``compute``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("counts", default=torch.zeros(num_classes * num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.counts.index_add_(0, target * self.num_classes + preds, torch.ones_like(target))
+
+    def compute(self) -> torch.Tensor:
+        return self.counts.view(self.num_classes, self.num_classes)
 
 
 def build_network(spec: BackboneSpec, backbone: Mapping[str, Any], num_classes: int, load_weights: bool = True) -> tuple[nn.Module, str]:
@@ -108,9 +130,9 @@ class LungClassifier(pl.LightningModule):
         self.label_smoothing = float(loss.get("label_smoothing") or 0.0)
         if not 0 <= self.label_smoothing < 1:
             raise LungclsError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 1)")
-        self.confusion = nn.ModuleDict({f"{s}_": MulticlassConfusionMatrix(num_classes) for s in STAGES})
-        self.auroc = nn.ModuleDict({f"{s}_": MulticlassAUROC(num_classes, average=None) for s in ("val", "test")})
-        self.mean_loss = nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})  # keys get "_": "train" is taken
+        self.confusion = nn.ModuleDict({f"{s}_": ConfusionCounts(num_classes) for s in STAGES})
+        self.auroc = nn.ModuleDict({f"{s}_": MulticlassAUROC(num_classes, average=None, validate_args=False) for s in ("val", "test")})
+        self.mean_loss = nn.ModuleDict({f"{s}_": MeanMetric(nan_strategy="disable") for s in STAGES})  # keys get "_": "train" is taken
         self.summaries: dict[str, dict] = {}
         self._compiled: nn.Module | None = None
 
@@ -148,14 +170,16 @@ class LungClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing)
         preds = logits.argmax(dim=1)
         self.confusion[f"{stage}_"].update(preds, y)
-        self.mean_loss[f"{stage}_"].update(loss.detach(), weight=len(y))
+        # one value per image (weights by batch size) without a host-to-device copy of len(y)
+        self.mean_loss[f"{stage}_"].update(loss.detach().expand(len(y)))
         if f"{stage}_" in self.auroc:
             self.auroc[f"{stage}_"].update(logits.float().softmax(dim=1), y)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch[1]))
+        # not on the progress bar: that would read the loss back to the host after every step
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(batch[1]))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
