@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 
 from lungcls.data.datamodule import LungDataModule
 from lungcls.errors import LungclsError
@@ -83,6 +84,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and evaluate; returns the final metrics (logged keys such as ``val/macro_f1``, ``test/acc``)."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank != 0:
+        _leave_run_folder_to_rank_zero(run_dir)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     dm = LungDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), OmegaConf.to_container(cfg.augment, resolve=True), seed=int(cfg.seed))
@@ -145,6 +148,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.finalize("success")
     finish_wandb(loggers)
     return results
+
+
+def _leave_run_folder_to_rank_zero(run_dir: Path) -> None:
+    """DDP runs this app again for every other process, in the same run folder; only rank 0 writes
+    there, so the other processes' log lines go to the console and not into rank 0's log file."""
+    root = logging.getLogger()
+    folder = run_dir.resolve()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and folder in Path(handler.baseFilename).resolve().parents:
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _print_summary(run_dir: Path, metrics: dict, dm: LungDataModule) -> None:

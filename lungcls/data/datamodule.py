@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungcls.data.cache import CACHE_MODES, choose_cache_device, load_or_decode
 from lungcls.data.images import load_image
@@ -187,7 +187,7 @@ class LungDataModule(pl.LightningDataModule):
             return CachedImages(self.images, self.labels, rows)
         return LazyImages(self.samples, rows.tolist(), self.image_size)
 
-    def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+    def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
         ds = self._dataset(split)
         bs = int(batch_size or self.cfg.get("batch_size", 32))
         cached = isinstance(ds, CachedImages)
@@ -196,6 +196,7 @@ class LungDataModule(pl.LightningDataModule):
             ds,
             batch_size=bs,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle and len(ds) > bs,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -210,10 +211,27 @@ class LungDataModule(pl.LightningDataModule):
         return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
+        return self.loader("val", sampler=self._eval_sampler("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+        return self.loader("test", sampler=self._eval_sampler("test"))
+
+    def _eval_sampler(self, split: str) -> Sampler | None:
+        """Under DDP, each process scores its own share of ``split`` with no image repeated.
+
+        Lightning's default DistributedSampler pads the split with repeated images so every process
+        gets as many; the synced confusion matrix would then count those images twice. Unpadded,
+        processes may run one batch fewer than others, which evaluation allows as long as each runs
+        at least one: a split smaller than the number of processes keeps the padded default.
+        """
+        trainer = getattr(self, "trainer", None)
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        n = len(self.split_rows(split))
+        if not kwargs or kwargs.get("num_replicas", 1) <= 1 or n < kwargs["num_replicas"]:
+            return None
+        from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+        return UnrepeatedDistributedSampler(self._dataset(split), shuffle=False, **kwargs)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 -> [0, 1] float on the batch's device, augmented while training."""
