@@ -88,6 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _leave_run_folder_to_rank_zero(run_dir)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
+    _refuse_ddp_in_local_multirun(cfg)
     dm = LungDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), OmegaConf.to_container(cfg.augment, resolve=True), seed=int(cfg.seed))
     dm.setup("fit")
     model = make_model(cfg, dm)
@@ -143,11 +144,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             lg.log_metrics(final, step=trainer.global_step)
         log_results_to_wandb(loggers, run_dir, metrics, dm.class_names, dm.normal_class, predictions["test"])
         results.update(final)
+        # what a sweeper optimises is the kept (best) model's val score, as metrics.json reports it,
+        # not the last epoch's
+        results.update(flat_metrics(metrics["val"], "val"))
         _print_summary(run_dir, metrics, dm)
     for lg in loggers:
         lg.finalize("success")
     finish_wandb(loggers)
     return results
+
+
+def _refuse_ddp_in_local_multirun(cfg: DictConfig) -> None:
+    """Lightning starts the other DDP processes by re-running the command line, which inside a local
+    Hydra multirun would re-run the whole sweep in each of them."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    devices = cfg.trainer.get("devices", 1)
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if "ddp" in strategy and devices not in (1, "1") and "BasicLauncher" in launcher:
+        raise LungclsError(
+            "trainer=ddp inside a local multirun (-m / lungcls-sweep) would re-run the sweep in every process; "
+            "run DDP jobs one at a time, or sweep with hydra/launcher=slurm"
+        )
 
 
 def _leave_run_folder_to_rank_zero(run_dir: Path) -> None:

@@ -126,3 +126,14 @@ def test_ddp_validation_counts_every_val_image_once(ddp_run):
     loss = float(np.mean(-np.log(pred.probs[np.arange(len(pred.labels)), pred.labels])))
     assert not math.isnan(logged["val/loss"])
     assert logged["val/loss"] == pytest.approx(loss, abs=1e-4)
+
+
+def test_ddp_inside_a_local_multirun_is_refused_per_job(tmp_path):
+    """Each job of the sweep fails with one clear reason (error.txt) instead of re-running the sweep."""
+    out = run_cli("lungcls.train", "-m", "trainer=ddp_cpu", "seed=1,2", *ARGS, f"hydra.sweep.dir={tmp_path}/multi",
+                  f"paths.data_dir={tmp_path}/data", timeout=180)
+    assert out.returncode == 0, out.stderr
+    errors = sorted((tmp_path / "multi").glob("*/error.txt"))
+    assert len(errors) == 2
+    assert all("trainer=ddp inside a local multirun" in e.read_text() for e in errors)
+    assert not (tmp_path / "data").exists()  # refused before any work

@@ -37,7 +37,10 @@ class CachedImages(Dataset):
 
     def __getitems__(self, indices: Sequence[int]):
         rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
-        dev_rows = rows.to(self.images.device)
+        if self.images.is_cuda:  # a pinned, asynchronous copy: no host sync per batch
+            dev_rows = rows.pin_memory().to(self.images.device, non_blocking=True)
+        else:
+            dev_rows = rows
         return self.images[dev_rows], self.labels[dev_rows], rows
 
 
@@ -87,6 +90,7 @@ class LungDataModule(pl.LightningDataModule):
         self.std: list[float] | None = None
         self._augment = None
         self._ready = False
+        self._cache_where = "ram"
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -139,13 +143,9 @@ class LungDataModule(pl.LightningDataModule):
         mode = self.cfg.get("cache", "auto")
         if mode != "none":
             images = load_or_decode([s.path for s in samples], self.image_size, self.cfg.get("cache_dir"))
-            where = choose_cache_device(mode, images.numel())
-            device = self._target_device()
-            if where == "gpu" and device.type == "cuda":
-                images = images.to(device)
-                self.labels = self.labels.to(device)
+            self._cache_where = choose_cache_device(mode, images.numel())
             self.images = images
-            log.info("decoded %d images (%.0f MB) into %s", len(images), images.numel() / 2**20, where.upper())
+            log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self._cache_where.upper())
         train_images = None
         if self.cfg.get("normalization") == "dataset":
             rows = self._rows["train"]
@@ -181,8 +181,19 @@ class LungDataModule(pl.LightningDataModule):
         write_splits_csv(path, self.samples, self.assignment, self.class_names)
 
     # -- loaders -----------------------------------------------------------------------------------
+    def _place_cache(self) -> None:
+        """Move a GPU cache to this process's device. Deferred from ``setup`` because under DDP the
+        device of each process is only known once the Trainer is attached."""
+        if self.images is None or self._cache_where != "gpu":
+            return
+        device = self._target_device()
+        if device.type == "cuda" and self.images.device != device:
+            self.images = self.images.to(device)
+            self.labels = self.labels.to(device)
+
     def _dataset(self, split: str) -> Dataset:
         rows = self.split_rows(split)
+        self._place_cache()
         if self.images is not None:
             return CachedImages(self.images, self.labels, rows)
         return LazyImages(self.samples, rows.tolist(), self.image_size)

@@ -207,7 +207,9 @@ class LungClassifier(pl.LightningModule):
             self.auroc[f"{stage}_"].reset()
         if self.trainer.sanity_checking:
             return
-        self.log_dict(values, on_epoch=True, sync_dist=False)
+        # the values are already summed over processes (ConfusionCounts); syncing them again is a
+        # no-op that keeps Lightning from warning under DDP
+        self.log_dict(values, on_epoch=True, sync_dist=self.trainer.world_size > 1)
 
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")
