@@ -142,7 +142,7 @@ def test_optuna_sweep_returns_each_runs_logged_metric(tmp_path, data_dir):
         with (run / "csv" / "metrics.csv").open() as f:
             logged = [float(r["val/macro_f1"]) for r in csv.DictReader(f) if r.get("val/macro_f1")]
         assert len(logged) == 1 and not math.isnan(value)
-        assert value == pytest.approx(logged[0], rel=1e-9)
+        assert value == pytest.approx(logged[0], rel=1e-6)  # the CSV holds the float32 logged value
         # one epoch: the same model the run folder reports
         metrics = json.loads((run / "metrics.json").read_text())
         assert value == pytest.approx(metrics["val"]["macro_f1"], abs=1e-6)
