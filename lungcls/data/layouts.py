@@ -45,7 +45,7 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
-def _sibling_mask(image: Path, folder: str) -> str | None:
+def sibling_mask(image: Path, folder: str) -> str | None:
     """Masks share the image's file name in a sibling folder (``images/x.png`` -> ``masks/x.png``)."""
     if image.parent.name != "images":
         return None
@@ -83,8 +83,8 @@ def _scan_class_folders(root: Path, classes: Sequence[str], layout: str) -> list
                 Sample(
                     path=str(img),
                     label=label,
-                    mask=_sibling_mask(img, "masks"),
-                    lesion_mask=_sibling_mask(img, "lesion_masks"),
+                    mask=sibling_mask(img, "masks"),
+                    lesion_mask=sibling_mask(img, "lesion_masks"),
                 )
             )
     return samples
@@ -118,8 +118,8 @@ def _read_manifest(manifest: Path, classes: Sequence[str]) -> list[Sample]:
                 Sample(
                     path=str(path),
                     label=index[label],
-                    mask=_sibling_mask(path, "masks"),
-                    lesion_mask=_sibling_mask(path, "lesion_masks"),
+                    mask=sibling_mask(path, "masks"),
+                    lesion_mask=sibling_mask(path, "lesion_masks"),
                     patient=(row.get("patient") or "").strip() or None,
                     split=split,
                 )

@@ -141,7 +141,9 @@ def plot_cam_grid(
                 elif cell_titles is not None:
                     ax.set_title(" ", fontsize=8)  # keep the row's cells aligned
                 if i == 0:
-                    lift = 16 if cell_titles is not None else 4  # above the cell title
+                    # above the cell titles, however many lines they have
+                    lines = max((str(t).count("\n") + 1 for ts in cell_titles for t in ts), default=1) if cell_titles is not None else 0
+                    lift = 4 + 12 * lines
                     ax.annotate(
                         str(col_titles[j]),
                         xy=(0.5, 1.0),
