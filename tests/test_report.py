@@ -250,7 +250,7 @@ def test_report_on_real_xrays_without_masks(runs, tmp_path, data_dir):
     assert labels == {"COVID", "Normal", "Viral Pneumonia"}  # no Lung_Opacity folder: fine
     assert len(rows) == 3 * 2 * 2
     for r in rows:
-        assert Path(r["path"]).is_relative_to(SHARED_REAL)
+        assert Path(r["path"]).is_relative_to(SHARED_REAL.resolve())  # paths are stored resolved
         assert r["lung_share"] == r["lesion_share"] == r["lung_uniform"] == ""  # no masks
         assert 0.0 <= float(r["border_share"]) <= 1.0
 
