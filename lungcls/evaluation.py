@@ -11,7 +11,7 @@ import contextlib
 import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +33,7 @@ class Predictions:
     paths: list[str]
     labels: np.ndarray  # [N] int, in the data set's label space
     probs: np.ndarray  # [N, C] float, in the model's label space
+    class_names: list[str] = field(default_factory=list)  # the model's classes (columns of probs)
 
     @property
     def preds(self) -> np.ndarray:
@@ -59,15 +60,34 @@ def predict_split(model: torch.nn.Module, datamodule: LungDataModule, split: str
         probs.append(logits.float().softmax(dim=1).cpu())
         labels.append(y.cpu())
         rows.append(r.cpu())
-    n_classes = len(getattr(model, "class_names", datamodule.class_names))
+    names = list(getattr(model, "class_names", datamodule.class_names))
     if not rows:
-        return Predictions([], np.zeros(0, dtype=int), np.zeros((0, n_classes), dtype=np.float32))
+        return Predictions([], np.zeros(0, dtype=int), np.zeros((0, len(names)), dtype=np.float32), names)
     row_idx = torch.cat(rows).tolist()
     return Predictions(
         paths=[datamodule.samples[i].path for i in row_idx],
         labels=torch.cat(labels).numpy().astype(int),
         probs=torch.cat(probs).numpy(),
+        class_names=names,
     )
+
+
+def loss_and_auroc(pred: Predictions, stage: str) -> dict[str, float]:
+    """``{stage}/loss`` (mean cross-entropy) and one-vs-rest ``{stage}/auroc/{Class}`` for classes
+    with both positives and negatives in the split, from predictions made outside the Trainer."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float] = {}
+    if not len(pred.labels):
+        return out
+    p_true = pred.probs[np.arange(len(pred.labels)), pred.labels]
+    out[f"{stage}/loss"] = float(-np.log(np.clip(p_true, 1e-12, 1.0)).mean())
+    names = pred.class_names
+    for k, name in enumerate(names):
+        positive = pred.labels == k
+        if positive.any() and (~positive).any():
+            out[f"{stage}/auroc/{name}"] = float(roc_auc_score(positive, pred.probs[:, k]))
+    return out
 
 
 def confusion_from(pred: Predictions, n_classes: int) -> np.ndarray:
@@ -164,6 +184,7 @@ def _to_model_space(pred: Predictions, mapping: list[int | None]) -> Predictions
         paths=[pred.paths[i] for i in keep],
         labels=np.array([mapping[pred.labels[i]] for i in keep], dtype=int),
         probs=pred.probs[keep] if len(keep) else pred.probs[:0],
+        class_names=pred.class_names,
     )
 
 

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lungcls.data.datamodule import LungDataModule
 from lungcls.errors import LungclsError
-from lungcls.evaluation import predict_split, write_results
+from lungcls.evaluation import loss_and_auroc, predict_split, write_results
 from lungcls.loggers import build_loggers, finish_wandb, log_results_to_wandb
 from lungcls.metrics import flat_metrics
 from lungcls.models.module import LungClassifier, load_classifier
@@ -39,6 +39,10 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(cfg.trainer)
+    for key in ("max_epochs", "min_epochs", "log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch"):
+        value = trainer_cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise LungclsError(f"trainer.{key}={value} must be a whole number")
     try:
         return hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     except Exception as e:
@@ -76,8 +80,16 @@ def make_model(cfg: DictConfig, dm: LungDataModule) -> LungClassifier:
         image_size=dm.image_size,
         class_counts=dm.class_counts("train"),
         compile=bool(cfg.get("compile", False)),
-        data=OmegaConf.to_container(cfg.dataset, resolve=True),  # lets lungcls-evaluate find the run's data
+        data=_absolute_paths(OmegaConf.to_container(cfg.dataset, resolve=True)),  # lets lungcls-evaluate find the run's data
     )
+
+
+def _absolute_paths(data: dict) -> dict:
+    """The data config with its paths made absolute, so it stays valid from any working folder."""
+    for key in ("root", "manifest", "splits_csv", "cache_dir"):
+        if data.get(key):
+            data[key] = str(Path(data[key]).expanduser().resolve())
+    return data
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -139,14 +151,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "finetune": cfg.finetune.name,
             },
         )
-        final = flat_metrics(metrics["test"], "test")
+        final = {**flat_metrics(metrics["test"], "test"), **loss_and_auroc(predictions["test"], "test")}
         for lg in loggers:
             lg.log_metrics(final, step=trainer.global_step)
         log_results_to_wandb(loggers, run_dir, metrics, dm.class_names, dm.normal_class, predictions["test"])
+        # what a sweeper optimises is the kept (best) model's score, as metrics.json reports it,
+        # never a last-epoch value
+        results = {k: v for k, v in results.items() if not k.startswith(("val/", "test/"))}
         results.update(final)
-        # what a sweeper optimises is the kept (best) model's val score, as metrics.json reports it,
-        # not the last epoch's
-        results.update(flat_metrics(metrics["val"], "val"))
+        results.update({**flat_metrics(metrics["val"], "val"), **loss_and_auroc(predictions["val"], "val")})
         _print_summary(run_dir, metrics, dm)
     for lg in loggers:
         lg.finalize("success")

@@ -47,7 +47,8 @@ def test_demo_run_leaves_a_complete_run_folder(train_cfg, tmp_path):
     with (tmp_path / "csv" / "metrics.csv").open() as f:
         header = next(csv.reader(f))
     for key in ("val/recall/COVID", "val/precision/Viral Pneumonia", "val/f1/Normal", "val/fn_to_normal/COVID",
-                "val/fn_to_normal_total", "val/macro_f1", "train/acc", "val/loss", "test/fn_to_normal/COVID"):
+                "val/fn_to_normal_total", "val/macro_f1", "train/acc", "val/loss", "test/fn_to_normal/COVID",
+                "test/loss", "test/auroc/COVID", "val/auroc/Normal"):
         assert key in header, key
     # the split file covers every image once and holds no leakage between splits
     with (tmp_path / "splits.csv").open() as f:
@@ -68,13 +69,19 @@ def test_resume_from_last_checkpoint_continues_the_run(train_cfg, tmp_path):
     assert resumed["epoch"] == 2 and resumed["global_step"] > ckpt["global_step"]
 
 
-def test_best_checkpoint_can_monitor_missed_disease(train_cfg, tmp_path):
-    cfg = train_cfg("backbone=logistic", "trainer.max_epochs=2", "callbacks.checkpoint.monitor=val/fn_to_normal_total",
-                    "callbacks.checkpoint.mode=min")
+def test_best_checkpoint_is_the_epoch_with_fewest_missed_diagnoses(train_cfg, tmp_path):
+    cfg = train_cfg("backbone=logistic", "trainer.max_epochs=4", "optimizer.lr=0.05",
+                    "callbacks.checkpoint.monitor=val/fn_to_normal_total", "callbacks.checkpoint.mode=min")
     train(cfg)
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        per_epoch = {int(r["epoch"]): float(r["val/fn_to_normal_total"]) for r in csv.DictReader(f) if r.get("val/fn_to_normal_total")}
+    assert len(per_epoch) == 4
+    best = min(per_epoch.values())
+    first_best_epoch = min(e for e, v in per_epoch.items() if v == best)  # ties keep the earlier checkpoint
     ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    callback = next(v for k, v in ckpt["callbacks"].items() if "ModelCheckpoint" in k)
-    assert callback["monitor"] == "val/fn_to_normal_total"
+    assert ckpt["epoch"] == first_best_epoch
+    scored = json.loads((tmp_path / "metrics.json").read_text())["val"]
+    assert sum(scored["fn_to_normal"].values()) == best  # metrics.json scores that checkpoint
 
 
 @pytest.mark.parametrize("backbone", ["alexnet", "vgg19_bn", "resnet50", "logistic"])
@@ -99,6 +106,8 @@ def test_cfg_job_prints_the_composed_config():
         (["backbone=resnet5"], "Could not find 'backbone/resnet5'"),
         (["finetune=partial", "finetune.fraction=1.5"], "finetune.fraction=1.5 must be in (0, 1]"),
         (["dataset=covid_radiography", "dataset.root=/nonexistent/data"], "data folder /nonexistent/data does not exist"),
+        (["backbone=alexnet", "dataset.image_size=32"], "dataset.image_size=32 is too small for alexnet; use 63 or more"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs=abc must be a whole number"),
         (["dataset=folder", "dataset.root={tree}", "dataset.classes=[COVID,Normal,Tuberculosis]"],
          "Tuberculosis have no images"),
     ],

@@ -75,7 +75,7 @@ class LungDataModule(pl.LightningDataModule):
         self.normal_class: str | None = self.cfg.get("normal_class")
         self.image_size = int(self.cfg["image_size"])
         if self.image_size < 16:
-            raise LungclsError(f"dataset.image_size={self.image_size} is too small; use 32 or more (224 for ImageNet backbones)")
+            raise LungclsError(f"dataset.image_size={self.image_size} is too small; use 16 or more (224 for ImageNet backbones)")
         if self.cfg.get("cache", "auto") not in CACHE_MODES:
             raise LungclsError(f"dataset.cache={self.cfg.get('cache')} is not one of {', '.join(CACHE_MODES)}")
         if self.normal_class is not None and self.normal_class not in self.class_names:

@@ -118,6 +118,11 @@ class LungClassifier(pl.LightningModule):
         if num_classes < 2:
             raise LungclsError(f"dataset.classes={self.class_names} needs at least two classes")
         self.spec = get_backbone(backbone["name"])
+        if int(image_size) < self.spec.min_input_size:
+            raise LungclsError(
+                f"dataset.image_size={image_size} is too small for {self.spec.name}; use {self.spec.min_input_size} or more "
+                "(224 for ImageNet weights)"
+            )
         self.net, self.initial_weights = build_network(self.spec, backbone, num_classes, load_weights=load_weights)
         self.trainable_params, self.total_params = apply_finetune(self.net, self.spec, finetune)
         log.info("%s with finetune=%s: %d of %d parameters trainable", self.spec.name, finetune.get("name"), self.trainable_params, self.total_params)
@@ -219,10 +224,6 @@ class LungClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
-
-    def predict_step(self, batch, batch_idx: int):
-        x, y, rows = batch
-        return self(x).float().softmax(dim=1), y, rows
 
     # -- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -7,7 +7,7 @@ layer Grad-CAM explains. Adding a backbone is adding an entry here and a ``conf/
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torchvision.models as tvm
@@ -61,7 +61,7 @@ class BackboneSpec:
     paper: tuple[str, ...]  # module paths the reference study trained (besides the head)
     gradcam_layer: str  # module path of the Grad-CAM target layer
     in_channels: int = 3
-    extra_trainable: tuple[str, ...] = field(default_factory=tuple)  # trained with the head (e.g. BN after the last conv)
+    min_input_size: int = 32  # smallest image side the network accepts (its pooling stages shrink it to 1)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -73,6 +73,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         feature_blocks=_conv_blocks("features"),
         paper=("features.10", "classifier"),
         gradcam_layer="features.11",  # the ReLU after the last conv: rectified maps, like ResNet's block outputs
+        min_input_size=63,
     ),
     "vgg16": BackboneSpec(
         name="vgg16",
@@ -138,6 +139,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         paper=("linear",),
         gradcam_layer="linear",
         in_channels=1,
+        min_input_size=1,
     ),
 }
 
