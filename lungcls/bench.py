@@ -53,7 +53,6 @@ from PIL import Image
 from lungcls.errors import LungclsError
 
 if TYPE_CHECKING:  # torch is imported lazily: data-generation workers should start fast
-    import torch
     from omegaconf import DictConfig
 
     from lungcls.data.datamodule import LungDataModule

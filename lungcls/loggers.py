@@ -29,7 +29,7 @@ def wandb_usable() -> tuple[bool, str]:
 def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: Path, run_name: str, config: dict | None = None) -> list[Logger]:
     """The configured loggers plus a CSVLogger writing ``<run_dir>/csv/metrics.csv``."""
     loggers: list[Logger] = []
-    for name, cfg in (logger_cfg or {}).items():
+    for cfg in (logger_cfg or {}).values():
         if not isinstance(cfg, Mapping) or "_target_" not in cfg:
             continue
         if "Wandb" in cfg["_target_"]:

@@ -3,7 +3,6 @@ the best checkpoint on every split and leave a complete run folder."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path

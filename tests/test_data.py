@@ -66,7 +66,7 @@ def test_missing_root_names_the_folder_and_the_fix(tmp_path):
 
 
 def test_manifest_layout_with_patients_and_fixed_splits(tmp_path):
-    root = make_class_tree(tmp_path / "imgs", {"COVID": 4, "Normal": 4})
+    make_class_tree(tmp_path / "imgs", {"COVID": 4, "Normal": 4})
     manifest = tmp_path / "imgs" / "manifest.csv"
     with manifest.open("w", newline="") as f:
         w = csv.writer(f)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 
-import pytest
 
 from lungcls.training import train
 

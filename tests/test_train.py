@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lungcls.models.registry import BACKBONES
 from lungcls.training import train
 
-from conftest import SHARED_REAL, compose_cfg, requires_shared, run_cli
+from conftest import SHARED_REAL, requires_shared, run_cli
 
 
 def read_predictions(run: Path) -> list[dict]:
@@ -158,3 +157,47 @@ def test_training_on_real_xrays(train_cfg, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test"]["class_names"] == ["COVID", "Normal", "Viral Pneumonia"]
     assert sum(metrics["test"]["per_class"][c]["support"] for c in metrics["test"]["class_names"]) == 6
+
+
+@pytest.mark.parametrize("scheduler", ["step", "cosine", "warmup_cosine"])
+def test_schedulers_change_the_learning_rate_as_configured(train_cfg, tmp_path, scheduler):
+    extra = ["scheduler.step_size=1", "scheduler.gamma=0.5"] if scheduler == "step" else []
+    train(train_cfg("backbone=logistic", "trainer.max_epochs=3", f"scheduler={scheduler}", "test=false", *extra))
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        lrs = [float(r["lr-Adam"]) for r in csv.DictReader(f) if r.get("lr-Adam")]
+    assert len(lrs) == 3
+    if scheduler == "step":
+        assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    elif scheduler == "cosine":
+        assert lrs[0] == pytest.approx(1e-3) and lrs[0] > lrs[1] > lrs[2]
+    else:  # warm-up from 1% of the rate, then decay
+        assert lrs[0] < 1e-4 and lrs[1] > lrs[2]
+
+
+@pytest.mark.parametrize("augment", ["none", "default", "paper", "keras_like", "rrc"])
+def test_every_augment_config_builds_and_keeps_batches_valid(augment):
+    from hydra import compose, initialize_config_dir
+
+    from lungcls.cli import CONF_DIR
+    from lungcls.data.transforms import build_augment
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name="train", overrides=[f"augment={augment}"])
+    aug = build_augment(dict(cfg.augment), 32)
+    x = torch.rand(8, 1, 32, 32)
+    if augment == "none":
+        assert aug is None
+        return
+    torch.manual_seed(0)
+    y = aug(x)
+    assert y.shape == x.shape and torch.isfinite(y).all() and not torch.allclose(y, x)
+    if augment == "rrc":
+        assert cfg.augment.brightness == 0 and cfg.augment.contrast == 0
+
+
+def test_head_dropout_override_reaches_the_network():
+    from lungcls.models.module import build_network
+    from lungcls.models.registry import get_backbone
+
+    net, _ = build_network(get_backbone("alexnet"), {"name": "alexnet", "weights": None, "dropout": 0.2}, 3)
+    assert {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
