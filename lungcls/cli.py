@@ -1,4 +1,5 @@
-"""Shared plumbing of the Hydra entry points: where the configs are, and how user errors look.
+"""Shared plumbing of the Hydra entry points: where the configs are, the config nodes that come from
+registries, and how user errors look.
 
 A ``LungclsError`` (or a missing mandatory config value) ends a single run with one line on stderr
 and exit status 2. Inside a multirun the failing job writes ``error.txt`` to its run folder and
@@ -23,6 +24,14 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("lungcls")
 
 
+def register_configs() -> None:
+    """Config nodes generated from the registries (``backbone=<name>`` for every registered
+    backbone without its own yaml); runs when this module is imported, before Hydra composes."""
+    from lungcls.models.backbones import register_backbone_configs
+
+    register_backbone_configs()
+
+
 def _one_line(e: BaseException) -> str:
     if isinstance(e, MissingMandatoryValue):
         key = getattr(e, "full_key", None) or str(e).splitlines()[0]
@@ -30,7 +39,9 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+def hydra_app(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Wrap a Hydra task so that user errors end it with one line (see the module docstring)."""
+
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
         try:
@@ -52,3 +63,6 @@ def reports_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
             sys.exit(2)
 
     return wrapper
+
+
+register_configs()

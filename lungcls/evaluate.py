@@ -1,21 +1,125 @@
 """``lungcls-evaluate``: score any checkpoint on its run's test split, another split, or a whole
-external folder (Hydra app; see conf/evaluate.yaml)."""
+external folder (Hydra app; see conf/evaluate.yaml).
+
+Without a ``dataset=`` override the checkpoint's own data set and ``splits.csv`` are used, so
+evaluation never scores training images. An external folder's classes are matched to the model's
+by name; classes the model does not know are left out and reported in one line.
+"""
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from lungcls.cli import CONF_DIR, reports_user_errors
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.data.datamodule import LungDataModule
+from lungcls.device import pick_device
+from lungcls.errors import LungclsError
+from lungcls.prediction import Predictions, predict_split
+from lungcls.results import summary_line, write_results
+
+log = logging.getLogger(__name__)
+
+
+def data_config_for(cfg: DictConfig, model) -> tuple[dict[str, Any], str]:
+    """The data to score: the run's own (with its splits.csv) unless a dataset is given."""
+    given = OmegaConf.to_container(cfg.dataset, resolve=True) if cfg.get("dataset") is not None else {}
+    split = str(given.get("split", "test"))
+    if "name" in given:
+        data = dict(given)
+    else:
+        data = dict(model.hparams.get("data") or {})
+        if not data:
+            raise LungclsError("the checkpoint does not record its data set; pass one, e.g. dataset=folder dataset.root=...")
+        run_dir = Path(cfg.ckpt_path).resolve().parent.parent
+        if (run_dir / "splits.csv").is_file() and split != "all":
+            data["splits_csv"] = str(run_dir / "splits.csv")
+        if data.get("splits_csv"):
+            data.pop("max_per_class", None)
+    data["image_size"] = int(model.hparams.image_size)  # the model's working size, whatever the data config says
+    data["allow_missing_classes"] = True  # reported below instead of refused: external sets often lack classes
+    if split == "all":
+        data["val_fraction"], data["test_fraction"], data["splits_csv"] = 0.0, 0.0, None
+    return data, split
+
+
+def class_alignment(model_classes: Sequence[str], data_classes: Sequence[str], counts: Sequence[int]) -> tuple[list[int | None], str | None]:
+    """Map data label ids to model label ids by name, and describe any mismatch in one line."""
+    mapping = [model_classes.index(c) if c in model_classes else None for c in data_classes]
+    unknown = [f"{c} ({n} images, left out)" for c, n, m in zip(data_classes, counts, mapping) if m is None and n]
+    present = {c for c, n in zip(data_classes, counts) if n}
+    absent = [c for c in model_classes if c not in present]
+    parts = []
+    if unknown:
+        parts.append("classes the model does not know: " + ", ".join(unknown))
+    if absent:
+        parts.append("classes the model knows that have no images here: " + ", ".join(absent))
+    return mapping, ("; ".join(parts) if parts else None)
+
+
+def to_model_space(pred: Predictions, mapping: list[int | None]) -> Predictions:
+    """Keep the images of classes the model knows, relabelled with the model's label ids."""
+    keep = [i for i, y in enumerate(pred.labels) if mapping[y] is not None]
+    kept = pred.subset(keep)
+    kept.labels = np.array([mapping[y] for y in kept.labels], dtype=int)
+    return kept
+
+
+def _screening(cfg: DictConfig, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
+    from lungcls.screening import screening_report
+
+    ev = cfg.evaluate
+    val = None
+    if split != "val" and len(dm.split_rows("val")):
+        val = to_model_space(predict_split(model, dm, "val", device), mapping)
+    return screening_report(
+        model.class_names, ev.positive_class, pred.probs, pred.labels,
+        val.probs if val is not None else None, val.labels if val is not None else None,
+        threshold=ev.get("threshold"), target_sensitivity=float(ev.get("target_sensitivity", 0.95)),
+    )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path``; writes metrics.json, predictions.csv and confusion_matrix.png."""
+    from lungcls.models.module import load_classifier
+
+    run_dir = Path(cfg.paths.output_dir)
+    device = pick_device(str(cfg.get("device", "auto")))
+    model = load_classifier(str(cfg.ckpt_path), map_location=device)
+    data, split = data_config_for(cfg, model)
+    dm = LungDataModule(data, augment=None, seed=int(cfg.seed))
+    dm.setup("test")
+    mapping, mismatch = class_alignment(model.class_names, dm.class_names, dm.class_counts(split))
+    if mismatch:
+        log.warning("class mismatch: %s", mismatch)
+        print(f"class mismatch: {mismatch}")
+    pred = to_model_space(predict_split(model, dm, split, device), mapping)
+    if len(pred.labels) == 0:
+        raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
+    extra: dict[str, Any] = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "data_root": data.get("root") or data.get("manifest"),
+        "split": split,
+        "class_mismatch": mismatch,
+    }
+    if (cfg.get("evaluate") or {}).get("positive_class"):
+        extra["screening"] = _screening(cfg, model, dm, split, pred, mapping, device)
+    metrics = write_results(run_dir, {split: pred}, model.class_names, model.normal_class, report_split=split, extra=extra)
+    print(f"{split}: {len(pred.labels)} images | {summary_line(metrics[split], model.normal_class)}")
+    print(f"run folder: {run_dir}")
+    return metrics[split]
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-@reports_user_errors
+@hydra_app
 def main(cfg: DictConfig) -> float | None:
-    from lungcls.evaluation import evaluate
-
-    metrics = evaluate(cfg)
-    return metrics.get("accuracy")
+    return evaluate(cfg).get("accuracy")
 
 
 if __name__ == "__main__":

@@ -97,3 +97,59 @@ def finish_wandb(loggers: Sequence[Logger]) -> None:
         if offline and run_dir is not None:
             log.info("W&B run saved offline; upload it later with: wandb sync %s", run_dir)
             print(f"W&B run saved offline; upload it later with: wandb sync {run_dir}")
+
+
+def _wandb_project(run_dir: Path) -> str:
+    """The W&B project a training run used (from its .hydra/config.yaml), default lungcls."""
+    from omegaconf import OmegaConf
+
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.is_file():
+        try:
+            project = OmegaConf.select(OmegaConf.load(config), "logger.wandb.project")
+        except Exception:  # an unreadable config only costs the project name
+            project = None
+        if project:
+            return str(project)
+    return "lungcls"
+
+
+def log_report_to_wandb(run_dir: str | Path, figures: Sequence[tuple[str, Any]], rows: Sequence[Mapping[str, Any]],
+                        columns: Sequence[str]) -> tuple[Path, bool] | None:
+    """Log a report's figures (``(key, section)`` pairs with ``.image`` and ``.title``) and its
+    per-image table to a training run folder's W&B run, offline, and print how to upload it.
+
+    Resumes the folder's latest offline run (same id) or starts a new offline run in it. Returns
+    the offline run folder and whether it resumed an earlier run, or None when W&B is off.
+    """
+    from lungcls.errors import LungclsError
+
+    folder = Path(str(run_dir)).expanduser().resolve()
+    if not folder.is_dir():
+        raise LungclsError(f"report.log_to={run_dir} is not a folder; give a training run folder")
+    ok, why = wandb_usable()
+    if not ok:
+        log.warning("not logging the report to W&B (%s)", why)
+        return None
+    import wandb
+
+    previous = sorted((folder / "wandb").glob("offline-run-*"), key=lambda p: p.name)
+    kwargs: dict[str, Any] = {"dir": str(folder), "mode": "offline", "project": _wandb_project(folder)}
+    if previous:
+        kwargs.update(id=previous[-1].name.rsplit("-", 1)[-1], resume="allow")
+    else:
+        kwargs.update(name=f"{folder.name}-report", job_type="report")
+    run = wandb.init(**kwargs)
+    try:
+        payload: dict[str, Any] = {f"gradcam/{key}": wandb.Image(str(sec.image), caption=sec.title) for key, sec in figures}
+        payload["gradcam/table"] = wandb.Table(columns=list(columns), data=[[row.get(c) for c in columns] for row in rows])
+        run.log(payload)
+        offline_dir = Path(run.dir).parent
+    finally:
+        wandb.finish()
+    if previous:  # `wandb sync` uploads the parts of one run in order of their start time
+        print(f"W&B: appended to the run's offline W&B run ({offline_dir.name}); upload all its "
+              f"parts with: wandb sync {offline_dir.parent}/offline-run-*")
+    else:
+        print(f"W&B: new offline run; upload it with: wandb sync {offline_dir}")
+    return offline_dir, bool(previous)

@@ -1,19 +1,136 @@
 """``lungcls-report``: Grad-CAM figures of one or more checkpoints side by side on the same X-rays
-(Hydra app; see conf/report.yaml)."""
+(Hydra app; see conf/report.yaml).
+
+The report answers "where does each model look, and does it look at the disease?" for a fixed set
+of images, so every model sees exactly the same files (each at its own training size) and every
+number is measured against the same masks at one common display size. It writes into the run
+folder: ``report.html`` (self-contained), one ``gradcam_<selection>.png`` per image selection, and
+``gradcam.csv`` (one row per image x model); optionally the figures and the table go to the W&B run
+of a training run folder (``report.log_to``).
+"""
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from lungcls.cli import CONF_DIR, reports_user_errors
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.data.images import load_mask
+from lungcls.device import pick_device
+from lungcls.errors import LungclsError
+from lungcls.explain.cams import ReportModel, batch_size_of, class_targets, explain_images, load_models, to_display
+from lungcls.explain.html import write_report_html
+from lungcls.explain.localisation import energy_shares, localisation_lines, summarize_localisation
+from lungcls.explain.outputs import CSV_COLUMNS, TARGET_TEXT, Explained, summary_lines, write_csv, write_figures
+from lungcls.explain.selection import ReportImage, select_images
+from lungcls.loggers import log_report_to_wandb
+
+log = logging.getLogger(__name__)
+
+
+def explain_all(models: Sequence[ReportModel], unique: Sequence[ReportImage], membership: Mapping[str, Sequence[str]],
+                settings: Mapping[str, Any]) -> list[Explained]:
+    """CAMs of every model on the same images, and their CSV rows (shares at the display size)."""
+    size, border = settings["display_size"], settings["border_frac"]
+    masks = {im.path: (load_mask(im.mask, size), load_mask(im.lesion_mask, size)) for im in unique}
+    explained = []
+    for m in models:
+        log.info("Grad-CAM of %s on %d images", m.name, len(unique))
+        result = explain_images(m, unique, settings["target"], settings["batch_size"])
+        item = Explained(m, result, to_display(result.cams, size))
+        classes = m.class_names
+        for i, im in enumerate(unique):
+            row: dict[str, Any] = {
+                "selection": ";".join(membership[im.path]),
+                "path": im.path,
+                "label": im.label,
+                "model": m.name,
+                "prediction": classes[int(result.preds[i])],
+                "probability": float(result.pred_probs[i]),
+                "target": classes[int(result.targets[i])],
+                "target_probability": float(result.target_probs[i]),
+            }
+            row.update(energy_shares(item.display_cams[i], *masks[im.path], border_frac=border))
+            item.rows.append(row)
+        explained.append(item)
+    return explained
+
+
+def report_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``report.*`` checked before any model is loaded."""
+    report = OmegaConf.to_container(cfg.report, resolve=True)
+    display_size = int(report.get("display_size", 256))
+    if display_size < 16:
+        raise LungclsError(f"report.display_size={display_size} is too small; use 16 or more pixels")
+    target = report.get("target", "predicted")
+    log_to = report.get("log_to")
+    if log_to and not Path(str(log_to)).expanduser().is_dir():
+        raise LungclsError(f"report.log_to={log_to} is not a folder; give a training run folder (or leave it unset)")
+    return {
+        **report,
+        "display_size": display_size,
+        "border_frac": float(report.get("border_frac", 0.1)),
+        "batch_size": batch_size_of(report),
+        "target": "true" if target is True else str(target),  # `report.target=true` arrives as a YAML bool
+    }
+
+
+def unique_images(selections: Mapping[str, Sequence[ReportImage]]) -> tuple[list[ReportImage], dict[str, int], dict[str, list[str]]]:
+    """Each image once (even when in several selections), its index, and the selections it is in."""
+    unique: list[ReportImage] = []
+    index: dict[str, int] = {}
+    membership: dict[str, list[str]] = {}
+    for key, images in selections.items():
+        for im in images:
+            if im.path not in index:
+                index[im.path] = len(unique)
+                unique.append(im)
+            membership.setdefault(im.path, []).append(key)
+    return unique, index, membership
+
+
+def make_report(cfg: DictConfig) -> Path:
+    """Write the Grad-CAM report into ``cfg.paths.output_dir``; returns the path of report.html."""
+    s = report_settings(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    models = load_models(cfg.ckpt, pick_device(str(s.get("device", "auto"))))
+    for m in models:
+        class_targets(s["target"], m, [])  # an unknown class name fails before any work
+    selections, notes = select_images(s, models, seed=int(cfg.get("seed", 1)))
+    unique, index, membership = unique_images(selections)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    explained = explain_all(models, unique, membership, s)
+    rows = [e.rows[i] for i in range(len(unique)) for e in explained]
+    csv_path = write_csv(out_dir / "gradcam.csv", rows)
+    target_text = TARGET_TEXT.get(s["target"], f"class {s['target']}")
+    figures = write_figures(out_dir, selections, index, explained, s["display_size"], target_text)
+    loc_lines = localisation_lines(summarize_localisation(rows))
+    lines = summary_lines(notes, explained, len(unique), target_text, s["display_size"], s["border_frac"], loc_lines)
+    common = os.path.commonpath([im.path for im in unique]) if len(unique) > 1 else str(Path(unique[0].path).parent)
+    table = [{"image": os.path.relpath(r["path"], common), **{c: r.get(c) for c in CSV_COLUMNS if c != "path"}} for r in rows]
+    html = write_report_html(
+        out_dir, f"Grad-CAM report: {', '.join(m.name for m in models)}", [section for _, section in figures],
+        table, lines, table_title=f"Per image x model (gradcam.csv; images under {common})",
+    )
+    print("Grad-CAM localisation (mean share of CAM energy vs a uniform map):")
+    for line in loc_lines:
+        print(f"  {line}")
+    if s.get("log_to"):
+        log_report_to_wandb(s["log_to"], figures, rows, CSV_COLUMNS)
+    print(f"report: {html}")
+    print(f"figures: {', '.join(str(sec.image) for _, sec in figures)}; table: {csv_path}")
+    return html
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
-@reports_user_errors
+@hydra_app
 def main(cfg: DictConfig) -> None:
-    from lungcls.explain.report import make_report
-
     make_report(cfg)
 
 

@@ -1,18 +1,150 @@
-"""``lungcls-train``: fine-tune a backbone on chest X-rays (Hydra app; see conf/train.yaml)."""
+"""``lungcls-train``: fine-tune a backbone on chest X-rays (Hydra app; see conf/train.yaml).
+
+``train(cfg)`` composes the run from its config groups: the data module (``dataset``, ``augment``),
+the model (``backbone``, ``finetune``, ``optimizer``, ``scheduler``, ``loss``), the callbacks, the
+loggers and the Trainer; it fits, then scores the kept (best) checkpoint on every split and leaves
+a complete run folder (``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``).
+"""
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+import logging
+import math
+from pathlib import Path
+from typing import Any
 
-from lungcls.cli import CONF_DIR, reports_user_errors
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.data.datamodule import LungDataModule
+from lungcls.errors import LungclsError
+from lungcls.loggers import build_loggers, finish_wandb, log_results_to_wandb
+from lungcls.metrics import flat_metrics, loss_and_auroc
+from lungcls.models.module import LungClassifier, load_classifier
+from lungcls.prediction import predict_split
+from lungcls.results import summary_line, write_results
+from lungcls.trainer import build_callbacks, build_trainer, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
+
+log = logging.getLogger(__name__)
+
+
+def make_datamodule(cfg: DictConfig) -> LungDataModule:
+    return LungDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), OmegaConf.to_container(cfg.augment, resolve=True), seed=int(cfg.seed))
+
+
+def make_model(cfg: DictConfig, dm: LungDataModule) -> LungClassifier:
+    def plain(node) -> Any:
+        return OmegaConf.to_container(node, resolve=True)
+
+    return LungClassifier(
+        backbone=plain(cfg.backbone), finetune=plain(cfg.finetune), class_names=dm.class_names,
+        normal_class=dm.normal_class, optimizer=plain(cfg.optimizer), scheduler=plain(cfg.scheduler),
+        loss=plain(cfg.loss), mean=dm.mean, std=dm.std, image_size=dm.image_size,
+        class_counts=dm.class_counts("train"), compile=bool(cfg.get("compile", False)),
+        data=absolute_paths(plain(cfg.dataset)),  # lets lungcls-evaluate find the run's data from anywhere
+    )
+
+
+def absolute_paths(data: dict) -> dict:
+    """The data config with its paths made absolute, so it stays valid from any working folder."""
+    for key in ("root", "manifest", "splits_csv", "cache_dir"):
+        if data.get(key):
+            data[key] = str(Path(data[key]).expanduser().resolve())
+    return data
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and evaluate; returns the final metrics (logged keys such as ``val/macro_f1``, ``test/acc``)."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank != 0:
+        leave_run_folder_to_rank_zero(run_dir)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    refuse_ddp_in_local_multirun(cfg)
+    dm = make_datamodule(cfg)
+    dm.setup("fit")
+    model = make_model(cfg, dm)
+    loggers = build_loggers(cfg.get("logger"), run_dir, run_name=run_dir.name, config=OmegaConf.to_container(cfg, resolve=True))
+    callbacks = build_callbacks(cfg.callbacks, has_val=len(dm.split_rows("val")) > 0, has_logger=bool(loggers))
+    trainer = build_trainer(cfg, list(callbacks.values()), loggers)
+    if trainer.is_global_zero:
+        dm.write_splits(run_dir / "splits.csv")
+    for lg in loggers:
+        lg.log_hyperparams({"trainable_params": model.trainable_params, "total_params": model.total_params})
+    if cfg.get("train", True):
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path and not Path(ckpt_path).is_file():
+            raise LungclsError(f"ckpt_path={ckpt_path} does not exist; give a run's checkpoints/last.ckpt to resume")
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    results: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if cfg.get("test", True) and trainer.is_global_zero:
+        # a sweeper optimises the kept (best) model's score, as metrics.json reports it, never a
+        # last-epoch value
+        results = {k: v for k, v in results.items() if not k.startswith(("val/", "test/"))}
+        results.update(score_kept_model(cfg, run_dir, dm, model, callbacks, loggers, trainer.global_step))
+    for lg in loggers:
+        lg.finalize("success")
+    finish_wandb(loggers)
+    return results
+
+
+def _kept_checkpoint(callbacks: dict[str, pl.Callback]) -> str | None:
+    for name in ("checkpoint", "last_checkpoint"):
+        path = getattr(callbacks.get(name), "best_model_path", None)
+        if path:
+            return path
+    return None
+
+
+def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: LungClassifier,
+                     callbacks: dict[str, pl.Callback], loggers: list, step: int) -> dict[str, float]:
+    """Score the best checkpoint on train/val/test, write the result files, log the test metrics
+    and return the val and test values a sweeper reads."""
+    best = _kept_checkpoint(callbacks)
+    scored = load_classifier(best, map_location=model.device) if best else model  # train=false: as built
+    scored.to(model.device)
+    predictions = {split: predict_split(scored, dm, split) for split in ("train", "val", "test")}
+    extra = {
+        "trainable_params": model.trainable_params,
+        "total_params": model.total_params,
+        "initial_weights": model.initial_weights,
+        "best_checkpoint": str(Path(best).resolve()) if best else None,
+        "backbone": cfg.backbone.name,
+        "finetune": cfg.finetune.name,
+    }
+    metrics = write_results(run_dir, predictions, dm.class_names, dm.normal_class, report_split="test", extra=extra)
+    values = {}
+    for split in ("val", "test"):
+        p = predictions[split]
+        values.update({**flat_metrics(metrics[split], split), **loss_and_auroc(p.probs, p.labels, dm.class_names, split)})
+    test_values = {k: v for k, v in values.items() if k.startswith("test/")}
+    for lg in loggers:
+        lg.log_metrics(test_values, step=step)
+    log_results_to_wandb(loggers, run_dir, metrics, dm.class_names, dm.normal_class, predictions["test"])
+    test = metrics["test"]
+    print(f"test {summary_line(test, dm.normal_class)}" if test["accuracy"] is not None else "test split is empty")
+    print(f"run folder: {run_dir}")
+    return values
+
+
+def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
+    """The value a Hydra sweeper optimises (``optimized_metric``), NaN when the run did not log it."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    value = results.get(name)
+    if value is None:
+        log.warning("optimized_metric %s was not logged; known: %s", name, ", ".join(sorted(results)))
+        return float("nan")
+    return float(value) if not math.isnan(float(value)) else float("nan")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-@reports_user_errors
+@hydra_app
 def main(cfg: DictConfig) -> float | None:
-    from lungcls.training import optimized_value, train
-
     return optimized_value(cfg, train(cfg))
 
 

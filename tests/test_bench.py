@@ -12,8 +12,11 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-import lungcls.bench as bench
-from lungcls.bench import DATA_META, DATABASE_COUNTS, MEASUREMENTS, class_counts, ensure_bench_dataset, main
+from lungcls.benchmark.__main__ import main
+from lungcls.benchmark.data import DATABASE_COUNTS, class_counts, ensure_bench_dataset
+from lungcls.benchmark.measure import MEASURE
+from lungcls.benchmark.settings import MEASUREMENTS
+from lungcls.benchmark.timing import make_steady_state_clock, window_edges
 from lungcls.errors import LungclsError
 
 
@@ -45,10 +48,10 @@ def test_generated_data_set_has_the_database_layout_and_is_reused(tmp_path):
     assert 0.2 * raw < pngs[0].stat().st_size < raw  # compresses like a real radiograph, not like a blank
 
     stamps = {p: p.stat().st_mtime_ns for p in pngs}
-    meta = (root / DATA_META).read_text()
+    meta = (root / "demo.json").read_text()
     ensure_bench_dataset(root, images=12, size=299)  # second call: nothing is rewritten
     assert {p: p.stat().st_mtime_ns for p in pngs} == stamps
-    assert (root / DATA_META).read_text() == meta
+    assert (root / "demo.json").read_text() == meta
 
     ensure_bench_dataset(root, images=8, size=64)  # other parameters: regenerated in place
     assert len(list(root.glob("*/images/*.png"))) == 8
@@ -58,7 +61,7 @@ def test_generated_data_set_has_the_database_layout_and_is_reused(tmp_path):
 
 
 def test_parallel_generation_matches_the_layout(tmp_path):
-    root = ensure_bench_dataset(tmp_path / "many", images=600, size=24, workers=2)
+    root = ensure_bench_dataset(tmp_path / "many", images=600, size=32, workers=2)
     counts = class_counts(600)
     for name, n in counts.items():
         assert len(list((root / name / "images").glob("*.png"))) == n
@@ -68,7 +71,7 @@ def test_parallel_generation_matches_the_layout(tmp_path):
 def test_generator_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(LungclsError, match="not a generated bench data set"):
+    with pytest.raises(LungclsError, match="not a lungcls demo data set"):
         ensure_bench_dataset(tmp_path / "mine", images=8, size=32)
     assert (tmp_path / "mine" / "notes.txt").is_file()
 
@@ -139,7 +142,7 @@ def test_given_data_and_a_failing_measurement(tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(bench, "measure_gradcam", broken)
+    monkeypatch.setitem(MEASURE, "gradcam", broken)
     out = tmp_path / "out"
     status = main([*TINY, "--data", str(root), "--out", str(out), "--skip", "b,c,d"])
     assert status == 1
@@ -157,9 +160,9 @@ def test_steady_state_clock_counts_windows_and_host_syncs(monkeypatch):
 
     modes = []
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
-    edges = bench.window_edges(2, 6, 3)
+    edges = window_edges(2, 6, 3)
     assert edges == [2, 4, 6, 8]
-    clock = bench._make_steady_state_clock("cpu", edges, sync_check=2)
+    clock = make_steady_state_clock("cpu", edges, sync_check=2)
     trainer = SimpleNamespace(current_epoch=0)
     batch = (None, torch.zeros(4), None)
     for k in range(edges[-1] + 3):

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungcls.compare import collect_runs, main, rank_runs
+from lungcls.compare import main
+from lungcls.ranking import rank_runs
+from lungcls.runs import collect_runs
 from lungcls.errors import LungclsError
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]

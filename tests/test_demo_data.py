@@ -244,7 +244,7 @@ def test_bad_parameters_are_clear_errors(tmp_path: Path) -> None:
 def test_crash_during_generation_leaves_nothing_half_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_render, calls = demo.render_demo_case, []
+    real_render, calls = demo._render_case, []
 
     def flaky(*args, **kwargs):
         calls.append(args)
@@ -252,11 +252,11 @@ def test_crash_during_generation_leaves_nothing_half_written(
             raise RuntimeError("killed")
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "render_demo_case", flaky)
+    monkeypatch.setattr(demo, "_render_case", flaky)
     with pytest.raises(RuntimeError, match="killed"):
         ensure_demo_dataset(tmp_path / "demo", images_per_class=2, image_size=64)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
-    monkeypatch.setattr(demo, "render_demo_case", real_render)
+    monkeypatch.setattr(demo, "_render_case", real_render)
     assert (ensure_demo_dataset(tmp_path / "demo", images_per_class=2, image_size=64) / "demo.json").is_file()
 
 

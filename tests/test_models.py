@@ -9,8 +9,9 @@ from torch import nn
 
 from lungcls.errors import LungclsError
 from lungcls.models.finetune import apply_finetune, trainable_prefixes
-from lungcls.models.module import LungClassifier, build_network, class_weight_tensor
-from lungcls.models.registry import BACKBONES, get_backbone
+from lungcls.models.losses import class_weight_tensor
+from lungcls.models.module import LungClassifier, build_network
+from lungcls.models.backbones import BACKBONES, get_backbone
 from lungcls.models.weights import hub_checkpoint_dir, load_initial_weights
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -64,7 +65,7 @@ def test_full_trains_everything_and_head_has_our_classes(name):
     assert all(p.requires_grad for p in net.parameters())
     spec = get_backbone(name)
     assert net.get_submodule(spec.head).out_features == 4
-    if spec.builder is not None:
+    if not spec.explained_by_weights:
         net.get_submodule(spec.gradcam_layer)  # the Grad-CAM layer exists
 
 
@@ -77,7 +78,7 @@ def test_partial_fraction_outside_range_is_a_clear_error(fraction):
 def test_unknown_backbone_and_policy_name_the_choices():
     with pytest.raises(LungclsError, match="unknown backbone 'resnet5'.*resnet50"):
         get_backbone("resnet5")
-    with pytest.raises(LungclsError, match="unknown finetune 'most'"):
+    with pytest.raises(LungclsError, match="unknown finetune policy 'most'"):
         trainable_prefixes(tvm.resnet18(), get_backbone("resnet18"), {"name": "most"})
 
 
@@ -150,6 +151,6 @@ def test_state_dict_file_is_loaded_and_a_wrong_architecture_refused(tmp_path):
 def test_class_weights():
     w = class_weight_tensor("inverse_frequency", [30, 10, 0, 20], 4)
     assert torch.allclose(w, torch.tensor([60 / 90, 60 / 30, 0.0, 60 / 60]))
-    assert class_weight_tensor("none", None, 4) is None
+    assert torch.equal(class_weight_tensor("none", None, 4), torch.ones(4))
     with pytest.raises(LungclsError, match="give 4 non-negative weights"):
         class_weight_tensor([1.0, 2.0], None, 4)

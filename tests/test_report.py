@@ -20,8 +20,11 @@ from PIL import Image
 from torch import nn
 
 from lungcls.errors import LungclsError
-from lungcls.explain.report import SHARE_COLUMNS, ReportImage, ReportModel, _missed, make_report
-from lungcls.training import train
+from lungcls.explain.cams import ReportModel
+from lungcls.explain.outputs import SHARE_COLUMNS
+from lungcls.explain.selection import ReportImage, _missed
+from lungcls.report import make_report
+from lungcls.train import train
 
 from conftest import SHARED_REAL, TINY, compose_cfg, requires_shared, run_cli
 
@@ -279,9 +282,10 @@ def test_cli_writes_the_run_folder_and_logs_to_wandb_offline(runs, tmp_path):
     assert len(first) == 1 and any(first[0].glob("*.wandb"))  # a new offline run in the run folder
 
     # a second report resumes that run (same id) instead of starting another
-    from lungcls.explain.report import log_to_wandb
+    from lungcls.explain.outputs import CSV_COLUMNS
+    from lungcls.loggers import log_report_to_wandb
 
-    log_to_wandb(run_dir, [], read_rows(out / "gradcam.csv"))
+    log_report_to_wandb(run_dir, [], read_rows(out / "gradcam.csv"), CSV_COLUMNS)
     runs_now = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs_now) == 2
     assert {p.name.rsplit("-", 1)[-1] for p in runs_now} == {first[0].name.rsplit("-", 1)[-1]}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungcls.training import train
+from lungcls.train import train
 
 from conftest import SHARED_REAL, requires_shared, run_cli
 
@@ -179,7 +179,7 @@ def test_every_augment_config_builds_and_keeps_batches_valid(augment):
     from hydra import compose, initialize_config_dir
 
     from lungcls.cli import CONF_DIR
-    from lungcls.data.transforms import build_augment
+    from lungcls.data.datamodule import build_augment
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(config_name="train", overrides=[f"augment={augment}"])
@@ -197,7 +197,7 @@ def test_every_augment_config_builds_and_keeps_batches_valid(augment):
 
 def test_head_dropout_override_reaches_the_network():
     from lungcls.models.module import build_network
-    from lungcls.models.registry import get_backbone
+    from lungcls.models.backbones import get_backbone
 
     net, _ = build_network(get_backbone("alexnet"), {"name": "alexnet", "weights": None, "dropout": 0.2}, 3)
     assert {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}

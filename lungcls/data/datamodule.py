@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungcls.data.cache import CACHE_MODES, choose_cache_device, load_or_decode
-from lungcls.data.images import load_image
-from lungcls.data.layouts import Sample, cap_per_class, discover_samples
+from lungcls.data.images import load_image, to_unit_float
+from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
+from lungcls.data.normalization import normalization_stats
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
-from lungcls.data.transforms import build_augment, normalization_stats, to_unit_float
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,24 @@ class CachedImages(Dataset):
 
 def _keep_batch(batch):
     return batch
+
+
+def build_augment(cfg: Mapping[str, Any] | None, image_size: int):
+    """The ``augment`` config's module (Hydra ``_target_``), or None when it changes nothing."""
+    if not cfg:
+        return None
+    import hydra
+
+    cfg = dict(cfg)
+    cfg.setdefault("_target_", "lungcls.data.augment.BatchAugment")
+    cfg["_partial_"] = True
+    try:
+        augment = hydra.utils.instantiate(cfg)(image_size=image_size)
+    except LungclsError:
+        raise
+    except Exception as e:
+        raise LungclsError(f"cannot build augment {cfg.get('_target_')} ({' '.join(str(e).split())[:200]}); check augment.* values") from None
+    return augment if getattr(augment, "active", True) else None
 
 
 class LazyImages(Dataset):
@@ -94,31 +112,13 @@ class LungDataModule(pl.LightningDataModule):
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Generate the demo phantom once (rank 0 only, under a file lock)."""
-        if self.cfg.get("name") == "demo" and self.cfg.get("demo"):
-            from lungcls.data.demo import ensure_demo_dataset
-
-            demo = self.cfg["demo"]
-            ensure_demo_dataset(
-                Path(self.cfg["root"]),
-                images_per_class=int(demo["images_per_class"]),
-                image_size=int(demo["source_size"]),
-                seed=int(demo["seed"]),
-                classes=tuple(self.class_names),
-            )
+        """Let the layout create its data (the demo phantom: once, under a file lock)."""
+        LAYOUTS.get(self.cfg.get("layout", "radiography"))(self.cfg).prepare()
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        if self.cfg.get("name") == "demo":
-            self.prepare_data()  # idempotent; makes direct use (outside a Trainer) work too
-        samples = discover_samples(
-            layout=self.cfg.get("layout", "radiography"),
-            classes=self.class_names,
-            root=self.cfg.get("root"),
-            manifest=self.cfg.get("manifest"),
-            allow_missing_classes=bool(self.cfg.get("allow_missing_classes", False)),
-        )
+        samples = find_samples(self.cfg)  # prepares the layout too (idempotent), for use outside a Trainer
         samples = cap_per_class(samples, self.cfg.get("max_per_class"), int(self.cfg.get("split_seed", 1)))
         if self.cfg.get("splits_csv"):
             assignment = apply_splits_csv(samples, self.cfg["splits_csv"])
@@ -139,24 +139,29 @@ class LungDataModule(pl.LightningDataModule):
         self._rows["all"] = torch.arange(len(samples))
         counts = {split: dict(Counter(self.class_names[s.label] for s in self.split_samples(split))) for split in SPLITS}
         log.info("images per split and class: %s", counts)
-
-        mode = self.cfg.get("cache", "auto")
-        if mode != "none":
-            images = load_or_decode([s.path for s in samples], self.image_size, self.cfg.get("cache_dir"))
-            self._cache_where = choose_cache_device(mode, images.numel())
-            self.images = images
-            log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self._cache_where.upper())
-        train_images = None
-        if self.cfg.get("normalization") == "dataset":
-            rows = self._rows["train"]
-            train_images = (
-                self.images[rows.to(self.images.device)]
-                if self.images is not None
-                else torch.stack([load_image(samples[int(r)].path, self.image_size) for r in rows[:512]])
-            )
-        self.mean, self.std = normalization_stats(self.cfg.get("normalization", "imagenet"), train_images)
+        self._decode()
+        self.mean, self.std = normalization_stats(self.cfg.get("normalization", "imagenet"), self._train_images_for_stats())
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
+
+    def _decode(self) -> None:
+        """Decode every image once into the uint8 cache (unless ``dataset.cache=none``)."""
+        mode = self.cfg.get("cache", "auto")
+        if mode == "none":
+            return
+        images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.get("cache_dir"))
+        self._cache_where = choose_cache_device(mode, images.numel())
+        self.images = images
+        log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self._cache_where.upper())
+
+    def _train_images_for_stats(self) -> torch.Tensor | None:
+        """The train images ``normalization=dataset`` measures (at most 512 when decoding lazily)."""
+        if self.cfg.get("normalization") != "dataset":
+            return None
+        rows = self._rows["train"]
+        if self.images is not None:
+            return self.images[rows.to(self.images.device)]
+        return torch.stack([load_image(self.samples[int(r)].path, self.image_size) for r in rows[:512]])
 
     def _target_device(self) -> torch.device:
         trainer = getattr(self, "trainer", None)

@@ -16,6 +16,13 @@ from PIL import Image, UnidentifiedImageError
 
 from lungcls.errors import LungclsError
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def is_image_file(path: Path) -> bool:
+    """A file lungcls reads as an X-ray (by extension; hidden files are skipped)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
 
 def _to_gray_uint8(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -63,3 +70,8 @@ def load_mask(path: str | Path | None, size: int) -> np.ndarray | None:
     if arr.shape != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.NEAREST))
     return arr > 127
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 1, S, S] -> float32 in [0, 1] (floats are passed through as float32)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()

@@ -1,10 +1,11 @@
-"""Find the images of a data set on disk, whatever its layout, as a list of labelled samples.
+"""Data layouts: how a data set's images and labels are found on disk. A registry, chosen by
+``dataset.layout=<name>``; every layout has the same interface (``prepare``, then ``find``).
 
-Three layouts:
 - ``radiography``: the COVID-19 Radiography Database, ``<root>/<Class>/images/*.png`` with optional
   lung masks in ``<Class>/masks/`` (and, for the demo phantom, ``<Class>/lesion_masks/``);
 - ``folder``: any class-per-folder tree, ``<root>/<Class>/**/*.png`` (mask folders are skipped);
-- ``manifest``: a CSV with ``path,label[,split][,patient]`` (paths relative to the CSV's folder).
+- ``manifest``: a CSV with ``path,label[,split][,patient]`` (paths relative to the CSV's folder);
+- ``demo``: the radiography layout of the synthetic phantom, which ``prepare`` generates first.
 
 Classes always come from the config, in config order (= label ids): a folder listing is never
 trusted to define the label space.
@@ -16,17 +17,18 @@ import csv
 import logging
 import random
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
+from lungcls.data.images import is_image_file
 from lungcls.errors import LungclsError
+from lungcls.registry import Registry
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 MASK_FOLDERS = ("masks", "lesion_masks")
-LAYOUTS = ("radiography", "folder", "manifest")
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,6 @@ class Sample:
     split: str | None = None
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-
-
 def sibling_mask(image: Path, folder: str) -> str | None:
     """Masks share the image's file name in a sibling folder (``images/x.png`` -> ``masks/x.png``)."""
     if image.parent.name != "images":
@@ -53,87 +51,140 @@ def sibling_mask(image: Path, folder: str) -> str | None:
     return str(candidate) if candidate.is_file() else None
 
 
-def _class_folder_images(class_dir: Path, strict_images_folder: bool) -> list[Path]:
-    images_dir = class_dir / "images"
-    if images_dir.is_dir():
-        return sorted(p for p in images_dir.iterdir() if _is_image(p))
-    if strict_images_folder:
-        return []
-    return sorted(
-        p
-        for p in class_dir.rglob("*")
-        if _is_image(p) and not any(part in MASK_FOLDERS for part in p.relative_to(class_dir).parts[:-1])
-    )
+def _with_masks(path: Path, label: int, **extra: Any) -> Sample:
+    return Sample(str(path), label, sibling_mask(path, "masks"), sibling_mask(path, "lesion_masks"), **extra)
 
 
-def _scan_class_folders(root: Path, classes: Sequence[str], layout: str) -> list[Sample]:
-    if not root.is_dir():
-        raise LungclsError(
-            f"data folder {root} does not exist; set dataset.root=/path/to/your/data "
-            "(or LUNGCLS_DATA for dataset=covid_radiography)"
-        )
-    present = {p.name for p in root.iterdir() if p.is_dir()}
-    ignored = sorted(present - set(classes) - {"__MACOSX"})
-    if ignored:
-        log.warning("ignoring folders of %s not in dataset.classes: %s", root, ", ".join(ignored))
-    samples: list[Sample] = []
-    for label, name in enumerate(classes):
-        for img in _class_folder_images(root / name, strict_images_folder=layout == "radiography"):
-            samples.append(
-                Sample(
-                    path=str(img),
-                    label=label,
-                    mask=sibling_mask(img, "masks"),
-                    lesion_mask=sibling_mask(img, "lesion_masks"),
-                )
-            )
-    return samples
+class Layout:
+    """A way of finding labelled images. ``cfg`` is the ``dataset`` config (root, manifest...)."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        self.cfg = cfg
+
+    def prepare(self) -> None:
+        """Create the data where the layout makes it (the demo); nothing for data on disk."""
+
+    def find(self, classes: Sequence[str]) -> list[Sample]:
+        raise NotImplementedError
+
+    def where(self) -> str:
+        """The folder or file the images come from, for messages."""
+        return str(self.cfg.get("root"))
 
 
-def _read_manifest(manifest: Path, classes: Sequence[str]) -> list[Sample]:
-    if not manifest.is_file():
-        raise LungclsError(f"manifest {manifest} does not exist; set dataset.manifest=/path/to/manifest.csv")
-    base = manifest.parent
-    index = {name: i for i, name in enumerate(classes)}
-    samples, unknown = [], Counter()
-    with manifest.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
-        if missing:
+LAYOUTS: Registry[type[Layout]] = Registry("dataset layout", "dataset.layout=<name>")
+
+
+@LAYOUTS.register("radiography")
+class RadiographyLayout(Layout):
+    """``<root>/<Class>/images/*`` (the database); other folders of a class are not images."""
+
+    images_folder_only = True
+
+    def _root(self) -> Path:
+        root = self.cfg.get("root")
+        if root is None:
             raise LungclsError(
-                f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; "
-                "it needs a header with path,label[,split][,patient]"
+                "dataset.root is not set; pass dataset.root=/path/to/data (or set LUNGCLS_DATA for dataset=covid_radiography)"
             )
-        for row in reader:
-            label = row["label"].strip()
-            if label not in index:
-                unknown[label] += 1
-                continue
-            path = Path(row["path"])
-            path = path if path.is_absolute() else base / path
-            split = (row.get("split") or "").strip().lower() or None
-            if split is not None and split not in ("train", "val", "test"):
-                raise LungclsError(f"manifest {manifest}: split '{split}' for {path} must be train, val or test")
-            samples.append(
-                Sample(
-                    path=str(path),
-                    label=index[label],
-                    mask=sibling_mask(path, "masks"),
-                    lesion_mask=sibling_mask(path, "lesion_masks"),
-                    patient=(row.get("patient") or "").strip() or None,
-                    split=split,
-                )
+        path = Path(str(root)).expanduser().resolve()
+        if not path.is_dir():
+            raise LungclsError(
+                f"data folder {path} does not exist; set dataset.root=/path/to/your/data "
+                "(or LUNGCLS_DATA for dataset=covid_radiography)"
             )
-    if unknown:
-        listed = ", ".join(f"{k!r} ({v})" for k, v in unknown.most_common())
-        log.warning("manifest %s: skipped rows with labels not in dataset.classes: %s", manifest, listed)
-    absent = [s.path for s in samples if not Path(s.path).is_file()]
-    if absent:
-        raise LungclsError(
-            f"manifest {manifest} lists {len(absent)} missing file(s), e.g. {absent[0]}; "
-            "fix the paths (relative paths are relative to the manifest's folder)"
+        return path
+
+    def _class_images(self, class_dir: Path) -> list[Path]:
+        images_dir = class_dir / "images"
+        if images_dir.is_dir():
+            return sorted(p for p in images_dir.iterdir() if is_image_file(p))
+        if self.images_folder_only:
+            return []
+        return sorted(
+            p for p in class_dir.rglob("*")
+            if is_image_file(p) and not any(part in MASK_FOLDERS for part in p.relative_to(class_dir).parts[:-1])
         )
-    return samples
+
+    def find(self, classes: Sequence[str]) -> list[Sample]:
+        root = self._root()
+        ignored = sorted({p.name for p in root.iterdir() if p.is_dir()} - set(classes) - {"__MACOSX"})
+        if ignored:
+            log.warning("ignoring folders of %s not in dataset.classes: %s", root, ", ".join(ignored))
+        return [_with_masks(img, label) for label, name in enumerate(classes) for img in self._class_images(root / name)]
+
+
+@LAYOUTS.register("folder")
+class FolderLayout(RadiographyLayout):
+    """``<root>/<Class>/**/*``: any class-per-folder tree (mask folders are skipped)."""
+
+    images_folder_only = False
+
+
+@LAYOUTS.register("demo")
+class DemoLayout(RadiographyLayout):
+    """The synthetic phantom in the radiography layout, generated into ``root`` on first use."""
+
+    def prepare(self) -> None:
+        from lungcls.data.demo import ensure_demo_dataset
+
+        demo = self.cfg.get("demo") or {}
+        if self.cfg.get("root") is None:
+            raise LungclsError("dataset.root is not set; the demo needs a folder to generate its images into")
+        ensure_demo_dataset(
+            Path(str(self.cfg["root"])),
+            images_per_class=int(demo.get("images_per_class", 150)),
+            image_size=int(demo.get("source_size", 128)),
+            seed=int(demo.get("seed", 0)),
+            classes=tuple(self.cfg["classes"]),
+        )
+
+
+@LAYOUTS.register("manifest")
+class ManifestLayout(Layout):
+    """A CSV with ``path,label[,split][,patient]``; relative paths are relative to the CSV."""
+
+    def where(self) -> str:
+        return str(self.cfg.get("manifest"))
+
+    def find(self, classes: Sequence[str]) -> list[Sample]:
+        if self.cfg.get("manifest") is None:
+            raise LungclsError("dataset.layout=manifest needs dataset.manifest=/path/to/manifest.csv")
+        manifest = Path(str(self.cfg["manifest"])).expanduser().resolve()
+        if not manifest.is_file():
+            raise LungclsError(f"manifest {manifest} does not exist; set dataset.manifest=/path/to/manifest.csv")
+        with manifest.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"path", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise LungclsError(
+                    f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; "
+                    "it needs a header with path,label[,split][,patient]"
+                )
+            rows = list(reader)
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = Counter(r["label"].strip() for r in rows if r["label"].strip() not in index)
+        if unknown:
+            listed = ", ".join(f"{k!r} ({v})" for k, v in unknown.most_common())
+            log.warning("manifest %s: skipped rows with labels not in dataset.classes: %s", manifest, listed)
+        samples = [self._sample(manifest, r, index) for r in rows if r["label"].strip() in index]
+        absent = [s.path for s in samples if not Path(s.path).is_file()]
+        if absent:
+            raise LungclsError(
+                f"manifest {manifest} lists {len(absent)} missing file(s), e.g. {absent[0]}; "
+                "fix the paths (relative paths are relative to the manifest's folder)"
+            )
+        return samples
+
+    @staticmethod
+    def _sample(manifest: Path, row: Mapping[str, str], index: Mapping[str, int]) -> Sample:
+        path = Path(row["path"])
+        path = path if path.is_absolute() else manifest.parent / path
+        split = (row.get("split") or "").strip().lower() or None
+        if split is not None and split not in ("train", "val", "test"):
+            raise LungclsError(f"manifest {manifest}: split '{split}' for {path} must be train, val or test")
+        patient = (row.get("patient") or "").strip() or None
+        return _with_masks(path, index[row["label"].strip()], patient=patient, split=split)
 
 
 def cap_per_class(samples: list[Sample], max_per_class: int | None, seed: int) -> list[Sample]:
@@ -152,46 +203,42 @@ def cap_per_class(samples: list[Sample], max_per_class: int | None, seed: int) -
     return sorted(kept, key=lambda s: (s.label, s.path))
 
 
-def discover_samples(
-    layout: str,
-    classes: Sequence[str],
-    root: str | Path | None = None,
-    manifest: str | Path | None = None,
-    allow_missing_classes: bool = False,
-) -> list[Sample]:
-    """All labelled images of a data set; a configured class with no images is an error unless
-    ``allow_missing_classes`` (it then stays in the label space with no images)."""
-    if layout not in LAYOUTS:
-        raise LungclsError(f"unknown dataset.layout '{layout}'; use one of {', '.join(LAYOUTS)}")
+def _check_classes(classes: Sequence[str]) -> None:
     if not classes:
         raise LungclsError("dataset.classes is empty; list the class names, e.g. dataset.classes=[COVID,Normal]")
     if len(set(classes)) != len(classes):
         raise LungclsError(f"dataset.classes has duplicates: {list(classes)}")
-    if layout == "manifest":
-        if manifest is None:
-            raise LungclsError("dataset.layout=manifest needs dataset.manifest=/path/to/manifest.csv")
-        samples = _read_manifest(Path(manifest).expanduser().resolve(), classes)
-    else:
-        if root is None:
-            raise LungclsError(
-                "dataset.root is not set; pass dataset.root=/path/to/data "
-                "(or set LUNGCLS_DATA for dataset=covid_radiography)"
-            )
-        samples = _scan_class_folders(Path(root).expanduser().resolve(), classes, layout)
+
+
+def find_samples(cfg: Mapping[str, Any], prepare: bool = True) -> list[Sample]:
+    """All labelled images of the ``dataset`` config ``cfg`` through its layout. A configured class
+    with no images is an error unless ``allow_missing_classes`` (it then stays in the label space)."""
+    classes = list(cfg.get("classes") or [])
+    _check_classes(classes)
+    layout = LAYOUTS.get(cfg.get("layout", "radiography"))(cfg)
+    if prepare:
+        layout.prepare()
+    samples = layout.find(classes)
     counts = Counter(s.label for s in samples)
     empty = [name for i, name in enumerate(classes) if counts[i] == 0]
     if empty and len(empty) == len(classes):
-        where = manifest if layout == "manifest" else root
         raise LungclsError(
-            f"no images found for any of {list(classes)} in {where} (layout={layout}); "
+            f"no images found for any of {classes} in {layout.where()} (layout={cfg.get('layout')}); "
             "check dataset.root, dataset.layout and dataset.classes"
         )
-    if empty and not allow_missing_classes:
-        where = manifest if layout == "manifest" else root
+    if empty and not cfg.get("allow_missing_classes", False):
         raise LungclsError(
-            f"class(es) {', '.join(empty)} have no images in {where}; remove them from dataset.classes "
+            f"class(es) {', '.join(empty)} have no images in {layout.where()}; remove them from dataset.classes "
             "or set dataset.allow_missing_classes=true"
         )
     if empty:
         log.warning("classes with no images (kept in the label space): %s", ", ".join(empty))
     return samples
+
+
+def discover_samples(layout: str, classes: Sequence[str], root: str | Path | None = None,
+                     manifest: str | Path | None = None, allow_missing_classes: bool = False) -> list[Sample]:
+    """``find_samples`` for a layout given by name (a folder or manifest a report draws from)."""
+    cfg = {"layout": layout, "classes": list(classes), "root": root, "manifest": manifest,
+           "allow_missing_classes": allow_missing_classes}
+    return find_samples(cfg)

@@ -1,48 +1,62 @@
-"""Fine-tune policies: which parameters train.
+"""Fine-tune policies: which parameters train. A registry, chosen by ``finetune=<name>``.
 
 - ``head``: the classifier layer only;
-- ``partial``: the top ``fraction`` of the backbone's feature blocks, plus the head;
-- ``paper``: the reference study's per-backbone recipe (see the registry);
+- ``partial``: the top ``finetune.fraction`` of the backbone's feature blocks, plus the head;
+- ``paper``: the reference study's per-backbone recipe (see the backbone registry);
 - ``full``: everything.
 
-Frozen BatchNorm layers must also keep their running statistics: ``freeze_batchnorm_stats`` puts
-them back in eval mode whenever the module is switched to training.
+A policy maps (network, backbone spec, finetune config) to the module paths that train. Frozen
+BatchNorm layers must also keep their running statistics: ``freeze_batchnorm_stats`` puts them
+back in eval mode whenever the module is switched to training.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Callable, Mapping
 
 from torch import nn
 
 from lungcls.errors import LungclsError
-from lungcls.models.registry import BackboneSpec
+from lungcls.models.backbones import BackboneSpec
+from lungcls.registry import Registry
 
-POLICIES = ("head", "partial", "paper", "full")
+Policy = Callable[[nn.Module, BackboneSpec, Mapping], list[str]]
+POLICIES: Registry[Policy] = Registry("finetune policy", "finetune=<name>")
+
+
+@POLICIES.register("full")
+def full(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str]:
+    return [""]  # "" is the whole model
+
+
+@POLICIES.register("head")
+def head(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str]:
+    return [spec.head]
+
+
+@POLICIES.register("paper")
+def paper(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str]:
+    return list(spec.paper) + [spec.head]
+
+
+@POLICIES.register("partial")
+def partial(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str]:
+    raw = finetune.get("fraction")
+    try:
+        fraction = float(raw)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if not 0 < fraction <= 1:
+        raise LungclsError(f"finetune.fraction={raw} must be in (0, 1], e.g. finetune.fraction=0.25")
+    blocks = spec.feature_blocks(model)
+    n = math.ceil(fraction * len(blocks))
+    return [p for block in blocks[len(blocks) - n :] for p in block] + [spec.head]
 
 
 def trainable_prefixes(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str]:
-    """Module paths whose parameters train under this policy ("" means the whole model)."""
-    name = finetune.get("name")
-    if name == "full":
-        return [""]
-    if name == "head":
-        return [spec.head]
-    if name == "paper":
-        return list(spec.paper) + [spec.head]
-    if name == "partial":
-        fraction = finetune.get("fraction")
-        try:
-            fraction = float(fraction)
-        except (TypeError, ValueError):
-            fraction = float("nan")
-        if not 0 < fraction <= 1:
-            raise LungclsError(f"finetune.fraction={finetune.get('fraction')} must be in (0, 1], e.g. finetune.fraction=0.25")
-        blocks = spec.feature_blocks(model)
-        n = math.ceil(fraction * len(blocks))
-        return [p for block in blocks[len(blocks) - n :] for p in block] + [spec.head]
-    raise LungclsError(f"unknown finetune '{name}'; choose one of {', '.join(POLICIES)} (finetune=<name>)")
+    """Module paths whose parameters train under the configured policy ("" means the whole model)."""
+    return POLICIES.get(finetune.get("name"))(model, spec, finetune)
 
 
 def apply_finetune(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> tuple[int, int]:

@@ -1,5 +1,6 @@
-"""The LightningModule: a registry backbone with a fine-tune policy, trained with cross-entropy, and
-scored per class (precision, recall, F1, missed disease) from a confusion matrix kept on device.
+"""The LightningModule: a registry backbone with a fine-tune policy, trained with the configured
+loss, optimizer and schedule, and scored per class (precision, recall, F1, missed disease) from a
+confusion matrix kept on the device.
 
 Inputs are [0, 1] grayscale batches [B, 1, S, S]; channel replication and normalisation live inside
 the module, so a checkpoint alone is enough to run the model on new X-rays.
@@ -8,62 +9,42 @@ the module, so a checkpoint alone is enough to run the model on new X-rays.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAUROC
 
 from lungcls.errors import LungclsError
-from lungcls.metrics import flat_metrics, summarize_confusion
+from lungcls.metrics import ConfusionCounts, flat_metrics, metric_key, summarize_confusion
+from lungcls.models.backbones import BackboneSpec, get_backbone, get_module, replace_module
 from lungcls.models.finetune import apply_finetune, freeze_batchnorm_stats
-from lungcls.models.logistic import LogisticRegression
-from lungcls.models.registry import BackboneSpec, get_backbone, get_module, replace_module
 from lungcls.models.weights import load_initial_weights
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
-SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
-
-
-class ConfusionCounts(Metric):
-    """A confusion matrix (rows = true class) that accumulates with ``index_add_``.
-
-    torchmetrics' MulticlassConfusionMatrix counts with ``torch.bincount``, which on a GPU reads the
-    maximum back to the host on every update; this keeps training free of per-step host syncs and
-    still sums across processes (DDP) at ``compute``.
-    """
-
-    full_state_update = False
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.add_state("counts", default=torch.zeros(num_classes * num_classes, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        self.counts.index_add_(0, target * self.num_classes + preds, torch.ones_like(target))
-
-    def compute(self) -> torch.Tensor:
-        return self.counts.view(self.num_classes, self.num_classes)
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+DEFAULT_SCHEDULER = {"_target_": "lungcls.models.schedulers.constant", "_partial_": True}
+DEFAULT_LOSS = {"_target_": "lungcls.models.losses.CrossEntropy", "_partial_": True}
+# configs of the first release named schedulers instead of targeting them
+_SCHEDULER_NAMES = {"none": "constant", "step": "step", "cosine": "cosine", "warmup_cosine": "warmup_cosine"}
 
 
 def build_network(spec: BackboneSpec, backbone: Mapping[str, Any], num_classes: int, load_weights: bool = True) -> tuple[nn.Module, str]:
-    """The torchvision network with initial weights loaded and its head replaced for our classes;
-    also says which initial weights it got."""
-    if spec.builder is None:
-        return LogisticRegression(num_classes, input_size=int(backbone.get("input_size", 32))), "zeros"
-    net = spec.builder(weights=None)
+    """The backbone with its initial weights loaded and its head replaced for our classes; also
+    says which initial weights it got."""
+    net = spec.build({**backbone, "num_classes": num_classes})  # builders that take num_classes get it
     source = "from checkpoint"
     if load_weights:
-        source = load_initial_weights(net, spec, backbone.get("weights"), backbone.get("imagenet_weights", "IMAGENET1K_V1"))
+        source = load_initial_weights(net, spec, backbone.get("weights"), backbone.get("imagenet_weights") or "IMAGENET1K_V1")
     old = get_module(net, spec.head)
-    replace_module(net, spec.head, nn.Linear(old.in_features, num_classes))
+    if old.out_features != num_classes:  # torchvision's 1000-class head
+        replace_module(net, spec.head, nn.Linear(old.in_features, num_classes))
     dropout = backbone.get("dropout")
     if dropout is not None:
         for m in net.modules():
@@ -72,24 +53,28 @@ def build_network(spec: BackboneSpec, backbone: Mapping[str, Any], num_classes: 
     return net, source
 
 
-def class_weight_tensor(setting: Any, class_counts: Sequence[int] | None, num_classes: int) -> torch.Tensor | None:
-    """``none``, ``inverse_frequency`` (n / (k * count), 0 for empty classes) or an explicit list."""
-    if setting in (None, "none", "null"):
-        return None
-    if setting == "inverse_frequency":
-        if not class_counts:
-            raise LungclsError("loss.class_weights=inverse_frequency needs the train split's class counts")
-        counts = torch.tensor(class_counts, dtype=torch.float)
-        present = counts > 0
-        w = torch.zeros(num_classes)
-        w[present] = counts.sum() / (present.sum() * counts[present])
-        return w
-    if isinstance(setting, (list, tuple)) or hasattr(setting, "__len__") and not isinstance(setting, str):
-        w = torch.tensor([float(v) for v in setting])
-        if len(w) != num_classes or (w < 0).any():
-            raise LungclsError(f"loss.class_weights has {len(w)} values; give {num_classes} non-negative weights, one per class")
-        return w
-    raise LungclsError(f"loss.class_weights={setting} must be none, inverse_frequency or a list of {num_classes} numbers")
+def _instantiate(cfg: Mapping[str, Any], what: str, *args, **kwargs):
+    """Finish a ``_partial_`` config with the arguments only the module knows."""
+    cfg = dict(cfg)
+    cfg["_partial_"] = True
+    try:
+        factory = hydra.utils.instantiate(cfg)
+    except Exception as e:
+        raise LungclsError(f"cannot build the {what} {cfg.get('_target_')} ({' '.join(str(e).split())[:200]}); check {what}.* values") from None
+    try:
+        return factory(*args, **kwargs)
+    except LungclsError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise LungclsError(f"cannot build the {what} {cfg.get('_target_')} ({' '.join(str(e).split())[:200]}); check {what}.* values") from None
+
+
+def _scheduler_cfg(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    cfg = dict(cfg or DEFAULT_SCHEDULER)
+    if "_target_" not in cfg:  # a first-release checkpoint: {name: cosine, ...}
+        name = cfg.pop("name", "none")
+        cfg["_target_"] = f"lungcls.models.schedulers.{_SCHEDULER_NAMES.get(name, name)}"
+    return cfg
 
 
 class LungClassifier(pl.LightningModule):
@@ -129,15 +114,13 @@ class LungClassifier(pl.LightningModule):
         channels = self.spec.in_channels
         self.register_buffer("input_mean", torch.tensor(list(mean)[:channels]).view(1, channels, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(list(std)[:channels]).view(1, channels, 1, 1), persistent=False)
-        loss = dict(loss or {})
-        weights = class_weight_tensor(loss.get("class_weights"), class_counts, num_classes)
-        self.register_buffer("class_weights", weights if weights is not None else torch.ones(num_classes), persistent=False)
-        self.label_smoothing = float(loss.get("label_smoothing") or 0.0)
-        if not 0 <= self.label_smoothing < 1:
-            raise LungclsError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        loss_cfg = dict(loss or {})
+        loss_cfg.setdefault("_target_", DEFAULT_LOSS["_target_"])  # first-release checkpoints had no target
+        self.criterion = _instantiate(loss_cfg, "loss", num_classes=num_classes, class_counts=class_counts)
+        # metric states per stage; keys get "_": "train" is taken by nn.Module
         self.confusion = nn.ModuleDict({f"{s}_": ConfusionCounts(num_classes) for s in STAGES})
         self.auroc = nn.ModuleDict({f"{s}_": MulticlassAUROC(num_classes, average=None, validate_args=False) for s in ("val", "test")})
-        self.mean_loss = nn.ModuleDict({f"{s}_": MeanMetric(nan_strategy="disable") for s in STAGES})  # keys get "_": "train" is taken
+        self.mean_loss = nn.ModuleDict({f"{s}_": MeanMetric(nan_strategy="disable") for s in STAGES})
         self.summaries: dict[str, dict] = {}
         self._compiled: nn.Module | None = None
 
@@ -153,8 +136,8 @@ class LungClassifier(pl.LightningModule):
         return net(x)
 
     @property
-    def gradcam_layer(self) -> nn.Module:
-        return get_module(self.net, self.spec.gradcam_layer)
+    def gradcam_layer(self) -> nn.Module | None:
+        return None if self.spec.gradcam_layer is None else get_module(self.net, self.spec.gradcam_layer)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -172,9 +155,8 @@ class LungClassifier(pl.LightningModule):
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y, _ = batch
         logits = self(x)
-        loss = F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing)
-        preds = logits.argmax(dim=1)
-        self.confusion[f"{stage}_"].update(preds, y)
+        loss = self.criterion(logits, y)
+        self.confusion[f"{stage}_"].update(logits.argmax(dim=1), y)
         # one value per image (weights by batch size) without a host-to-device copy of len(y)
         self.mean_loss[f"{stage}_"].update(loss.detach().expand(len(y)))
         if f"{stage}_" in self.auroc:
@@ -193,23 +175,29 @@ class LungClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _epoch_end(self, stage: str) -> None:
-        """Turn the epoch's confusion matrix into the per-class metrics of the design and log them."""
+    def _epoch_values(self, stage: str) -> dict[str, float]:
+        """The epoch's confusion matrix as the design's per-class metrics, plus loss and AUROC."""
         cm = self.confusion[f"{stage}_"].compute().cpu().numpy().astype(int)
-        loss = float(self.mean_loss[f"{stage}_"].compute()) if self.mean_loss[f"{stage}_"].update_count else float("nan")
+        mean_loss = self.mean_loss[f"{stage}_"]
+        loss = float(mean_loss.compute()) if mean_loss.update_count else float("nan")
         self.confusion[f"{stage}_"].reset()
-        self.mean_loss[f"{stage}_"].reset()
+        mean_loss.reset()
         summary = summarize_confusion(cm, self.class_names, self.normal_class)
         self.summaries[stage] = summary
-        values = flat_metrics(summary, stage)
-        values[f"{stage}/loss"] = loss
-        if f"{stage}_" in self.auroc:
-            if self.auroc[f"{stage}_"].update_count:
-                aurocs = self.auroc[f"{stage}_"].compute()
-                for name, v in zip(self.class_names, aurocs.tolist()):
-                    if v == v and cm[self.class_names.index(name)].sum() > 0:
-                        values[f"{stage}/auroc/{name}"] = float(v)
-            self.auroc[f"{stage}_"].reset()
+        values = {k: float(v) for k, v in flat_metrics(summary, stage).items()}  # Lightning logs floats
+        values[metric_key(stage, "loss")] = loss
+        auroc = self.auroc[f"{stage}_"] if f"{stage}_" in self.auroc else None
+        if auroc is not None and auroc.update_count:
+            support = cm.sum(axis=1)
+            for k, (name, v) in enumerate(zip(self.class_names, auroc.compute().tolist())):
+                if v == v and 0 < support[k] < support.sum():
+                    values[metric_key(stage, "auroc", name)] = float(v)
+        if auroc is not None:
+            auroc.reset()
+        return values
+
+    def _epoch_end(self, stage: str) -> None:
+        values = self._epoch_values(stage)
         if self.trainer.sanity_checking:
             return
         # the values are already summed over processes (ConfusionCounts); syncing them again is a
@@ -226,56 +214,40 @@ class LungClassifier(pl.LightningModule):
         self._epoch_end("test")
 
     # -- optimisation --------------------------------------------------------------------------------
-    def configure_optimizers(self):
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimizer over the trainable parameters."""
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise LungclsError("no parameter is trainable; choose another finetune policy")
-        opt_cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-4})
-        opt_cfg["_partial_"] = True
-        try:
-            optimizer = hydra.utils.instantiate(opt_cfg)(params)
-        except Exception as e:
-            raise LungclsError(f"cannot build optimizer {opt_cfg.get('_target_')} ({e}); check optimizer.* values") from None
-        sched = dict(self.hparams.scheduler or {"name": "none"})
-        name = sched.get("name", "none")
-        if name == "none":
-            return optimizer
-        if name == "step":
-            s = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(sched["step_size"]), gamma=float(sched["gamma"]))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": s, "interval": "epoch"}}
+        return _instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, "optimizer", params)
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer()
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        base_lr = optimizer.param_groups[0]["lr"]
-        eta_min = base_lr * float(sched.get("min_lr_ratio", 0.01))
-        if name == "cosine":
-            s = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=eta_min)
-        elif name == "warmup_cosine":
-            epochs = max(1, int(self.trainer.max_epochs or 1))
-            warm = min(total - 1, max(1, round(total * float(sched.get("warmup_epochs", 1)) / epochs)))
-            if warm < 1:
-                s = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=eta_min)
-            else:
-                s = torch.optim.lr_scheduler.SequentialLR(
-                    optimizer,
-                    [
-                        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warm),
-                        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm), eta_min=eta_min),
-                    ],
-                    milestones=[warm],
-                )
-        else:
-            raise LungclsError(f"unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": s, "interval": "step"}}
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        schedule = _instantiate(_scheduler_cfg(self.hparams.scheduler), "scheduler", optimizer, total_steps=total, epochs=epochs)
+        return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def load_classifier(path: str, map_location: str | torch.device = "cpu") -> LungClassifier:
-    """A trained model from a checkpoint file, without fetching any initial weights."""
+    """A trained model from a checkpoint file, without fetching any initial weights.
+
+    Only tensors and plain containers are unpickled (``weights_only``): a crafted file cannot run
+    code, and a file that is not a lungcls checkpoint is a one-line error.
+    """
     from pathlib import Path
 
-    if not Path(path).is_file():
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
         raise LungclsError(f"checkpoint {path} does not exist; give the path of a run's checkpoints/best.ckpt")
     try:
-        model = LungClassifier.load_from_checkpoint(path, map_location=map_location, load_weights=False)
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise LungclsError(f"cannot load checkpoint {path} ({str(e).splitlines()[0]}); is it a lungcls checkpoint?") from None
+        model = LungClassifier.load_from_checkpoint(str(p), map_location=map_location, load_weights=False, weights_only=True)
+    except LungclsError:
+        raise
+    except Exception as e:  # truncated, foreign, crafted or from another architecture
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise LungclsError(
+            f"{path} is not a readable lungcls checkpoint ({type(e).__name__}: {first}); give a run's checkpoints/best.ckpt"
+        ) from None
     model.eval()
     return model

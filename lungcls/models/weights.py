@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lungcls.errors import LungclsError
-from lungcls.models.registry import BackboneSpec
+from lungcls.models.backbones import BackboneSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""Per-class metrics, missed disease (`fn_to_normal`) and the `metrics.json` summary of a stage.
+"""Per-class metrics, missed disease (`fn_to_normal`), the `metrics.json` summary of a stage and
+the names every metric is logged under.
 
-Everything here works on a confusion matrix (rows = true class, columns = predicted class) or on
-plain numpy arrays of probabilities, so the training module, the evaluation entry point, the
-comparison tool and the tests all compute the numbers the same way. No torch is needed: pass
+Everything here works on a confusion matrix (rows = true class, columns = predicted class), so the
+training module, evaluation, the comparison tool, W&B logging and the tests compute the numbers
+the same way and name them the same way (`metric_key`). No torch is needed: pass
 `tensor.cpu().numpy()`.
 
 Convention for undefined values (the same everywhere in lungcls): a ratio whose denominator is 0 is
@@ -12,21 +13,22 @@ Convention for undefined values (the same everywhere in lungcls): a ratio whose 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lungcls.errors import LungclsError
 
-__all__ = [
-    "summarize_confusion",
-    "flat_metrics",
-    "class_probability_ci",
-    "plot_confusion_matrix",
-]
+__all__ = ["summarize_confusion", "flat_metrics", "metric_key", "PER_CLASS_METRICS"]
+
+# The per-class numbers of a summary, logged as `{stage}/{metric}/{Class}`.
+PER_CLASS_METRICS = ("precision", "recall", "f1", "specificity")
+
+
+def metric_key(stage: str, metric: str, class_name: str | None = None) -> str:
+    """The logged name of a metric: `test/acc`, `val/recall/COVID`, `test/fn_to_normal_total`."""
+    return f"{stage}/{metric}" if class_name is None else f"{stage}/{metric}/{class_name}"
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -145,7 +147,7 @@ def summarize_confusion(
     }
 
 
-def flat_metrics(summary: dict[str, Any], stage: str) -> dict[str, float]:
+def flat_metrics(summary: dict[str, Any], stage: str) -> dict[str, float | int]:
     """Flatten a `summarize_confusion` result into the logger keys of the design.
 
     Keys: `{stage}/acc`, `{stage}/macro_f1`, `{stage}/precision|recall|f1|specificity/{Class}`,
@@ -155,122 +157,18 @@ def flat_metrics(summary: dict[str, Any], stage: str) -> dict[str, float]:
     """
     out: dict[str, float] = {}
 
-    def put(key: str, value: Any) -> None:
-        if value is not None:
-            out[f"{stage}/{key}"] = float(value)
+    def put(value: Any, metric: str, class_name: str | None = None) -> None:
+        if value is not None:  # counts stay whole numbers, ratios are floats
+            out[metric_key(stage, metric, class_name)] = int(value) if isinstance(value, int) else float(value)
 
-    put("acc", summary.get("accuracy"))
-    put("macro_f1", summary.get("macro_f1"))
+    put(summary.get("accuracy"), "acc")
+    put(summary.get("macro_f1"), "macro_f1")
     for name, m in summary.get("per_class", {}).items():
-        for metric in ("precision", "recall", "f1", "specificity"):
-            put(f"{metric}/{name}", m.get(metric))
+        for metric in PER_CLASS_METRICS:
+            put(m.get(metric), metric, name)
     fn = summary.get("fn_to_normal") or {}
     for name, count in fn.items():
-        put(f"fn_to_normal/{name}", count)
+        put(count, "fn_to_normal", name)
     if fn:
-        put("fn_to_normal_total", sum(int(v) for v in fn.values()))
-    return out
-
-
-def class_probability_ci(
-    probs: Any,
-    labels: Any,
-    class_names: Sequence[str],
-    confidence: float = 0.95,
-) -> dict[str, dict[str, Any]]:
-    """Mean predicted probability of the true class, per true class, with a Student-t interval.
-
-    For each class C: over the images whose label is C, the mean of `probs[:, C]` and the
-    two-sided `confidence` interval mean +/- t_{(1+confidence)/2, n-1} * s / sqrt(n) (s = sample
-    standard deviation). This is how the reference study reported confidence per class; unlike
-    accuracy it shows how sure the model is when it is right. The interval is not clipped to
-    [0, 1]. Returns `{C: {"mean", "ci_low", "ci_high", "n"}}`; the mean is None for n = 0 and the
-    interval is None for n < 2.
-    """
-    from scipy import stats
-
-    names = _check_class_names(class_names)
-    if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(labels)
-    if p.ndim != 2 or p.shape[1] != len(names):
-        raise ValueError(
-            f"probs must have shape [N, {len(names)}] (one column per class), got {tuple(p.shape)}"
-        )
-    if y.ndim != 1 or y.shape[0] != p.shape[0]:
-        raise ValueError(f"labels must have shape [{p.shape[0]}], got {tuple(y.shape)}")
-    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= len(names)):
-        raise ValueError(f"labels must be integer class ids in [0, {len(names) - 1}]")
-
-    out: dict[str, dict[str, Any]] = {}
-    for k, name in enumerate(names):
-        x = p[y == k, k]
-        n = int(x.size)
-        mean = float(x.mean()) if n else None
-        lo = hi = None
-        if n >= 2:
-            sem = float(x.std(ddof=1)) / math.sqrt(n)
-            half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * sem
-            lo, hi = mean - half, mean + half
-        out[name] = {"mean": mean, "ci_low": lo, "ci_high": hi, "n": n}
-    return out
-
-
-def plot_confusion_matrix(
-    confusion: Any,
-    class_names: Sequence[str],
-    path: str | Path,
-    title: str | None = None,
-) -> Path:
-    """Write a PNG with the counts and the row-normalised matrix (each row's diagonal = recall).
-
-    Both panels matter: counts show how many images a cell is about, row shares make classes of
-    different sizes comparable. Rows with no images show "-" in the normalised panel. Uses
-    a bare `Figure` (no pyplot, no display), so nothing stays open. Returns the written path.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = _check_class_names(class_names)
-    cm = _as_confusion(confusion, len(names))
-    k = len(names)
-    support = cm.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(support > 0, cm / np.maximum(support, 1), np.nan)
-
-    side = max(4.0, 1.1 * k + 2.5)
-    fig = Figure(figsize=(2 * side + 1.0, side + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    panels = [
-        (cm.astype(float), "counts", lambda v: f"{int(v)}", None),
-        (share, "row-normalised (recall per row)", lambda v: f"{v:.2f}", (0.0, 1.0)),
-    ]
-    for ax, (data, sub, fmt, lim) in zip(axes, panels):
-        vmin, vmax = lim if lim else (0.0, max(float(np.nanmax(data)) if data.size else 0.0, 1.0))
-        im = ax.imshow(np.ma.masked_invalid(data), cmap="Blues", vmin=vmin, vmax=vmax)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_title(sub)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_xticks(range(k))
-        ax.set_yticks(range(k))
-        ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor")
-        ax.set_yticklabels(names)
-        mid = (vmin + vmax) / 2.0
-        for i in range(k):
-            for j in range(k):
-                v = data[i, j]
-                if np.isnan(v):  # a true class with no images: no share to show
-                    ax.text(j, i, "-", ha="center", va="center", fontsize=9, color="gray")
-                    continue
-                ax.text(j, i, fmt(v), ha="center", va="center", fontsize=9,
-                        color="white" if v > mid else "black")
-    if title:
-        fig.suptitle(title)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    fig.clear()
+        put(sum(int(v) for v in fn.values()), "fn_to_normal_total")
     return out

@@ -1,0 +1,181 @@
+"""A report's models and their maps: checkpoints loaded once, named readably, and explained on the
+same images (Captum Grad-CAM for CNNs, the weight-map evidence for linear models)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import ListConfig
+
+from lungcls.data.images import load_image
+from lungcls.errors import LungclsError
+from lungcls.explain.gradcam import (
+    CamResult,
+    grad_cam,
+    logistic_cam,
+    prepare_for_cam,
+    resolve_layer,
+)
+from lungcls.prediction import predict_files
+
+if TYPE_CHECKING:
+    from lungcls.explain.selection import ReportImage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportModel:
+    """A loaded checkpoint and the readable, unique name it has in figures and the CSV."""
+
+    name: str
+    checkpoint: Path
+    run_dir: Path
+    model: Any  # LungClassifier, eval mode, on the report's device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.hparams.image_size)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model.class_names)
+
+    @property
+    def normal_class(self) -> str | None:
+        return self.model.normal_class
+
+    @property
+    def explained_by_weights(self) -> bool:
+        """Linear models (the logistic baseline) have no conv layer: their weight map explains them."""
+        return self.model.spec.explained_by_weights
+
+
+def _run_dir(ckpt: Path) -> Path:
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def _ckpt_list(value: Any) -> list[Path]:
+    """`ckpt=a.ckpt` or `ckpt='[a.ckpt,b.ckpt]'` -> absolute paths, checked before any loading."""
+    if isinstance(value, (ListConfig, list, tuple)):
+        items = [str(v) for v in value]
+    elif value is None or str(value).strip() == "":
+        items = []
+    else:
+        items = [str(value)]
+    if not items:
+        raise LungclsError(
+            "no checkpoint given; pass ckpt=run/checkpoints/best.ckpt or ckpt='[a.ckpt,b.ckpt]'"
+        )
+    paths = [Path(p).expanduser().resolve() for p in items]
+    for p in paths:
+        if not p.is_file():
+            raise LungclsError(
+                f"checkpoint {p} does not exist; give the path of a run's checkpoints/best.ckpt"
+            )
+    if len(set(paths)) != len(paths):
+        raise LungclsError(f"ckpt lists the same checkpoint twice: {items}; give each one once")
+    return paths
+
+
+def _unique_names(paths: Sequence[Path], models: Sequence[Any]) -> list[str]:
+    """`backbone/finetune (run folder)`, with more of the folder path only where names collide."""
+    bases = [f"{m.hparams.backbone['name']}/{m.hparams.finetune.get('name', '?')}" for m in models]
+    runs = [_run_dir(p) for p in paths]
+    for depth in (1, 2, 3):
+        names = [f"{b} ({'/'.join(r.parts[-depth:])})" for b, r in zip(bases, runs)]
+        if len(set(names)) == len(names):
+            return names
+    names = [f"{b} ({r.name}/{p.stem})" for b, r, p in zip(bases, runs, paths)]
+    return names if len(set(names)) == len(names) else [f"{n} #{i + 1}" for i, n in enumerate(names)]
+
+
+def load_models(ckpts: Any, device: torch.device) -> list[ReportModel]:
+    """Load every checkpoint (eval mode, on `device`) and name it readably and uniquely."""
+    from lungcls.models.module import load_classifier
+
+    paths = _ckpt_list(ckpts)
+    models = [load_classifier(str(p), map_location=device).to(device).eval() for p in paths]
+    names = _unique_names(paths, models)
+    return [ReportModel(n, p, _run_dir(p), m) for n, p, m in zip(names, paths, models)]
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def image_batch(images: Sequence[ReportImage], size: int) -> torch.Tensor:
+    """[N, 1, size, size] float in [0, 1]: what `LungClassifier.forward` takes."""
+    if not images:
+        return torch.zeros(0, 1, size, size)
+    return torch.stack([load_image(im.path, size) for im in images]).float().div_(255.0)
+
+
+def batch_size_of(report: Mapping[str, Any]) -> int:
+    value = int(report.get("batch_size", 16))
+    if value < 1:
+        raise LungclsError(f"report.batch_size={value} must be a positive integer")
+    return value
+
+
+def class_targets(target: str, model: ReportModel, images: Sequence[ReportImage]) -> list[int] | None:
+    """report.target -> one class id per image for this model (None: its prediction)."""
+    target = str(target)
+    classes = model.class_names
+    if target == "predicted":
+        return None
+    if target == "true":
+        unknown = [im.path for im in images if im.label is None]
+        if unknown:
+            raise LungclsError(
+                f"report.target=true needs the true class of every image, but {unknown[0]} has none "
+                "(not in a splits.csv nor in a <Class>/ folder); use report.target=predicted or a class name"
+            )
+        absent = sorted({im.label for im in images if im.label not in classes})
+        if absent:
+            raise LungclsError(
+                f"report.target=true: class {absent[0]!r} is not a class of model {model.name} "
+                f"({', '.join(classes)}); use report.target=predicted for it"
+            )
+        return [classes.index(im.label) for im in images]
+    if target not in classes:
+        raise LungclsError(
+            f"report.target={target!r} is not a class of model {model.name}; use predicted, true or "
+            f"one of: {', '.join(classes)}"
+        )
+    return [classes.index(target)] * len(images)
+
+
+def explain_images(
+    model: ReportModel, images: Sequence[ReportImage], target: str = "predicted", batch_size: int = 16
+) -> CamResult:
+    """CAMs [N, S, S] at the model's own image size, with the probabilities of the same pass.
+
+    CNNs: Captum `LayerGradCam` on the registry's target layer, run through the whole
+    `LungClassifier` (so its own normalisation applies) on a frozen copy. The logistic baseline:
+    its weight-map evidence (`logistic_cam`) on the grayscale values it actually sees.
+    """
+    targets = class_targets(target, model, images)
+    x = image_batch(images, model.image_size)
+    net = model.model
+    if model.explained_by_weights:
+        probs = torch.from_numpy(predict_files(net, [im.path for im in images], batch_size=batch_size).probs)
+        gray = (x - net.input_mean.cpu()) / net.input_std.cpu()  # the model-space values it weighs
+        return logistic_cam(
+            net.net.weight_maps().cpu(), gray, target=targets, probs=probs, size=(model.image_size, model.image_size)
+        )
+    cam_model = prepare_for_cam(net)
+    layer = resolve_layer(cam_model, "net." + model.model.spec.gradcam_layer)
+    return grad_cam(cam_model, layer, x, target=targets, batch_size=batch_size)
+
+
+def to_display(cams: torch.Tensor, size: int) -> torch.Tensor:
+    """Upsample CAMs bilinearly to the common display size (max stays <= 1)."""
+    if cams.shape[-1] == size and cams.shape[-2] == size:
+        return cams
+    return F.interpolate(cams[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)

@@ -1,0 +1,253 @@
+"""The comparison table: one row per run (numbers exactly as in its ``metrics.json``, named as they
+are logged), ranked by missed disease then accuracy, written as Markdown and CSV.
+
+The default order is the reference study's criterion: fewest COVID + Viral Pneumonia predicted
+Normal on the test split, then highest test accuracy. Runs that failed or never reached the test
+split stay in the table, at the bottom, with their status.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from lungcls.errors import LungclsError
+from lungcls.metrics import flat_metrics, metric_key
+from lungcls.runs import STATUS_OK, natural_key
+
+STAGES = ("train", "val", "test")
+DEFAULT_MISSED = ("COVID", "Viral Pneumonia")
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def distinguishing_overrides(runs: Sequence[dict]) -> list[list[str]]:
+    """Per run, the overrides whose value is not the same in every compared run.
+
+    With a single run nothing differs, so all of its overrides are shown.
+    """
+    if len(runs) == 1:
+        return [list(runs[0]["overrides"])]
+    parsed = [dict(_split_override(o) for o in run["overrides"]) for run in runs]
+    keys = {k for p in parsed for k in p}
+    varying = {k for k in keys if len({p.get(k) for p in parsed}) > 1}
+    return [
+        [o for o in run["overrides"] if _split_override(o)[0] in varying] for run in runs
+    ]
+
+
+def _stage(metrics: dict | None, stage: str) -> dict | None:
+    block = metrics.get(stage) if isinstance(metrics, dict) else None
+    return block if isinstance(block, dict) else None
+
+
+def _class_names(runs: Sequence[dict], stage: str) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        for key in (stage, *STAGES):
+            block = _stage(run["metrics"], key)
+            if block:
+                for name in block.get("class_names") or list((block.get("per_class") or {})):
+                    if name not in names:
+                        names.append(name)
+    return names
+
+
+def _sum(values: Iterable[Any]) -> int | None:
+    present = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(present) if present else None
+
+
+def _flat(metrics: dict | None, stage: str) -> dict[str, Any]:
+    """A run's metrics.json block of one split under the logged metric names (empty if absent)."""
+    block = _stage(metrics, stage)
+    return flat_metrics(block, stage) if block else {}
+
+
+def _run_row(run: dict, overrides: list[str], stage: str, classes: list[str], disease: list[str],
+             missed: Sequence[str]) -> tuple[dict[str, Any], bool]:
+    """One run's row, and whether its `missed` fell back to every disease class."""
+    metrics = run["metrics"]
+    block = _stage(metrics, stage)
+    status = run["status"]
+    if status == STATUS_OK and block is None:
+        status = f"no {stage} metrics"
+    row: dict[str, Any] = {
+        "rank": None,
+        "run": run["run"],
+        "overrides": " ".join(overrides),
+        "backbone": run["backbone"],
+        "finetune": run["finetune"],
+        "trainable_params": metrics.get("trainable_params") if metrics else None,
+    }
+    flat = {name: _flat(metrics, name) for name in STAGES}
+    for name in STAGES:
+        row[metric_key(name, "acc")] = flat[name].get(metric_key(name, "acc"))
+    for name in ("val", "test"):
+        row[metric_key(name, "macro_f1")] = flat[name].get(metric_key(name, "macro_f1"))
+    for cls in classes:
+        row[metric_key(stage, "recall", cls)] = flat[stage].get(metric_key(stage, "recall", cls))
+    fn = (block or {}).get("fn_to_normal") or {}
+    for cls in disease:
+        row[metric_key(stage, "fn_to_normal", cls)] = flat[stage].get(metric_key(stage, "fn_to_normal", cls))
+    run_disease = [c for c in fn if c != run["normal_class"]]
+    row[metric_key(stage, "fn_to_normal_total")] = _sum(fn[c] for c in run_disease) if block else None
+    chosen = [c for c in missed if c in fn]
+    fallback = bool(block and not chosen and run_disease)
+    row["missed"] = _sum(fn[c] for c in (run_disease if fallback else chosen)) if block else None
+    row["status"] = status
+    return row, fallback
+
+
+def build_rows(
+    runs: Sequence[dict], missed: Sequence[str] = DEFAULT_MISSED, stage: str = "test"
+) -> tuple[list[dict], list[str]]:
+    """One flat row per run (column name -> value, numbers exactly as in metrics.json) and notes.
+
+    Column names are the logged metric names (`test/acc`, `test/recall/COVID`,
+    `test/fn_to_normal/COVID`, from `lungcls.metrics.flat_metrics`), so `--rank-by` takes the same
+    names as the W&B dashboard. `missed` sums fn_to_normal over the `missed` classes a run has; a
+    run that has none of them counts every class except its normal class, and a note says so.
+    """
+    if stage not in STAGES:
+        raise LungclsError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    classes = _class_names(runs, stage)
+    normals = {run["normal_class"] for run in runs}
+    disease = [c for c in classes if c not in normals]
+    rows, fallback_runs = [], []
+    for run, overrides in zip(runs, distinguishing_overrides(runs)):
+        row, fallback = _run_row(run, overrides, stage, classes, disease, missed)
+        rows.append(row)
+        if fallback:
+            fallback_runs.append(run["run"])
+    notes = []
+    if fallback_runs:
+        notes.append(
+            f"{len(fallback_runs)} run(s) have none of {', '.join(missed)}: their `missed` counts "
+            f"every class except the normal one."
+        )
+    columns: list[str] = []  # every row gets every column, in one order
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    return [{c: row.get(c) for c in columns} for row in rows], notes
+
+
+def rank_direction(column: str) -> bool:
+    """True when larger is better: accuracy, F1, recall, precision, specificity."""
+    name = column.lower()
+    if any(word in name for word in ("fn_to_normal", "missed", "loss")):
+        return False
+    return any(word in name for word in ("acc", "f1", "recall", "precision", "specificity"))
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+        isinstance(value, float) and math.isnan(value)
+    )
+
+
+def _sort_key(row: dict, column: str, descending: bool) -> tuple:
+    value = row.get(column)
+    if is_number(value):
+        return (0, -value if descending else value)
+    if value is None or value == "":
+        return (2, 0)
+    return (1, natural_key(str(value)))
+
+
+def rank_runs(
+    runs: Sequence[dict],
+    rank_by: str | None = None,
+    missed: Sequence[str] = DEFAULT_MISSED,
+    stage: str = "test",
+) -> tuple[list[dict], list[str]]:
+    """Rows in rank order, and notes for the report.
+
+    Default: fewest `missed` on `stage`, then highest `stage` accuracy, then macro F1. With
+    `rank_by` (any column; `COLUMN:asc` or `COLUMN:desc` to force the direction) that column
+    decides first, the default criteria break ties. Runs without `stage` metrics come after the
+    ranked ones and failed runs last; neither gets a rank number.
+    """
+    rows, notes = build_rows(runs, missed=missed, stage=stage)
+    if not rows:
+        return rows, notes
+    keys: list[tuple[str, bool]] = []
+    if rank_by:
+        column, _, direction = rank_by.rpartition(":")
+        if not column or direction not in ("asc", "desc"):
+            column, direction = rank_by, ""
+        if column not in rows[0]:
+            available = ", ".join(c for c in rows[0] if c != "rank")
+            raise LungclsError(f"no column {column!r} to rank by (columns: {available})")
+        descending = direction == "desc" if direction else rank_direction(column)
+        keys.append((column, descending))
+    keys += [("missed", False), (f"{stage}/acc", True), (f"{stage}/macro_f1", True)]
+
+    def group(row: dict) -> int:
+        if row["status"] == STATUS_OK:
+            return 0
+        return 2 if str(row["status"]).startswith("failed") else 1
+
+    def key(row: dict) -> tuple:
+        return (group(row), *(_sort_key(row, c, d) for c, d in keys), natural_key(row["run"]))
+
+    ordered = sorted(rows, key=key)
+    rank = 0
+    for row in ordered:
+        if group(row) == 0:
+            rank += 1
+            row["rank"] = rank
+    return ordered, notes
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the table and the figure
+# --------------------------------------------------------------------------------------------
+
+
+def _cell_md(value: Any) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(rows: Sequence[dict], title: str = "", notes: Sequence[str] = ()) -> str:
+    """A Markdown report: title, notes, then the table (floats to 4 decimals; CSV keeps all)."""
+    lines = []
+    if title:
+        lines += [f"# {title}", ""]
+    for note in notes:
+        lines.append(f"- {note}")
+    if notes:
+        lines.append("")
+    if rows:
+        columns = list(rows[0])
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "|".join("---:" if _numeric_column(rows, c) else "---" for c in columns) + "|")
+        for row in rows:
+            lines.append("| " + " | ".join(_cell_md(row[c]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _numeric_column(rows: Sequence[dict], column: str) -> bool:
+    values = [r[column] for r in rows if r[column] is not None]
+    return bool(values) and all(is_number(v) for v in values)
+
+
+def to_csv(rows: Sequence[dict]) -> str:
+    """CSV with the exact numbers from metrics.json; an undefined or missing value is empty."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()

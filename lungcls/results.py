@@ -1,0 +1,84 @@
+"""The result files of a run folder: ``metrics.json`` (a summary per split), ``predictions.csv``
+and ``confusion_matrix.png``, written the same way by training and by ``lungcls-evaluate``.
+
+Files are written to a temporary name and renamed into place, so a crash never leaves a half
+written ``metrics.json`` that a comparison would read as a result.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungcls.metrics import class_probability_ci, summarize_confusion
+from lungcls.plots import plot_confusion_matrix
+from lungcls.prediction import Predictions
+
+
+def confusion_from(pred: Predictions, n_classes: int) -> np.ndarray:
+    idx = pred.labels * n_classes + pred.preds
+    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def summarize_predictions(pred: Predictions, class_names: Sequence[str], normal_class: str | None) -> dict[str, Any]:
+    """What ``metrics.json`` stores for one split (``summarize_confusion`` plus ``probability_ci``)."""
+    summary = summarize_confusion(confusion_from(pred, len(class_names)), class_names, normal_class)
+    summary["probability_ci"] = class_probability_ci(pred.probs, pred.labels, class_names) if len(pred.labels) else {}
+    return summary
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_predictions_csv(path: Path, pred: Predictions, class_names: Sequence[str]) -> None:
+    """``path,label,pred,prob_<Class>...``, one row per image."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "pred"] + [f"prob_{c}" for c in class_names])
+        for p, y, yhat, pr in zip(pred.paths, pred.labels, pred.preds, pred.probs):
+            w.writerow([p, class_names[y], class_names[yhat]] + [f"{v:.6f}" for v in pr])
+    os.replace(tmp, path)
+
+
+def write_results(
+    run_dir: Path,
+    predictions: dict[str, Predictions],
+    class_names: Sequence[str],
+    normal_class: str | None,
+    report_split: str = "test",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """metrics.json (a summary per split), predictions.csv and confusion_matrix.png of ``report_split``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = {split: summarize_predictions(p, class_names, normal_class) for split, p in predictions.items()}
+    metrics.update(extra or {})
+    if report_split in predictions:
+        write_predictions_csv(run_dir / "predictions.csv", predictions[report_split], class_names)
+        plot_confusion_matrix(
+            metrics[report_split]["confusion_matrix"], class_names, run_dir / "confusion_matrix.png",
+            title=f"{report_split} split ({len(predictions[report_split].labels)} images)",
+        )
+    write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
+    return metrics
+
+
+def summary_line(summary: dict[str, Any], normal_class: str | None) -> str:
+    """``accuracy 0.850 | macro F1 0.849 | predicted Normal: COVID 1, Viral Pneumonia 0``."""
+    acc, f1 = summary.get("accuracy"), summary.get("macro_f1")
+    missed = ", ".join(f"{c} {n}" for c, n in (summary.get("fn_to_normal") or {}).items()) or "n/a"
+    parts = [f"accuracy {acc:.3f}" if acc is not None else "no images"]
+    if f1 is not None:
+        parts.append(f"macro F1 {f1:.3f}")
+    if normal_class:
+        parts.append(f"predicted {normal_class}: {missed}")
+    return " | ".join(parts)

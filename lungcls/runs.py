@@ -1,0 +1,143 @@
+"""Run folders: finding them below a folder and reading what a run left (config, overrides,
+metrics, status), so the comparison works from files alone, without any logging service."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from lungcls.errors import LungclsError
+
+STATUS_OK = "ok"
+# Folders that never hold run folders; skipping them keeps the walk fast on big sweeps.
+_SKIP_DIRS = {"checkpoints", "wandb", "lightning_logs", "__pycache__"}
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort `2` before `10` (Hydra numbers jobs 0, 1, ..., 10)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def find_run_folders(folder: Path) -> list[Path]:
+    """`folder` itself when it is a run folder (has `.hydra/`), else every run folder below it."""
+    if (folder / ".hydra").is_dir():
+        return [folder]
+    found: list[Path] = []
+    for root, dirs, _files in os.walk(folder):
+        if ".hydra" in dirs:
+            found.append(Path(root))
+            dirs[:] = []  # run folders do not nest
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS]
+    return sorted(found, key=lambda p: natural_key(str(p)))
+
+
+def read_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:
+        return None
+
+
+def _get(mapping: Any, dotted: str, default: Any = None) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(mapping, dict) or part not in mapping:
+            return default
+        mapping = mapping[part]
+    return mapping
+
+
+def _first_line(path: Path, limit: int = 200) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    line = text.splitlines()[0].strip() if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def read_run(folder: Path) -> dict:
+    """One run folder as a record: its config, overrides, metrics (or None) and status."""
+    config = read_yaml(folder / ".hydra" / "config.yaml")
+    overrides = read_yaml(folder / ".hydra" / "overrides.yaml")
+    if not isinstance(config, dict):
+        config = {}
+    if not isinstance(overrides, list):
+        overrides = []
+
+    metrics: dict | None = None
+    status = STATUS_OK
+    metrics_file = folder / "metrics.json"
+    error_file = folder / "error.txt"
+    if metrics_file.is_file():
+        try:
+            loaded = json.loads(metrics_file.read_text())
+            metrics = loaded if isinstance(loaded, dict) else None
+            if metrics is None:
+                status = "failed: metrics.json is not a JSON object"
+        except (OSError, ValueError) as err:
+            status = f"failed: unreadable metrics.json ({type(err).__name__})"
+    elif error_file.is_file():
+        status = f"failed: {_first_line(error_file) or 'see error.txt'}"
+    else:
+        status = "failed: no metrics.json (crashed, killed or still running)"
+
+    return {
+        "path": folder,
+        "config": config,
+        "overrides": [str(o) for o in overrides],
+        "metrics": metrics,
+        "status": status,
+        "backbone": _get(config, "backbone.name"),
+        "finetune": _get(config, "finetune.name"),
+        "normal_class": _get(config, "dataset.normal_class", "Normal") or "Normal",
+    }
+
+
+def collect_runs(dirs: Iterable[str | Path]) -> list[dict]:
+    """Every run below `dirs` (multirun folders, folders of runs, or run folders), in folder order.
+
+    Each record also gets `run`: its folder relative to the single folder given (or to the
+    folders' common parent), which is how the table names it.
+    """
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise LungclsError("give at least one run or multirun folder")
+    folders: list[Path] = []
+    for folder in dirs:
+        if not folder.is_dir():
+            raise LungclsError(f"no such folder: {folder}")
+        found = find_run_folders(folder)
+        if not found:
+            raise LungclsError(f"no run folders (folders with .hydra/) under {folder}")
+        folders += [f for f in found if f.resolve() not in {g.resolve() for g in folders}]
+
+    base = _display_base(dirs)
+    runs = []
+    for folder in folders:
+        run = read_run(folder)
+        run["run"] = _relative(folder, base)
+        runs.append(run)
+    return runs
+
+
+def _display_base(dirs: list[Path]) -> Path:
+    resolved = [d.resolve() for d in dirs]
+    if len(resolved) == 1:
+        only = resolved[0]
+        return only.parent if (only / ".hydra").is_dir() else only
+    return Path(os.path.commonpath([str(d) for d in resolved]))
+
+
+def _relative(folder: Path, base: Path) -> str:
+    try:
+        rel = folder.resolve().relative_to(base)
+        return str(rel) if str(rel) != "." else folder.resolve().name
+    except ValueError:
+        return str(folder)
