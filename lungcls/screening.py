@@ -78,6 +78,31 @@ def _threshold_for_sensitivity(is_positive: np.ndarray, score: np.ndarray, targe
     return float(thresholds[idx])
 
 
+def _target_sensitivity_point(names: Sequence[str], pos: int, truth: np.ndarray, score: np.ndarray,
+                              val_probs: Any | None, val_labels: Any | None, target_sensitivity: float) -> dict[str, Any]:
+    """The highest threshold reaching `target_sensitivity` on val, and what it gives on test."""
+    target: dict[str, Any] = {"target": target_sensitivity, "threshold": None, "val": None, "test": None, "reason": None}
+    if val_probs is None:
+        target["reason"] = (
+            "no validation predictions given; the threshold is chosen on val so that test stays "
+            "unseen"
+        )
+        return target
+    p_val, y_val = _check_arrays(val_probs, val_labels, len(names), "val")
+    val_truth = y_val == pos
+    if not val_truth.any():
+        target["reason"] = (
+            f"the validation split has no {names[pos]!r} images, so its sensitivity is "
+            "undefined and no threshold can be chosen"
+        )
+        return target
+    t = _threshold_for_sensitivity(val_truth, p_val[:, pos], target_sensitivity)
+    target["threshold"] = t
+    target["val"] = operating_point(val_truth, p_val[:, pos] >= t, t)
+    target["test"] = operating_point(truth, score >= t, t)
+    return target
+
+
 def screening_report(
     class_names: Sequence[str],
     positive_class: str,
@@ -133,32 +158,7 @@ def screening_report(
     if threshold is not None:
         fixed = operating_point(truth, score >= float(threshold), float(threshold))
 
-    target: dict[str, Any] = {
-        "target": float(target_sensitivity),
-        "threshold": None,
-        "val": None,
-        "test": None,
-        "reason": None,
-    }
-    if val_probs is None:
-        target["reason"] = (
-            "no validation predictions given; the threshold is chosen on val so that test stays "
-            "unseen"
-        )
-    else:
-        p_val, y_val = _check_arrays(val_probs, val_labels, len(names), "val")
-        val_truth = y_val == pos
-        if not val_truth.any():
-            target["reason"] = (
-                f"the validation split has no {positive_class!r} images, so its sensitivity is "
-                "undefined and no threshold can be chosen"
-            )
-        else:
-            t = _threshold_for_sensitivity(val_truth, p_val[:, pos], float(target_sensitivity))
-            target["threshold"] = t
-            target["val"] = operating_point(val_truth, p_val[:, pos] >= t, t)
-            target["test"] = operating_point(truth, score >= t, t)
-
+    target = _target_sensitivity_point(names, pos, truth, score, val_probs, val_labels, float(target_sensitivity))
     return {
         "positive_class": positive_class,
         "class_names": names,

@@ -97,3 +97,15 @@ def class_tree(tmp_path) -> Path:
 
 
 requires_shared = pytest.mark.skipif(not SHARED_REAL.is_dir(), reason="the shared real X-ray sample is not present")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip cleanly on machines without a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -14,13 +14,41 @@ from PIL import Image
 from lungcls.data.cache import load_or_decode
 from lungcls.data.datamodule import LungDataModule
 from lungcls.data.images import read_gray
-from lungcls.data.layouts import cap_per_class, discover_samples
+from lungcls.data.layouts import LAYOUTS, cap_per_class, discover_samples, find_samples
 from lungcls.data.splits import apply_splits_csv, make_splits, read_splits_csv, write_splits_csv
 from lungcls.errors import LungclsError
 
 from conftest import make_class_tree, write_png
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
+
+
+def _manifest_data(tmp_path: Path) -> dict:
+    make_class_tree(tmp_path / "m", {c: 3 for c in CLASSES})
+    with (tmp_path / "m" / "list.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([f"{c}/images/{c}-{i}.png", c] for c in CLASSES for i in range(3))
+    return {"manifest": str(tmp_path / "m" / "list.csv")}
+
+
+# How to make a data set of each registered layout: a new layout needs an entry here.
+LAYOUT_DATA = {
+    "radiography": lambda tmp: {"root": str(make_class_tree(tmp / "r", {c: 3 for c in CLASSES}))},
+    "folder": lambda tmp: {"root": str(make_class_tree(tmp / "f", {c: 3 for c in CLASSES}, images_folder=False))},
+    "manifest": _manifest_data,
+    "demo": lambda tmp: {"root": str(tmp / "demo"), "demo": {"images_per_class": 3, "source_size": 32, "seed": 0}},
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.names())
+def test_every_layout_finds_labelled_images_through_one_interface(tmp_path, layout):
+    assert layout in LAYOUT_DATA, f"layout {layout} has no test data; add it to LAYOUT_DATA"
+    cfg = {"layout": layout, "classes": CLASSES, **LAYOUT_DATA[layout](tmp_path)}
+    samples = find_samples(cfg)
+    assert Counter(s.label for s in samples) == {0: 3, 1: 3, 2: 3}
+    assert all(Path(s.path).is_file() for s in samples)
+    assert len({s.path for s in samples}) == 9
 
 
 def test_radiography_layout_finds_images_and_masks(tmp_path):

@@ -272,7 +272,7 @@ def test_grad_cam_known_answer_follows_the_class_evidence():
     assert predicted.probs[0, 1] > 0.99
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_grad_cam_on_gpu_matches_cpu(images64):
     cpu_model = prepare_for_cam(_tiny())
     gpu_model = prepare_for_cam(cpu_model).cuda()

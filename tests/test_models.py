@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from lungcls.errors import LungclsError
-from lungcls.models.finetune import apply_finetune, trainable_prefixes
+from lungcls.models.finetune import POLICIES, apply_finetune, trainable_prefixes
 from lungcls.models.losses import class_weight_tensor
 from lungcls.models.module import LungClassifier, build_network
 from lungcls.models.backbones import BACKBONES, get_backbone
@@ -154,3 +154,23 @@ def test_class_weights():
     assert torch.equal(class_weight_tensor("none", None, 4), torch.ones(4))
     with pytest.raises(LungclsError, match="give 4 non-negative weights"):
         class_weight_tensor([1.0, 2.0], None, 4)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_trains_a_step_under_every_policy(name):
+    """Each registered backbone: its config node builds the module, a training step changes the
+    trainable weights, and every registered fine-tune policy leaves the head trainable."""
+    spec = get_backbone(name)
+    options = {k: v for k, v in spec.config.items() if k != "weights"}
+    model = LungClassifier({**options, "weights": None}, {"name": "full"}, CLASSES, image_size=64)
+    model.train()
+    optimizer = model.build_optimizer()
+    before = model.net.get_submodule(spec.head).weight.detach().clone()
+    x, y = torch.rand(2, 1, 64, 64), torch.tensor([0, 2])
+    model.criterion(model(x), y).backward()
+    optimizer.step()
+    assert not torch.equal(before, model.net.get_submodule(spec.head).weight)
+    for policy in POLICIES:
+        trainable, total = apply_finetune(model.net, spec, {"name": policy, "fraction": 0.5})
+        assert 0 < trainable <= total
+        assert all(p.requires_grad for p in model.net.get_submodule(spec.head).parameters()), policy

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from lungcls.models.backbones import BACKBONES
+from lungcls.models.finetune import POLICIES
 from lungcls.train import train
 
 from conftest import SHARED_REAL, requires_shared, run_cli
@@ -83,8 +85,9 @@ def test_best_checkpoint_is_the_epoch_with_fewest_missed_diagnoses(train_cfg, tm
     assert sum(scored["fn_to_normal"].values()) == best  # metrics.json scores that checkpoint
 
 
-@pytest.mark.parametrize("backbone", ["alexnet", "vgg19_bn", "resnet50", "logistic"])
-@pytest.mark.parametrize("finetune", ["head", "partial", "paper", "full"])
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+@pytest.mark.parametrize("finetune", POLICIES.names())
 def test_every_backbone_and_finetune_trains(train_cfg, tmp_path, backbone, finetune):
     cfg = train_cfg(f"backbone={backbone}", f"finetune={finetune}", "trainer.limit_train_batches=1",
                     "trainer.limit_val_batches=1", "test=false", "dataset.batch_size=4")

@@ -66,6 +66,27 @@ def _resize_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float64)
 
 
+def _check_grid(n: int, names: Sequence[str], cam_sets: Sequence[np.ndarray], row_titles: Sequence[str],
+                col_titles: Sequence[str] | None, cell_titles: Sequence[Sequence[str]] | None, alpha: float) -> list[str]:
+    """Check the grid's parts fit together; returns the column titles (default: Image + names)."""
+    m = len(cam_sets)
+    if n == 0:
+        raise LungclsError("no images to plot; select at least one image for the figure")
+    for name, cams in zip(names, cam_sets):
+        if cams.ndim != 3 or cams.shape[0] != n:
+            raise LungclsError(f"CAMs of {name} have shape {cams.shape}, expected [{n}, h, w] (one map per image)")
+    col_titles = ["Image", *names] if col_titles is None else list(col_titles)
+    if len(col_titles) != m + 1:
+        raise LungclsError(f"{len(col_titles)} column titles for {m + 1} columns; give the original's title then one per model")
+    if len(row_titles) != n:
+        raise LungclsError(f"{len(row_titles)} row titles for {n} images; give one per image")
+    if cell_titles is not None and (len(cell_titles) != m or any(len(titles) != n for titles in cell_titles)):
+        raise LungclsError(f"cell_titles must be {m} lists (one per model) of {n} titles (one per image)")
+    if not 0.0 <= alpha <= 1.0:
+        raise LungclsError(f"alpha must be in [0, 1], got {alpha}")
+    return col_titles
+
+
 def plot_cam_grid(
     images: Sequence[Any] | Any,
     cams_by_model: Mapping[str, Any] | Sequence[Any],
@@ -93,30 +114,7 @@ def plot_cam_grid(
         cam_sets = [_numpy(v) for v in cams_by_model]
         names = [f"model {j + 1}" for j in range(len(cam_sets))]
     n, m = len(imgs), len(cam_sets)
-    if n == 0:
-        raise LungclsError("no images to plot; select at least one image for the figure")
-    for name, cams in zip(names, cam_sets):
-        if cams.ndim != 3 or cams.shape[0] != n:
-            raise LungclsError(
-                f"CAMs of {name} have shape {cams.shape}, expected [{n}, h, w] (one map per image)"
-            )
-    col_titles = ["Image", *names] if col_titles is None else list(col_titles)
-    if len(col_titles) != m + 1:
-        raise LungclsError(
-            f"{len(col_titles)} column titles for {m + 1} columns; give the original's title "
-            "then one per model"
-        )
-    if len(row_titles) != n:
-        raise LungclsError(f"{len(row_titles)} row titles for {n} images; give one per image")
-    if cell_titles is not None and (
-        len(cell_titles) != m or any(len(titles) != n for titles in cell_titles)
-    ):
-        raise LungclsError(
-            f"cell_titles must be {m} lists (one per model) of {n} titles (one per image)"
-        )
-    if not 0.0 <= alpha <= 1.0:
-        raise LungclsError(f"alpha must be in [0, 1], got {alpha}")
-
+    col_titles = _check_grid(n, names, cam_sets, row_titles, col_titles, cell_titles, alpha)
     aspect = float(np.mean([im.shape[0] / im.shape[1] for im in imgs]))
     width = CELL_INCHES * (m + 1) + 0.9
     height = CELL_INCHES * aspect * n + 0.6 + 0.25 * (cell_titles is not None) * n

@@ -200,6 +200,26 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
+def _check_cam_inputs(model: nn.Module, layer: nn.Module | str, images: Tensor, batch_size: int) -> nn.Module:
+    """The layer module (looked up when given by path), after checking what grad_cam was given."""
+    if isinstance(layer, str):
+        layer = resolve_layer(model, layer)
+    if not any(m is layer for m in model.modules()):
+        raise LungclsError(
+            f"the Grad-CAM layer ({type(layer).__name__}) is not a submodule of the model passed "
+            "to grad_cam; look it up in that same model: resolve_layer(prepared_model, path)"
+        )
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise LungclsError(
+            f"images must be a normalised float tensor [N, C, H, W], got {shape}; "
+            "stack the transformed images into one batch tensor"
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LungclsError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return layer
+
+
 def grad_cam(
     model: nn.Module,
     layer: nn.Module | str,
@@ -217,22 +237,7 @@ def grad_cam(
     rest of its batch and on chance) and left there; Captum's hooks are removed even on errors.
     Use `prepare_for_cam` first for torchvision models.
     """
-    if isinstance(layer, str):
-        layer = resolve_layer(model, layer)
-    if not any(m is layer for m in model.modules()):
-        raise LungclsError(
-            f"the Grad-CAM layer ({type(layer).__name__}) is not a submodule of the model passed "
-            "to grad_cam; look it up in that same model: resolve_layer(prepared_model, path)"
-        )
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise LungclsError(
-            f"images must be a normalised float tensor [N, C, H, W], got {shape}; "
-            "stack the transformed images into one batch tensor"
-        )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LungclsError(f"batch_size must be a positive integer, got {batch_size!r}")
-
+    layer = _check_cam_inputs(model, layer, images, batch_size)
     n, _, height, width = images.shape
     targets = _targets_tensor(target, n)
     model.eval()
