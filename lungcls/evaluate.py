@@ -33,10 +33,11 @@ def data_config_for(cfg: DictConfig, model) -> tuple[dict[str, Any], str]:
     split = str(given.get("split", "test"))
     if "name" in given:
         data = dict(given)
-    else:
+    else:  # the checkpoint's own data: read only, never generated, no cache written where it says
         data = dict(model.hparams.get("data") or {})
         if not data:
             raise LungclsError("the checkpoint does not record its data set; pass one, e.g. dataset=folder dataset.root=...")
+        data["cache_dir"] = given.get("cache_dir")
         run_dir = Path(cfg.ckpt_path).resolve().parent.parent
         if (run_dir / "splits.csv").is_file() and split != "all":
             data["splits_csv"] = str(run_dir / "splits.csv")
@@ -93,7 +94,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.get("device", "auto")))
     model = load_classifier(str(cfg.ckpt_path), map_location=device)
     data, split = data_config_for(cfg, model)
-    dm = LungDataModule(data, augment=None, seed=int(cfg.seed))
+    own_data = cfg.get("dataset") is None or "name" not in cfg.dataset
+    dm = LungDataModule(data, augment=None, seed=int(cfg.seed), prepare=not own_data)
     dm.setup("test")
     mapping, mismatch = class_alignment(model.class_names, dm.class_names, dm.class_counts(split))
     if mismatch:

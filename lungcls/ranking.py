@@ -192,7 +192,7 @@ def rank_runs(
     def group(row: dict) -> int:
         if row["status"] == STATUS_OK:
             return 0
-        return 2 if str(row["status"]).startswith("failed") else 1
+        return 1 if str(row["status"]).startswith("no ") else 2  # no test metrics, then failed / incomplete
 
     def key(row: dict) -> tuple:
         return (group(row), *(_sort_key(row, c, d) for c, d in keys), natural_key(row["run"]))

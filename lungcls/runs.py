@@ -1,11 +1,21 @@
-"""Run folders: finding them below a folder and reading what a run left (config, overrides,
-metrics, status), so the comparison works from files alone, without any logging service."""
+"""Run folders: claiming a fresh one for every run, recording the run's state in it, and reading what
+runs left (config, overrides, metrics, state), so the comparison works from files alone.
+
+Every run gets its own folder even when many start in the same second, on one machine or on several
+sharing a file system: the folder is claimed with an exclusive ``mkdir`` (atomic), and a taken name
+gets a ``-2``, ``-3``... suffix. ``status.json`` records ``running``, then ``complete``, ``failed`` or
+``killed``; a run killed hard (``kill -9``, a node lost) stays ``running`` with a process that no
+longer exists, which the comparison reports as ``incomplete``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import socket
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,6 +23,8 @@ from typing import Any
 from lungcls.errors import LungclsError
 
 STATUS_OK = "ok"
+STATE_FILE = "status.json"
+_CLAIMED: dict[str, str] = {}
 # Folders that never hold run folders; skipping them keeps the walk fast on big sweeps.
 _SKIP_DIRS = {"checkpoints", "wandb", "lightning_logs", "__pycache__"}
 
@@ -75,7 +87,9 @@ def read_run(folder: Path) -> dict:
     status = STATUS_OK
     metrics_file = folder / "metrics.json"
     error_file = folder / "error.txt"
-    if metrics_file.is_file():
+    record = read_state(folder)
+    from_state = state_status(record) if record else None
+    if metrics_file.is_file() and from_state is None:
         try:
             loaded = json.loads(metrics_file.read_text())
             metrics = loaded if isinstance(loaded, dict) else None
@@ -83,10 +97,12 @@ def read_run(folder: Path) -> dict:
                 status = "failed: metrics.json is not a JSON object"
         except (OSError, ValueError) as err:
             status = f"failed: unreadable metrics.json ({type(err).__name__})"
+    elif from_state is not None:
+        status = from_state
     elif error_file.is_file():
         status = f"failed: {_first_line(error_file) or 'see error.txt'}"
     else:
-        status = "failed: no metrics.json (crashed, killed or still running)"
+        status = "incomplete: no metrics.json (crashed, killed or still running)"
 
     return {
         "path": folder,
@@ -141,3 +157,85 @@ def _relative(folder: Path, base: Path) -> str:
         return str(rel) if str(rel) != "." else folder.resolve().name
     except ValueError:
         return str(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# Claiming a run folder and recording its state
+# --------------------------------------------------------------------------------------------
+
+
+def safe_name(name: object) -> str:
+    """A run name usable as one folder name: path separators and other unsafe characters become
+    ``-`` (``run_name=a/b`` names one folder, it does not nest two)."""
+    text = re.sub(r"[^\w.+=@,-]+", "-", str(name)).strip("-.")
+    return text or "run"
+
+
+def claim_dir(path: str) -> str:
+    """Create ``path`` (or ``path-2``, ``path-3``... when taken) with an exclusive ``mkdir`` and
+    return it. Called again in the same process with the same ``path`` it returns the same folder."""
+    if path in _CLAIMED:
+        return _CLAIMED[path]
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 100_000):
+        candidate = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        _CLAIMED[path] = str(candidate)
+        return str(candidate)
+    raise LungclsError(f"cannot claim a run folder next to {base}; remove old run folders")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_state(run_dir: str | Path, state: str, error: str | None = None) -> None:
+    """Record the run's state (``running``, ``complete``, ``failed``, ``killed``) in status.json."""
+    path = Path(run_dir) / STATE_FILE
+    record = read_state(Path(run_dir)) or {}
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if state == "running":
+        record = {"state": "running", "started": now, "pid": os.getpid(), "host": socket.gethostname(),
+                  "command": " ".join(sys.argv)}
+    else:
+        record.update(state=state, ended=now, error=error)
+    _write_json(path, record)
+
+
+def read_state(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def state_status(record: dict) -> str | None:
+    """What status.json says, as a comparison status; None when the run completed."""
+    state = record.get("state")
+    if state == "complete":
+        return None
+    if state in ("failed", "killed"):
+        return f"{state}: {record.get('error') or 'see the run log'}"
+    if state == "running":
+        host, pid = record.get("host"), record.get("pid")
+        if host == socket.gethostname() and isinstance(pid, int) and not _process_alive(pid):
+            return f"incomplete: killed or crashed (process {pid} is gone)"
+        return f"running (or killed on {host}): started {record.get('started')}"
+    return f"incomplete: unknown state {state!r}"

@@ -56,6 +56,30 @@ def absolute_paths(data: dict) -> dict:
     return data
 
 
+# What decides which images a run trains on and how they are split: a resumed run must match.
+SPLIT_KEYS = ("layout", "root", "manifest", "classes", "val_fraction", "test_fraction", "split_seed",
+              "splits_csv", "max_per_class", "image_size", "demo")
+
+
+def check_resume(ckpt_path: str, data: dict) -> None:
+    """Refuse to resume a checkpoint with other data or split settings: the continued run would
+    train on images the checkpoint held out (or score images it trained on)."""
+    import torch
+
+    if not Path(ckpt_path).is_file():
+        raise LungclsError(f"ckpt_path={ckpt_path} does not exist; give a run's checkpoints/last.ckpt to resume")
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]["data"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise LungclsError(f"ckpt_path={ckpt_path} is not a readable lungcls checkpoint ({type(e).__name__}); give a run's checkpoints/last.ckpt") from None
+    for key in SPLIT_KEYS:
+        if saved.get(key) != data.get(key):
+            raise LungclsError(
+                f"ckpt_path={ckpt_path} was trained with dataset.{key}={saved.get(key)}, not {data.get(key)}; "
+                "resume with the checkpoint's data and split settings, or start a new run without ckpt_path"
+            )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and evaluate; returns the final metrics (logged keys such as ``val/macro_f1``, ``test/acc``)."""
     run_dir = Path(cfg.paths.output_dir)
@@ -64,6 +88,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         leave_run_folder_to_rank_zero(run_dir)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     refuse_ddp_in_local_multirun(cfg)
+    if cfg.get("ckpt_path"):
+        check_resume(str(cfg.ckpt_path), absolute_paths(OmegaConf.to_container(cfg.dataset, resolve=True)))
     dm = make_datamodule(cfg)
     dm.setup("fit")
     model = make_model(cfg, dm)
@@ -75,10 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams({"trainable_params": model.trainable_params, "total_params": model.total_params})
     if cfg.get("train", True):
-        ckpt_path = cfg.get("ckpt_path")
-        if ckpt_path and not Path(ckpt_path).is_file():
-            raise LungclsError(f"ckpt_path={ckpt_path} does not exist; give a run's checkpoints/last.ckpt to resume")
-        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     results: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test", True) and trainer.is_global_zero:
         # a sweeper optimises the kept (best) model's score, as metrics.json reports it, never a

@@ -17,12 +17,12 @@ from typing import Sequence
 
 import torch
 
-from lungcls.data.images import load_image
+from lungcls.data.images import DEFAULT_MAX_PIXELS, load_image
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-CACHE_MODES = ("auto", "ram", "gpu", "none")
+
 
 
 def cache_key(paths: Sequence[str], image_size: int) -> str:
@@ -34,7 +34,8 @@ def cache_key(paths: Sequence[str], image_size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def decode_images(paths: Sequence[str], image_size: int, workers: int | None = None) -> torch.Tensor:
+def decode_images(paths: Sequence[str], image_size: int, workers: int | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """uint8 [N, 1, S, S]; decoding runs on a thread pool (PIL releases the GIL while inflating)."""
     out = torch.empty((len(paths), 1, image_size, image_size), dtype=torch.uint8)
     if not paths:
@@ -42,7 +43,7 @@ def decode_images(paths: Sequence[str], image_size: int, workers: int | None = N
     workers = workers or min(32, os.cpu_count() or 1)
 
     def one(i: int) -> None:
-        out[i] = load_image(paths[i], image_size)
+        out[i] = load_image(paths[i], image_size, max_pixels)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(one, range(len(paths))):
@@ -50,10 +51,11 @@ def decode_images(paths: Sequence[str], image_size: int, workers: int | None = N
     return out
 
 
-def load_or_decode(paths: Sequence[str], image_size: int, cache_dir: str | Path | None = None) -> torch.Tensor:
+def load_or_decode(paths: Sequence[str], image_size: int, cache_dir: str | Path | None = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Decoded images, read from ``cache_dir`` when a cache of exactly these files exists."""
     if cache_dir is None:
-        return decode_images(paths, image_size)
+        return decode_images(paths, image_size, max_pixels=max_pixels)
     key = cache_key(paths, image_size)
     file = Path(cache_dir) / f"images-{image_size}px-{key}.pt"
     if file.is_file():
@@ -64,7 +66,7 @@ def load_or_decode(paths: Sequence[str], image_size: int, cache_dir: str | Path 
                 return images
         except Exception as e:  # a truncated or foreign file: rebuild it
             log.warning("ignoring unreadable cache %s (%s)", file, e)
-    images = decode_images(paths, image_size)
+    images = decode_images(paths, image_size, max_pixels=max_pixels)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(f".tmp{os.getpid()}")
     torch.save(images, tmp)

@@ -12,8 +12,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcls.data.cache import CACHE_MODES, choose_cache_device, load_or_decode
-from lungcls.data.images import load_image, to_unit_float
+from lungcls.data.cache import choose_cache_device, load_or_decode
+from lungcls.data.checks import check_dataset_config
+from lungcls.data.images import check_readable, load_image, to_unit_float
 from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
 from lungcls.data.normalization import normalization_stats
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
@@ -69,8 +70,8 @@ def build_augment(cfg: Mapping[str, Any] | None, image_size: int):
 class LazyImages(Dataset):
     """Decode each image when asked (``dataset.cache=none``): for sets too large for memory."""
 
-    def __init__(self, samples: Sequence[Sample], rows: Sequence[int], image_size: int):
-        self.samples, self.rows, self.image_size = samples, list(rows), image_size
+    def __init__(self, samples: Sequence[Sample], rows: Sequence[int], image_size: int, max_pixels: int):
+        self.samples, self.rows, self.image_size, self.max_pixels = samples, list(rows), image_size, max_pixels
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -78,29 +79,22 @@ class LazyImages(Dataset):
     def __getitem__(self, i: int):
         row = self.rows[i]
         s = self.samples[row]
-        return load_image(s.path, self.image_size), torch.tensor(s.label), torch.tensor(row)
+        return load_image(s.path, self.image_size, self.max_pixels), torch.tensor(s.label), torch.tensor(row)
 
 
 class LungDataModule(pl.LightningDataModule):
     """Builds the label space, the split and the image cache from a ``dataset`` config."""
 
-    def __init__(self, dataset: Mapping[str, Any], augment: Mapping[str, Any] | None = None, seed: int = 1):
+    def __init__(self, dataset: Mapping[str, Any], augment: Mapping[str, Any] | None = None, seed: int = 1,
+                 prepare: bool = True):
         super().__init__()
-        self.cfg = dict(dataset)
+        self.cfg = check_dataset_config(dataset)
         self.augment_cfg = dict(augment) if augment else None
         self.seed = seed
+        self.prepare = prepare  # False: data named by a checkpoint is read, never generated
         self.class_names: list[str] = list(self.cfg["classes"])
         self.normal_class: str | None = self.cfg.get("normal_class")
         self.image_size = int(self.cfg["image_size"])
-        if self.image_size < 16:
-            raise LungclsError(f"dataset.image_size={self.image_size} is too small; use 16 or more (224 for ImageNet backbones)")
-        if self.cfg.get("cache", "auto") not in CACHE_MODES:
-            raise LungclsError(f"dataset.cache={self.cfg.get('cache')} is not one of {', '.join(CACHE_MODES)}")
-        if self.normal_class is not None and self.normal_class not in self.class_names:
-            raise LungclsError(
-                f"dataset.normal_class={self.normal_class} is not in dataset.classes {self.class_names}; "
-                "set dataset.normal_class to one of them (or null)"
-            )
         self.samples: list[Sample] = []
         self.assignment: dict[str, str] = {}
         self.images: torch.Tensor | None = None
@@ -118,7 +112,7 @@ class LungDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        samples = find_samples(self.cfg)  # prepares the layout too (idempotent), for use outside a Trainer
+        samples = find_samples(self.cfg, prepare=self.prepare)  # prepares the layout too (idempotent)
         samples = cap_per_class(samples, self.cfg.get("max_per_class"), int(self.cfg.get("split_seed", 1)))
         if self.cfg.get("splits_csv"):
             assignment = apply_splits_csv(samples, self.cfg["splits_csv"])
@@ -147,9 +141,11 @@ class LungDataModule(pl.LightningDataModule):
     def _decode(self) -> None:
         """Decode every image once into the uint8 cache (unless ``dataset.cache=none``)."""
         mode = self.cfg.get("cache", "auto")
-        if mode == "none":
+        if mode == "none":  # decoded batch by batch later: check every file now, not mid-training
+            check_readable([s.path for s in self.samples], self.cfg["max_image_pixels"])
             return
-        images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.get("cache_dir"))
+        images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.get("cache_dir"),
+                                self.cfg["max_image_pixels"])
         self._cache_where = choose_cache_device(mode, images.numel())
         self.images = images
         log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self._cache_where.upper())
@@ -201,7 +197,7 @@ class LungDataModule(pl.LightningDataModule):
         self._place_cache()
         if self.images is not None:
             return CachedImages(self.images, self.labels, rows)
-        return LazyImages(self.samples, rows.tolist(), self.image_size)
+        return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg["max_image_pixels"])
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
         ds = self._dataset(split)

@@ -17,6 +17,11 @@ from PIL import Image, UnidentifiedImageError
 from lungcls.errors import LungclsError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+DEFAULT_MAX_PIXELS = 100_000_000  # dataset.max_image_pixels: larger files are refused, unread
+
+# lungcls checks every file's pixel count itself (read_gray, with a limit the config sets), so PIL's
+# own global limit, which raises an exception of its own kind, is switched off.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def is_image_file(path: Path) -> bool:
@@ -38,16 +43,50 @@ def _to_gray_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def read_gray(path: str | Path) -> np.ndarray:
-    """The image as a 2-D uint8 array; a corrupt or unreadable file raises a one-line LungclsError."""
+def _check_pixels(path: str | Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image larger than ``max_pixels`` before decoding it (a decompression bomb)."""
+    if width * height > max_pixels:
+        raise LungclsError(
+            f"image {path} is {width}x{height} = {width * height:,} pixels, more than dataset.max_image_pixels="
+            f"{max_pixels:,}; downscale it or raise dataset.max_image_pixels"
+        )
+
+
+def read_gray(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The image as a 2-D uint8 array; a corrupt, unreadable or oversized file raises a one-line
+    LungclsError."""
     try:
         with Image.open(path) as img:
+            _check_pixels(path, img.width, img.height, max_pixels)
             img.load()
             return _to_gray_uint8(img)
     except FileNotFoundError:
         raise LungclsError(f"image {path} does not exist; check dataset.root or the manifest") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise LungclsError(f"cannot read image {path} ({e}); remove or replace the file") from None
+
+
+def check_readable(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 8) -> None:
+    """Open every file and verify its data without decoding pixels (``PIL.Image.verify``), so a corrupt
+    image is found before training starts, not in the middle of it; one line names the first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(path: str) -> str | None:
+        try:
+            with Image.open(path) as img:
+                _check_pixels(path, img.width, img.height, max_pixels)
+                img.verify()
+        except LungclsError as e:
+            return str(e)
+        except Exception as e:  # noqa: BLE001 - any failure to open is the finding
+            return f"cannot read image {path} ({type(e).__name__}: {e})"
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = [p for p in pool.map(problem, paths) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise LungclsError(f"{problems[0]}{more}; remove or replace the file(s)")
 
 
 def resize_gray(arr: np.ndarray, size: int) -> np.ndarray:
@@ -57,9 +96,9 @@ def resize_gray(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR, reducing_gap=None))
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
+def load_image(path: str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Decode and resize one image: a uint8 tensor [1, size, size]."""
-    return torch.from_numpy(resize_gray(read_gray(path), size).copy()).unsqueeze(0)
+    return torch.from_numpy(resize_gray(read_gray(path, max_pixels), size).copy()).unsqueeze(0)
 
 
 def load_mask(path: str | Path | None, size: int) -> np.ndarray | None:

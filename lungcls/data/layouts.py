@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -164,6 +165,7 @@ class ManifestLayout(Layout):
             rows = list(reader)
         index = {name: i for i, name in enumerate(classes)}
         unknown = Counter(r["label"].strip() for r in rows if r["label"].strip() not in index)
+        _refuse_label_typos(manifest, unknown, classes)
         if unknown:
             listed = ", ".join(f"{k!r} ({v})" for k, v in unknown.most_common())
             log.warning("manifest %s: skipped rows with labels not in dataset.classes: %s", manifest, listed)
@@ -185,6 +187,22 @@ class ManifestLayout(Layout):
             raise LungclsError(f"manifest {manifest}: split '{split}' for {path} must be train, val or test")
         patient = (row.get("patient") or "").strip() or None
         return _with_masks(path, index[row["label"].strip()], patient=patient, split=split)
+
+
+def _folded(name: str) -> str:
+    return re.sub(r"[\s_-]+", "", name).lower()
+
+
+def _refuse_label_typos(manifest: Path, unknown: Counter, classes: Sequence[str]) -> None:
+    """A label that differs from a configured class only in case, spaces or underscores is a typo,
+    not another class: refusing it keeps those rows from silently leaving the data set."""
+    folded = {_folded(c): c for c in classes}
+    for label, n in unknown.most_common():
+        if _folded(label) in folded:
+            raise LungclsError(
+                f"manifest {manifest}: label {label!r} ({n} rows) is not in dataset.classes but looks like "
+                f"{folded[_folded(label)]!r}; fix the label in the manifest (class names must match exactly)"
+            )
 
 
 def cap_per_class(samples: list[Sample], max_per_class: int | None, seed: int) -> list[Sample]:
