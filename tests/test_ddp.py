@@ -20,6 +20,8 @@ from lungcls.models.module import load_classifier
 
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow  # long end-to-end runs (CI runs them when time allows)
+
 ARGS = [
     "logger=csv",
     "dataset.demo.images_per_class=12",

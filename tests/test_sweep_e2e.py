@@ -14,6 +14,8 @@ import yaml
 
 from conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow  # long end-to-end runs (CI runs them when time allows)
+
 # A test split with several images of every class (COVID and Viral Pneumonia included), so that
 # missed-disease counts and accuracy can differ between runs and the ranking has something to order.
 SMALL = [
