@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lungcls.errors import LungclsError
+from lungcls.paired import paired_rows
 from lungcls.plots import plot_comparison
 from lungcls.ranking import DEFAULT_MISSED, STAGES, rank_runs, to_csv, to_markdown
 from lungcls.runs import STATUS_OK, collect_runs, read_yaml
@@ -38,34 +39,39 @@ def _optuna_note(dirs: Sequence[Path]) -> list[str]:
     return notes
 
 
+def _header(rows: Sequence[dict], dirs: Sequence[Path], order: str, stage: str) -> list[str]:
+    ok = sum(1 for r in rows if r["status"] == STATUS_OK)
+    header = [f"{len(rows)} run(s) from {', '.join(str(d) for d in dirs)}; {ok} ranked by {order}."]
+    if ok < len(rows):
+        header.append(f"{len(rows) - ok} run(s) without {stage} metrics, failed or incomplete: listed last.")
+    return header
+
+
 def compare(
     dirs: Sequence[str | Path],
     out: str | Path | None = None,
     rank_by: str | None = None,
     missed: Sequence[str] = DEFAULT_MISSED,
     stage: str = "test",
+    paired: bool = False,
 ) -> tuple[str, list[Path]]:
-    """Collect, rank and write the three files; returns the Markdown text and the paths written."""
+    """Collect, rank and write the files; returns the Markdown text and the paths written. With
+    ``paired``, runs on the same test images are tested against the top-ranked one
+    (``comparison_paired.csv`` and a section of comparison.md)."""
     dirs = [Path(d) for d in dirs]
     runs = collect_runs(dirs)
     rows, notes = rank_runs(runs, rank_by=rank_by, missed=missed, stage=stage)
-    if out is None:
-        out = dirs[0] if len(dirs) == 1 else Path.cwd()
-    out = Path(out)
+    out = Path(out) if out is not None else (dirs[0] if len(dirs) == 1 else Path.cwd())
     out.mkdir(parents=True, exist_ok=True)
-
-    ok = sum(1 for r in rows if r["status"] == STATUS_OK)
-    order = (
-        f"`{rank_by}`, then fewest missed" if rank_by else "fewest missed"
-    ) + f" ({' + '.join(missed)} predicted Normal) on {stage}, then {stage} accuracy"
-    header = [
-        f"{len(rows)} run(s) from {', '.join(str(d) for d in dirs)}; {ok} ranked by {order}.",
-    ]
-    if ok < len(rows):
-        header.append(f"{len(rows) - ok} run(s) without {stage} metrics or failed: listed last.")
-    text = to_markdown(rows, title="Run comparison", notes=header + notes + _optuna_note(dirs))
-
+    order = (f"`{rank_by}`, then fewest missed" if rank_by else "fewest missed") + (
+        f" ({' + '.join(missed)} predicted Normal) on {stage}, then {stage} accuracy")
+    text = to_markdown(rows, title="Run comparison", notes=_header(rows, dirs, order, stage) + notes + _optuna_note(dirs))
     paths = [out / name for name in OUTPUT_NAMES]
+    if paired:
+        pairs, lines = paired_rows(rows, {r["run"]: r for r in runs}, missed)
+        text += "\n## Paired comparison (test split)\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+        paths.append(out / "comparison_paired.csv")
+        paths[-1].write_text(to_csv(pairs))
     paths[0].write_text(text)
     paths[1].write_text(to_csv(rows))
     plot_comparison(rows, paths[2], missed=missed, stage=stage, title=f"Runs, best first: {order}")
@@ -99,10 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stage", choices=STAGES, default="test", help="split the ranking uses (default: test)"
     )
+    parser.add_argument(
+        "--paired", action="store_true",
+        help="test each run against the top-ranked one on the same test images: McNemar's test on "
+        "correctness and paired bootstrap intervals of the accuracy and missed-disease differences",
+    )
     args = parser.parse_args(argv)
     try:
         text, paths = compare(
-            args.dirs, out=args.out, rank_by=args.rank_by, missed=args.missed, stage=args.stage
+            args.dirs, out=args.out, rank_by=args.rank_by, missed=args.missed, stage=args.stage, paired=args.paired
         )
     except LungclsError as err:
         parser.exit(2, f"{PROG}: error: {err}\n")

@@ -21,7 +21,7 @@ from lungcls.cli import CONF_DIR, hydra_app
 from lungcls.data.datamodule import LungDataModule
 from lungcls.device import pick_device
 from lungcls.errors import LungclsError
-from lungcls.prediction import Predictions, predict_split
+from lungcls.prediction import Predictions, predict_split, tta_copies
 from lungcls.results import summary_line, write_results
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,24 @@ def _screening(cfg: DictConfig, model, dm: LungDataModule, split: str, pred: Pre
     )
 
 
+def _temperature_scaling(cfg: DictConfig, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
+    """Fit a temperature on val, and report ``split``'s calibration before and after it (the
+    predicted classes, hence every confusion-matrix number, do not change)."""
+    from lungcls.metrics.calibration import calibration, fit_temperature, scale_temperature
+
+    bins = int((cfg.get("stats") or {}).get("calibration_bins", 15))
+    if split == "val" or not len(dm.split_rows("val")):
+        return {"temperature": None, "reason": "temperature scaling is fitted on the val split, and there is no other split to report it on"}
+    val = to_model_space(predict_split(model, dm, "val", device, tta=cfg.evaluate.get("tta", "none")), mapping)
+    t = fit_temperature(val.probs, val.labels)
+    return {
+        "temperature": t,
+        "fitted_on": f"val ({len(val.labels)} images)",
+        "before": calibration(pred.probs, pred.labels, bins),
+        "after": calibration(scale_temperature(pred.probs, t), pred.labels, bins),
+    }
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt_path``; writes metrics.json, predictions.csv and confusion_matrix.png."""
     from lungcls.models.module import load_classifier
@@ -101,7 +119,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if mismatch:
         log.warning("class mismatch: %s", mismatch)
         print(f"class mismatch: {mismatch}")
-    pred = to_model_space(predict_split(model, dm, split, device), mapping)
+    tta = (cfg.get("evaluate") or {}).get("tta", "none")
+    pred = to_model_space(predict_split(model, dm, split, device, tta=tta), mapping)
     if len(pred.labels) == 0:
         raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
     extra: dict[str, Any] = {
@@ -109,11 +128,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data_root": data.get("root") or data.get("manifest"),
         "split": split,
         "class_mismatch": mismatch,
+        "tta": {"mode": str(tta), "copies": tta_copies(tta)},
     }
     if (cfg.get("evaluate") or {}).get("positive_class"):
         extra["screening"] = _screening(cfg, model, dm, split, pred, mapping, device)
-    metrics = write_results(run_dir, {split: pred}, model.class_names, model.normal_class, report_split=split, extra=extra)
+    if (cfg.get("evaluate") or {}).get("temperature_scaling"):
+        extra["temperature_scaling"] = _temperature_scaling(cfg, model, dm, split, pred, mapping, device)
+    stats = OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None
+    metrics = write_results(run_dir, {split: pred}, model.class_names, model.normal_class, report_split=split,
+                            extra=extra, stats=stats)
     print(f"{split}: {len(pred.labels)} images | {summary_line(metrics[split], model.normal_class)}")
+    scaled = metrics.get("temperature_scaling") or {}
+    if scaled.get("temperature"):
+        before, after = scaled["before"], scaled["after"]
+        print(f"temperature {scaled['temperature']:.3f} fitted on val: {split} ECE {before['ece']:.3f} -> {after['ece']:.3f}, "
+              f"Brier {before['brier']:.3f} -> {after['brier']:.3f}")
     print(f"run folder: {run_dir}")
     return metrics[split]
 

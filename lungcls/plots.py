@@ -76,6 +76,39 @@ def plot_confusion_matrix(
     return out
 
 
+def plot_reliability(probs: Any, labels: Any, path: str | Path, bins: int = 15, title: str | None = None) -> Path:
+    """Reliability diagram: accuracy against confidence per bin (the diagonal is perfect
+    calibration), with the image count per bin beneath, and the ECE and Brier score in the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from lungcls.metrics.calibration import calibration, reliability_bins
+
+    rb = reliability_bins(probs, labels, bins)
+    cal = calibration(probs, labels, bins)
+    fig = Figure(figsize=(5.0, 5.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    centres = (rb["edges"][:-1] + rb["edges"][1:]) / 2
+    width = 1.0 / bins
+    top.bar(centres, np.nan_to_num(rb["accuracy"]), width=width * 0.9, color="#1f4e89", label="accuracy")
+    top.plot([0, 1], [0, 1], ls="--", color="gray", label="perfect calibration")
+    top.plot(centres, rb["confidence"], "o", color="#c0392b", ms=3, label="mean confidence")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(fontsize=8, loc="upper left")
+    bottom.bar(centres, rb["count"], width=width * 0.9, color="#7f8c8d")
+    bottom.set_xlabel("confidence (top class probability)")
+    bottom.set_ylabel("images")
+    ece = "n/a" if cal["ece"] is None else f"{cal['ece']:.3f}"
+    brier = "n/a" if cal["brier"] is None else f"{cal['brier']:.3f}"
+    fig.suptitle(f"{title + ': ' if title else ''}ECE {ece}, Brier {brier}", fontsize=9)
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    fig.clear()
+    return out
+
+
 def _label(row: dict, width: int = 48) -> str:
     text = row["overrides"] or row["run"]
     if len(text) > width:

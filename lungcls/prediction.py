@@ -17,6 +17,7 @@ import torch
 
 from lungcls.data.images import load_image, to_unit_float
 from lungcls.device import autocast_for
+from lungcls.errors import LungclsError
 
 
 @dataclass
@@ -46,26 +47,67 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+# Test-time augmentation: mild geometry only (what training augmentation also draws), seeded.
+TTA_AUGMENT = {"rotation": 5.0, "translate": 0.03, "scale": (0.95, 1.05), "hflip": 0.5}
+
+
+def tta_copies(tta: str | int | None) -> int:
+    """``none`` -> 1, ``flip`` -> 2 (the image and its mirror), ``n`` -> n (the image and n-1
+    randomly augmented copies)."""
+    if tta in (None, "none", "null", 0, 1, "1", False):
+        return 1
+    if tta == "flip":
+        return 2
+    try:
+        n = int(tta)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(tta, bool) or n < 1:
+        raise LungclsError(f"tta={tta} must be none, flip or a number of copies (e.g. 8)")
+    return n
+
+
+def _augmented_probs(model: torch.nn.Module, x: torch.Tensor, tta: str | int | None, seed: int) -> torch.Tensor:
+    """Softmax averaged over the test-time copies of the batch ``x`` ([0, 1] floats on the device)."""
+    n = tta_copies(tta)
+    views = [x]
+    if n >= 2 and tta == "flip":
+        views.append(torch.flip(x, dims=[-1]))
+    elif n >= 2:
+        from lungcls.data.augment import BatchAugment
+
+        augment = BatchAugment(image_size=x.shape[-1], **TTA_AUGMENT).to(x.device)
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            torch.manual_seed(seed)
+            views += [augment(x) for _ in range(n - 1)]
+    probs = []
+    for view in views:
+        with autocast_for(x.device):
+            probs.append(model(view).float().softmax(dim=1))
+    return torch.stack(probs).mean(dim=0)
+
+
 @torch.no_grad()
 def predict_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, Any]],
-                    device: torch.device | None = None) -> Iterator[tuple[torch.Tensor, Any]]:
+                    device: torch.device | None = None, tta: str | int | None = None,
+                    seed: int = 0) -> Iterator[tuple[torch.Tensor, Any]]:
     """For each ``(images, extra)``: ``(probabilities on the CPU, extra)``. Images are uint8 or
-    [0, 1] float ``[B, 1, S, S]`` at the model's working size; the model is put in eval mode."""
+    [0, 1] float ``[B, 1, S, S]`` at the model's working size; the model is put in eval mode.
+    ``tta`` averages the probabilities over test-time copies (see ``tta_copies``)."""
     device = device or model_device(model)
     model.eval()
-    for x, extra in batches:
+    for i, (x, extra) in enumerate(batches):
         x = to_unit_float(x.to(device, non_blocking=True))
-        with autocast_for(device):
-            logits = model(x)
-        yield logits.float().softmax(dim=1).cpu(), extra
+        yield _augmented_probs(model, x, tta, seed + i).cpu(), extra
 
 
 def predict_split(model, datamodule, split: str, device: torch.device | None = None,
-                  batch_size: int | None = None) -> Predictions:
-    """Probabilities for every image of ``split`` of a ``LungDataModule`` (no augmentation)."""
+                  batch_size: int | None = None, tta: str | int | None = None) -> Predictions:
+    """Probabilities for every image of ``split`` of a ``LungDataModule`` (no training augmentation;
+    ``tta`` for test-time copies)."""
     loader = datamodule.loader(split, shuffle=False, batch_size=batch_size)
     probs, labels, rows = [], [], []
-    for p, (y, r) in predict_batches(model, ((x, (y, r)) for x, y, r in loader), device):
+    for p, (y, r) in predict_batches(model, ((x, (y, r)) for x, y, r in loader), device, tta=tta):
         probs.append(p)
         labels.append(y.cpu())
         rows.append(r.cpu())
@@ -89,11 +131,11 @@ def file_batches(paths: Sequence[str], image_size: int, batch_size: int) -> Iter
 
 
 def predict_files(model, paths: Sequence[str], labels: Sequence[int] | None = None, batch_size: int = 32,
-                  device: torch.device | None = None) -> Predictions:
+                  device: torch.device | None = None, tta: str | int | None = None) -> Predictions:
     """Probabilities for image files, decoded at the model's working size."""
     size = int(model.hparams.image_size)
     names = list(model.class_names)
-    out = [p for p, _ in predict_batches(model, file_batches(list(paths), size, batch_size), device)]
+    out = [p for p, _ in predict_batches(model, file_batches(list(paths), size, batch_size), device, tta=tta)]
     probs = torch.cat(out).numpy() if out else np.zeros((0, len(names)), dtype=np.float32)
     y = np.asarray(labels if labels is not None else [-1] * len(paths), dtype=int)
     return Predictions(list(paths), y, probs, names)

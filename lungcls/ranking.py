@@ -91,6 +91,10 @@ def _run_row(run: dict, overrides: list[str], stage: str, classes: list[str], di
         row[metric_key(name, "acc")] = flat[name].get(metric_key(name, "acc"))
     for name in ("val", "test"):
         row[metric_key(name, "macro_f1")] = flat[name].get(metric_key(name, "macro_f1"))
+    ci = (block or {}).get("ci") or {}
+    for metric, key in (("acc", "accuracy"), ("macro_f1", "macro_f1")):  # the ranking split's intervals
+        lo_hi = ci.get(key) or [None, None]
+        row[metric_key(stage, f"{metric}_lo")], row[metric_key(stage, f"{metric}_hi")] = lo_hi
     for cls in classes:
         row[metric_key(stage, "recall", cls)] = flat[stage].get(metric_key(stage, "recall", cls))
     fn = (block or {}).get("fn_to_normal") or {}
@@ -229,12 +233,20 @@ def to_markdown(rows: Sequence[dict], title: str = "", notes: Sequence[str] = ()
     if notes:
         lines.append("")
     if rows:
-        columns = list(rows[0])
+        # an interval's bounds (`X_lo`, `X_hi`) are shown in X's cell: `0.9300 [0.9100, 0.9500]`
+        columns = [c for c in rows[0] if not (c.endswith(("_lo", "_hi")) and c[:-3] in rows[0])]
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "|".join("---:" if _numeric_column(rows, c) else "---" for c in columns) + "|")
         for row in rows:
-            lines.append("| " + " | ".join(_cell_md(row[c]) for c in columns) + " |")
+            lines.append("| " + " | ".join(_cell_with_interval(row, c) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell_with_interval(row: dict, column: str) -> str:
+    lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    if is_number(row.get(column)) and is_number(lo) and is_number(hi):
+        return f"{_cell_md(row[column])} [{_cell_md(lo)}, {_cell_md(hi)}]"
+    return _cell_md(row.get(column))
 
 
 def _numeric_column(rows: Sequence[dict], column: str) -> bool:

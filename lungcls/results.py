@@ -10,15 +10,20 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lungcls.metrics import class_probability_ci, summarize_confusion
-from lungcls.plots import plot_confusion_matrix
+from lungcls.metrics.bootstrap import bootstrap_ci
+from lungcls.metrics.calibration import calibration
+from lungcls.plots import plot_confusion_matrix, plot_reliability
 from lungcls.prediction import Predictions
+
+# stats.* defaults: bootstrap intervals and calibration bins of every split's summary
+DEFAULT_STATS = {"resamples": 1000, "level": 0.95, "seed": 0, "calibration_bins": 15}
 
 
 def confusion_from(pred: Predictions, n_classes: int) -> np.ndarray:
@@ -26,10 +31,16 @@ def confusion_from(pred: Predictions, n_classes: int) -> np.ndarray:
     return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def summarize_predictions(pred: Predictions, class_names: Sequence[str], normal_class: str | None) -> dict[str, Any]:
-    """What ``metrics.json`` stores for one split (``summarize_confusion`` plus ``probability_ci``)."""
+def summarize_predictions(pred: Predictions, class_names: Sequence[str], normal_class: str | None,
+                          stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What ``metrics.json`` stores for one split: ``summarize_confusion``, ``probability_ci``,
+    bootstrap intervals of every number (``ci``) and ``calibration`` (ECE, Brier)."""
+    st = {**DEFAULT_STATS, **(stats or {})}
     summary = summarize_confusion(confusion_from(pred, len(class_names)), class_names, normal_class)
     summary["probability_ci"] = class_probability_ci(pred.probs, pred.labels, class_names) if len(pred.labels) else {}
+    summary["ci"] = bootstrap_ci(pred.labels, pred.preds, class_names, normal_class, resamples=int(st["resamples"]),
+                                 level=float(st["level"]), seed=int(st["seed"]))
+    summary["calibration"] = calibration(pred.probs, pred.labels, bins=int(st["calibration_bins"]))
     return summary
 
 
@@ -57,28 +68,40 @@ def write_results(
     normal_class: str | None,
     report_split: str = "test",
     extra: dict[str, Any] | None = None,
+    stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """metrics.json (a summary per split), predictions.csv and confusion_matrix.png of ``report_split``."""
+    """metrics.json (a summary per split), and of ``report_split`` predictions.csv,
+    confusion_matrix.png and reliability.png."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {split: summarize_predictions(p, class_names, normal_class) for split, p in predictions.items()}
+    metrics: dict[str, Any] = {split: summarize_predictions(p, class_names, normal_class, stats) for split, p in predictions.items()}
     metrics.update(extra or {})
     if report_split in predictions:
-        write_predictions_csv(run_dir / "predictions.csv", predictions[report_split], class_names)
-        plot_confusion_matrix(
-            metrics[report_split]["confusion_matrix"], class_names, run_dir / "confusion_matrix.png",
-            title=f"{report_split} split ({len(predictions[report_split].labels)} images)",
-        )
+        pred = predictions[report_split]
+        write_predictions_csv(run_dir / "predictions.csv", pred, class_names)
+        title = f"{report_split} split ({len(pred.labels)} images)"
+        plot_confusion_matrix(metrics[report_split]["confusion_matrix"], class_names, run_dir / "confusion_matrix.png", title=title)
+        bins = int({**DEFAULT_STATS, **(stats or {})}["calibration_bins"])
+        plot_reliability(pred.probs, pred.labels, run_dir / "reliability.png", bins=bins, title=title)
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
     return metrics
 
 
+def with_ci(value: float | None, interval: Sequence[float] | None, digits: int = 3) -> str:
+    """``0.930 [0.910, 0.950]`` (the interval left out when there is none)."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
+
+
 def summary_line(summary: dict[str, Any], normal_class: str | None) -> str:
-    """``accuracy 0.850 | macro F1 0.849 | predicted Normal: COVID 1, Viral Pneumonia 0``."""
+    """``accuracy 0.850 [0.80, 0.90] | macro F1 0.849 [...] | predicted Normal: COVID 1, ...``."""
     acc, f1 = summary.get("accuracy"), summary.get("macro_f1")
+    ci = summary.get("ci") or {}
     missed = ", ".join(f"{c} {n}" for c, n in (summary.get("fn_to_normal") or {}).items()) or "n/a"
-    parts = [f"accuracy {acc:.3f}" if acc is not None else "no images"]
+    parts = [f"accuracy {with_ci(acc, ci.get('accuracy'))}" if acc is not None else "no images"]
     if f1 is not None:
-        parts.append(f"macro F1 {f1:.3f}")
+        parts.append(f"macro F1 {with_ci(f1, ci.get('macro_f1'))}")
     if normal_class:
         parts.append(f"predicted {normal_class}: {missed}")
     return " | ".join(parts)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lungcls.errors import LungclsError
-from lungcls.sweepfile import merge_overrides, sweep_arguments, load_sweep, train_command
+from lungcls.sweepfile import continue_study, load_sweep, merge_overrides, sweep_arguments, train_command
 
 PROG = "lungcls-sweep"
 
@@ -93,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sweep.get("early_terminate"):
         print(f"{PROG}: note: early_terminate is a W&B feature; local runs all go to the end")
 
+    extra, stored = continue_study(hydra_args)
+    if stored:
+        print(f"{PROG}: note: the study in hydra.sweeper.storage holds {stored} trial(s); continuing it with {extra[0]}")
+        hydra_args = [a for a in hydra_args if not a.startswith("hydra.sweeper.sampler.seed=")] + extra
     command = train_command(hydra_args)
     print(shlex.join(command), flush=True)
     if args.dry_run:

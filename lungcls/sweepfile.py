@@ -361,3 +361,26 @@ def sweep_to_hydra_args(sweep: dict, extra: Sequence[str] = ()) -> list[str]:
 def train_command(args: Sequence[str]) -> list[str]:
     """The training command, with this interpreter so the same environment runs every job."""
     return [sys.executable, "-m", TRAIN_MODULE, *args]
+
+
+def continue_study(args: Sequence[str], default_seed: int = 1234) -> tuple[list[str], int]:
+    """Overrides that let a relaunched Optuna sweep with persistent storage continue its study:
+    the sampler's seed moves on by the number of trials already stored, so the new trials are new
+    proposals rather than the first launch's again. Returns (extra overrides, trials stored)."""
+    values = {key: value for key, _, value in (a.partition("=") for a in args if "=" in a)}
+    storage = values.get("hydra.sweeper.storage")
+    optuna_sweep = values.get("hparams_search") == "optuna" or "hydra.sweeper.sampler.seed" in values
+    if not storage or storage == "null" or not optuna_sweep:
+        return [], 0
+    import optuna
+
+    name = values.get("hydra.sweeper.study_name")
+    try:
+        summaries = optuna.get_all_study_summaries(storage=storage.strip("'\""))
+    except Exception:  # noqa: BLE001 - a new or unreachable storage: nothing to continue
+        return [], 0
+    stored = sum(s.n_trials for s in summaries if name in (None, "null") or s.study_name == name.strip("'\""))
+    if not stored:
+        return [], 0
+    seed = int(values.get("hydra.sweeper.sampler.seed", default_seed))
+    return [f"hydra.sweeper.sampler.seed={seed + stored}"], stored

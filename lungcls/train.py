@@ -138,7 +138,8 @@ def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: 
         "backbone": cfg.backbone.name,
         "finetune": cfg.finetune.name,
     }
-    metrics = write_results(run_dir, predictions, dm.class_names, dm.normal_class, report_split="test", extra=extra)
+    stats = OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None
+    metrics = write_results(run_dir, predictions, dm.class_names, dm.normal_class, report_split="test", extra=extra, stats=stats)
     values = {}
     for split in ("val", "test"):
         p = predictions[split]

@@ -17,7 +17,7 @@ import yaml
 from lungcls import sweepfile as sweep_mod
 from lungcls.errors import LungclsError
 from lungcls.sweep import main
-from lungcls.sweepfile import hydra_value, sweep_to_hydra_args
+from lungcls.sweepfile import continue_study, hydra_value, sweep_to_hydra_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -707,3 +707,20 @@ def test_wandb_agent_arguments_compose_with_the_repo_config(path):
             assert cfg.hydra.runtime.choices[name] == value, name
         else:
             assert OmegaConf.select(cfg, name, throw_on_missing=False) == value, name
+
+
+def test_optuna_study_in_sqlite_storage_resumes(toy_app, tmp_path):
+    """A Bayesian sweep with persistent storage: a second launch continues the same study (its
+    sampler sees the earlier trials) instead of starting over."""
+    import optuna
+
+    db = tmp_path / "study.db"
+    args = ["--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=sqlite:///{db}",
+            "hydra.sweeper.study_name=lr-search"]
+    toy_app(args)
+    assert len(optuna.load_study(study_name="lr-search", storage=f"sqlite:///{db}").trials) == 2
+    extra, stored = continue_study(args)  # what lungcls-sweep adds when it relaunches
+    assert stored == 2 and extra == ["hydra.sweeper.sampler.seed=1236"]
+    toy_app(args + extra)  # e.g. after the first launch was killed
+    trials = optuna.load_study(study_name="lr-search", storage=f"sqlite:///{db}").trials
+    assert len(trials) == 4 and len({t.params["optimizer.lr"] for t in trials}) == 4

@@ -1,0 +1,181 @@
+"""Numbers a reviewer accepts: bootstrap intervals checked against an independent computation and in
+the degenerate cases, calibration by hand, paired comparison of runs, test-time augmentation and
+temperature scaling as users run them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from lungcls.compare import main as compare_main
+from lungcls.metrics.bootstrap import bootstrap_ci, paired_difference_ci
+from lungcls.metrics.calibration import brier_score, calibration, fit_temperature, scale_temperature
+from lungcls.paired import mcnemar_exact
+from lungcls.train import train
+
+from conftest import run_cli
+
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+
+
+def noisy(n: int, accuracy: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    return y, np.where(rng.random(n) < accuracy, y, rng.integers(0, 4, n))
+
+
+def test_intervals_agree_with_scipy_bootstrap():
+    y, p = noisy(600, 0.8)
+    ours = bootstrap_ci(y, p, CLASSES, "Normal", resamples=2000, seed=3)
+    ref = sps.bootstrap(((y == p).astype(float),), np.mean, n_resamples=4000, method="percentile", random_state=7)
+    assert ours["accuracy"] == pytest.approx([ref.confidence_interval.low, ref.confidence_interval.high], abs=0.012)
+    covid = y == 0
+
+    def recall(yy, pp):
+        return np.mean(pp[yy == 0] == 0)
+
+    ref = sps.bootstrap((y, p), recall, paired=True, vectorized=False, n_resamples=1000, method="percentile", random_state=7)
+    assert ours["per_class"]["COVID"]["recall"] == pytest.approx([ref.confidence_interval.low, ref.confidence_interval.high], abs=0.03)
+    point = np.mean(p[covid] == 0)
+    lo, hi = ours["per_class"]["COVID"]["recall"]
+    assert lo < point < hi
+    assert ours["level"] == 0.95 and ours["resamples"] == 2000 and ours["method"] == "percentile"
+
+
+def test_intervals_are_seeded_and_fast():
+    y, p = noisy(2000, 0.9)
+    start = time.perf_counter()
+    a = bootstrap_ci(y, p, CLASSES, "Normal", resamples=1000, seed=5)
+    elapsed = time.perf_counter() - start
+    assert a == bootstrap_ci(y, p, CLASSES, "Normal", resamples=1000, seed=5)
+    assert a != bootstrap_ci(y, p, CLASSES, "Normal", resamples=1000, seed=6)
+    assert elapsed < 1.0  # well under a second for 1,000 resamples of 2,000 images (typically ~0.1 s)
+
+
+def test_fn_to_normal_rate_interval_brackets_the_share_predicted_normal():
+    y, p = noisy(800, 0.85, seed=2)
+    ci = bootstrap_ci(y, p, CLASSES, "Normal", resamples=1000)
+    for k, name in enumerate(CLASSES):
+        if name == "Normal":
+            assert name not in ci["fn_to_normal_rate"]
+            continue
+        share = np.mean(p[y == k] == 2)
+        lo, hi = ci["fn_to_normal_rate"][name]
+        assert lo <= share <= hi and hi - lo < 0.1
+
+
+def test_degenerate_cases_give_null_not_numbers():
+    perfect = bootstrap_ci([0, 1, 2, 3] * 10, [0, 1, 2, 3] * 10, CLASSES, "Normal", resamples=200)
+    assert perfect["accuracy"] == [1.0, 1.0] and perfect["fn_to_normal_rate"]["COVID"] == [0.0, 0.0]
+    one_class = bootstrap_ci([0] * 30, [0] * 20 + [2] * 10, CLASSES, "Normal", resamples=200)
+    assert one_class["per_class"]["COVID"]["specificity"] is None  # no negatives at all
+    assert one_class["per_class"]["Lung_Opacity"]["recall"] is None  # absent class
+    assert one_class["fn_to_normal_rate"]["Lung_Opacity"] is None
+    lo, hi = one_class["fn_to_normal_rate"]["COVID"]
+    assert lo < 1 / 3 < hi
+    tiny = bootstrap_ci([0, 2, 3], [0, 2, 2], CLASSES, "Normal", resamples=200)
+    assert 0.0 <= tiny["accuracy"][0] <= tiny["accuracy"][1] <= 1.0
+    empty = bootstrap_ci([], [], CLASSES, "Normal", resamples=200)
+    assert empty["accuracy"] is None and empty["macro_f1"] is None
+    json.dumps(one_class, allow_nan=False)  # no NaN reaches metrics.json
+
+
+def test_calibration_by_hand():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    labels = np.array([0, 1, 1, 1])
+    # Brier: (0.01+0.01) + (0.36+0.36) + (0.09+0.09) + (0.04+0.04) = 1.0 over 4 images
+    assert brier_score(probs, labels) == pytest.approx(0.25)
+    cal = calibration(probs, labels, bins=2)
+    # bin (0.5, 1]: all four images (confidences .9 .6 .7 .8, mean .75); correct: 1,0,1,1 -> .75
+    assert cal["ece"] == pytest.approx(0.0, abs=1e-6) and cal["bins"] == 2
+
+
+def test_temperature_is_recovered_and_keeps_predictions():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4000, 4))
+    true = np.exp(logits / 2.0)
+    true /= true.sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=row) for row in true])
+    overconfident = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    t = fit_temperature(overconfident, labels)
+    assert 1.8 < t < 2.2
+    scaled = scale_temperature(overconfident, t)
+    assert (scaled.argmax(1) == overconfident.argmax(1)).all()
+    assert calibration(scaled, labels)["ece"] < calibration(overconfident, labels)["ece"] / 2
+
+
+def test_paired_difference_and_mcnemar_by_hand():
+    a = np.array([1] * 30 + [0] * 10, dtype=bool)  # the reference: right on 30 of 40
+    b = np.array([1] * 20 + [0] * 10 + [1] * 2 + [0] * 8, dtype=bool)  # right on 22; 10 vs 2 discordant
+    m = mcnemar_exact(a, b)
+    assert (m["a_only"], m["b_only"]) == (10, 2)
+    assert m["p_value"] == pytest.approx(sps.binomtest(2, 12, 0.5).pvalue)
+    diff = paired_difference_ci(b.astype(float), a.astype(float), resamples=2000, seed=1)
+    assert diff["difference"] == pytest.approx(-8 / 40)
+    assert diff["ci"][1] < 0  # the paired interval excludes 0 here
+
+
+def test_run_reports_intervals_calibration_and_reliability_diagram(train_cfg, tmp_path, capsys):
+    train(train_cfg("backbone=logistic", "trainer.max_epochs=2", "stats.resamples=300"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for split in ("train", "val", "test"):
+        ci = metrics[split]["ci"]
+        assert ci["resamples"] == 300 and ci["level"] == 0.95
+        lo, hi = ci["accuracy"]
+        assert lo <= metrics[split]["accuracy"] <= hi
+        assert set(metrics[split]["calibration"]) == {"ece", "bins", "brier"}
+    assert (tmp_path / "reliability.png").is_file()
+    printed = capsys.readouterr().out
+    acc = metrics["test"]["accuracy"]
+    assert f"test accuracy {acc:.3f} [{metrics['test']['ci']['accuracy'][0]:.3f}, " in printed
+
+
+def _predictions(run: Path) -> dict[str, str]:
+    with (run / "predictions.csv").open() as f:
+        return {r["path"]: r["pred"] for r in csv.DictReader(f)}
+
+
+def test_compare_paired_on_two_runs_of_the_same_images(train_cfg, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for name, lr in (("a", 0.01), ("b", 0.0001)):
+        out = runs / name
+        out.mkdir(parents=True)
+        cfg = train_cfg("backbone=logistic", f"optimizer.lr={lr}", "trainer.max_epochs=2", "stats.resamples=200", out=out)
+        train(cfg)
+        (out / ".hydra").mkdir(exist_ok=True)
+        (out / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n")
+    assert _predictions(runs / "a").keys() == _predictions(runs / "b").keys()
+    assert compare_main([str(runs), "--paired"]) == 0
+    text = (runs / "comparison.md").read_text()
+    assert "## Paired comparison (test split)" in text and "McNemar p =" in text
+    assert "significantly different" in text
+    with (runs / "comparison_paired.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["images"]) == len(_predictions(runs / "a"))
+    assert float(row["accuracy_difference_lo"]) <= float(row["accuracy_difference"]) <= float(row["accuracy_difference_hi"])
+    assert "[" in text.split("| test/acc |")[0] or " [" in text  # accuracy shown with its interval
+
+
+def test_evaluate_with_test_time_augmentation_and_temperature_scaling(train_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(train_cfg("backbone=logistic", "trainer.max_epochs=2", "stats.resamples=100", out=run))
+    ev = tmp_path / "ev"
+    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
+                  "evaluate.tta=flip", "evaluate.temperature_scaling=true")
+    assert out.returncode == 0, out.stderr[-1500:]
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["tta"] == {"mode": "flip", "copies": 2}
+    scaled = metrics["temperature_scaling"]
+    assert scaled["temperature"] > 0 and scaled["before"]["ece"] is not None and scaled["after"]["ece"] is not None
+    assert "temperature" in out.stdout and "fitted on val" in out.stdout
+    with (ev / "predictions.csv").open() as f:
+        tta_probs = {r["path"]: r["prob_COVID"] for r in csv.DictReader(f)}
+    with (run / "predictions.csv").open() as f:
+        plain = {r["path"]: r["prob_COVID"] for r in csv.DictReader(f)}
+    assert tta_probs.keys() == plain.keys() and tta_probs != plain  # the flip changed the averaged probabilities
