@@ -1,22 +1,29 @@
 """Decode X-ray files of any common bit depth and mode into uint8 grayscale at the working size.
 
 X-rays are single-channel. Whatever the file holds (8-bit or 16-bit grayscale, RGB, RGBA, palette;
-PNG or JPEG), we map it to one uint8 channel with a fixed rule, so models see the same value range
-for every source: 16-bit images are scaled by the range their bit depth can hold (12-bit if no value
-exceeds 4095, else 16-bit), colour images are converted to luminance, alpha is dropped.
+PNG, JPEG or DICOM), we map it to one uint8 channel with a fixed rule, so models see the same value
+range for every source: 16-bit images are scaled by the range their bit depth can hold (12-bit if no
+value exceeds 4095, else 16-bit), colour images are converted to luminance, alpha is dropped; DICOM
+goes through its LUTs first (``lungcls.data.dicom``). The format is told by content, not by name.
+
+Training, evaluation, prediction, export checks and the web service all decode through
+``read_gray`` and resize through ``gray_to_input``: one preprocessing, so a probability means the
+same thing on every path.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from lungcls.data.dicom import DICOM_EXTENSIONS, looks_like_dicom, read_dicom
 from lungcls.errors import LungclsError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", *DICOM_EXTENSIONS)
 
 
 def is_image_file(path: Path) -> bool:
@@ -38,16 +45,40 @@ def _to_gray_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def read_gray(path: str | Path) -> np.ndarray:
-    """The image as a 2-D uint8 array; a corrupt or unreadable file raises a one-line LungclsError."""
+def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None) -> np.ndarray:
+    with Image.open(source) as img:
+        if max_pixels and img.size[0] * img.size[1] > max_pixels:
+            raise LungclsError(f"image {name} has {img.size[0]}x{img.size[1]} pixels, more than the limit of {max_pixels}; downscale it first")
+        img.load()
+        return _to_gray_uint8(img)
+
+
+def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = None, name: str | None = None) -> np.ndarray:
+    """The image as a 2-D uint8 array; a corrupt or unreadable file raises a one-line LungclsError.
+
+    ``source`` is a path or a binary file object (an upload); ``name`` is what messages call it.
+    DICOM is recognised by its ``DICM`` marker (or a .dcm/.dicom name), everything else goes to
+    Pillow. Images above ``max_pixels`` pixels are refused from their header, before decoding.
+    """
+    name = name or str(source)
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _to_gray_uint8(img)
+        if hasattr(source, "read"):
+            head = source.read(132)
+            source.seek(0)
+        else:
+            with open(source, "rb") as f:
+                head = f.read(132)
+        if looks_like_dicom(head) or Path(name).suffix.lower() in DICOM_EXTENSIONS:
+            return read_dicom(source, name, max_pixels)
+        return _read_pil(source, name, max_pixels)
     except FileNotFoundError:
-        raise LungclsError(f"image {path} does not exist; check dataset.root or the manifest") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise LungclsError(f"cannot read image {path} ({e}); remove or replace the file") from None
+        raise LungclsError(f"image {name} does not exist; check dataset.root or the manifest") from None
+    except IsADirectoryError:
+        raise LungclsError(f"{name} is a folder, not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise LungclsError(f"image {name} is too large to decode safely ({e}); downscale it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise LungclsError(f"cannot read image {name} ({' '.join(str(e).split())[:200]}); remove or replace the file") from None
 
 
 def resize_gray(arr: np.ndarray, size: int) -> np.ndarray:
@@ -57,9 +88,14 @@ def resize_gray(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR, reducing_gap=None))
 
 
+def gray_to_input(gray: np.ndarray, size: int) -> torch.Tensor:
+    """A decoded image as model input: a uint8 tensor [1, size, size]."""
+    return torch.from_numpy(resize_gray(gray, size).copy()).unsqueeze(0)
+
+
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """Decode and resize one image: a uint8 tensor [1, size, size]."""
-    return torch.from_numpy(resize_gray(read_gray(path), size).copy()).unsqueeze(0)
+    return gray_to_input(read_gray(path), size)
 
 
 def load_mask(path: str | Path | None, size: int) -> np.ndarray | None:
