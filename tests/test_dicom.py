@@ -1,5 +1,5 @@
 """DICOM input: decoding as a reading workstation shows it, clear refusals, and DICOM files used by
-training, evaluation and reports like PNGs. Every file is written here with pydicom."""
+training and evaluation like PNGs. Every file is written here with pydicom."""
 
 from __future__ import annotations
 
