@@ -27,8 +27,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", *DICOM_EXTENSIONS)
 
 
 def is_image_file(path: Path) -> bool:
-    """A file lungcls reads as an X-ray (by extension; hidden files are skipped)."""
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """A file lungcls reads as an X-ray: by extension, or a DICOM file without one (as PACS exports
+    name them, ``IM0001``); hidden files are skipped."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    if path.suffix == "":
+        try:
+            with path.open("rb") as f:
+                return looks_like_dicom(f.read(132))
+        except OSError:
+            return False
+    return False
 
 
 def _to_gray_uint8(img: Image.Image) -> np.ndarray:
