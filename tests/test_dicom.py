@@ -127,6 +127,7 @@ def _dicom_class_tree(root, n=10, size=40):
     return root
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_read_dicom_folders(train_cfg, tmp_path):
     root = _dicom_class_tree(tmp_path / "dicom")
     run = tmp_path / "run"

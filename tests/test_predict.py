@@ -33,6 +33,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_predicted_probabilities_equal_the_evaluated_ones_with_flags_and_overlays(trained, tmp_path):
     run, ev = trained
     evaluated = {r["path"]: r for r in read_rows(ev / "predictions.csv")}
@@ -63,6 +64,7 @@ def test_predicted_probabilities_equal_the_evaluated_ones_with_flags_and_overlay
     assert f"COVID at threshold {threshold:.4g}" in out.stdout
 
 
+@pytest.mark.slow
 def test_unlabelled_folders_with_dicom_and_several_checkpoints_side_by_side(trained, tmp_path):
     run, _ = trained
     twin = tmp_path / "twin"
@@ -94,6 +96,7 @@ def test_unlabelled_folders_with_dicom_and_several_checkpoints_side_by_side(trai
     assert rows["broken.png"]["error"].startswith("cannot read image") and rows["broken.png"][f"{first}:pred"] == ""
 
 
+@pytest.mark.slow
 def test_a_threshold_chosen_for_another_checkpoint_is_refused(trained, tmp_path):
     run, ev = trained
     other = tmp_path / "other" / "checkpoints"
