@@ -133,3 +133,13 @@ def write_dicom(path: Path, array: np.ndarray, photometric: str = "MONOCHROME2",
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def logistic_run(tmp_path_factory, data_dir) -> Path:
+    """A tiny trained logistic run folder shared by the tests that use a trained model."""
+    from lungcls.train import train
+
+    run = tmp_path_factory.mktemp("logistic") / "run"
+    train(compose_cfg("train", TINY + ["backbone=logistic", "trainer.max_epochs=2"], run, data_dir))
+    return run

@@ -9,19 +9,16 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY, compose_cfg, run_cli, write_dicom, write_png
+from conftest import run_cli, write_dicom, write_png
 from PIL import Image
 
-from lungcls.train import train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    """A tiny logistic run (and its evaluation with a screening threshold chosen on val)."""
-    base = tmp_path_factory.mktemp("predict")
-    run = base / "run"
-    train(compose_cfg("train", TINY + ["backbone=logistic", "trainer.max_epochs=2"], run, data_dir))
-    ev = base / "ev"
+def trained(tmp_path_factory, logistic_run):
+    """A tiny logistic run and its evaluation with a screening threshold chosen on val."""
+    run = logistic_run
+    ev = tmp_path_factory.mktemp("predict") / "ev"
     out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
                   "evaluate.positive_class=COVID", "evaluate.target_sensitivity=0.5")
     assert out.returncode == 0, out.stderr

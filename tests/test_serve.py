@@ -21,23 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY, compose_cfg, write_dicom, write_png
+from conftest import REPO, write_dicom
 from PIL import Image
 
 from lungcls.models.module import load_classifier
 from lungcls.prediction import predict_files
-from lungcls.train import train
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "") if p and Path(p).is_file()), None)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, data_dir):
+def server(tmp_path_factory, logistic_run):
     """A tiny logistic model served by `python -m lungcls.serve` on a free loopback port, with
     small limits and its own temporary folder (to check that uploads do not stay on disk)."""
     base = tmp_path_factory.mktemp("serve")
-    run = base / "run"
-    train(compose_cfg("train", TINY + ["backbone=logistic", "trainer.max_epochs=2"], run, data_dir))
+    run = logistic_run
     spool = base / "tmp"
     spool.mkdir()
     env = dict(os.environ, TMPDIR=str(spool), PYTHONUNBUFFERED="1")
