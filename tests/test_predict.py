@@ -104,3 +104,19 @@ def test_a_threshold_chosen_for_another_checkpoint_is_refused(trained, tmp_path)
     out = run_cli("lungcls.predict", f"ckpt={other}/best.ckpt", f"input={image}", f"predict.screening={ev}",
                   f"hydra.run.dir={tmp_path}/p")
     assert out.returncode == 2 and "is not one of the checkpoints given" in out.stderr
+
+
+def test_possible_missed_disease_flags_only_narrow_normal_wins():
+    from lungcls.screening import possible_missed_disease
+
+    classes = ["COVID", "Normal", "Viral Pneumonia"]
+    probs = np.array([
+        [0.40, 0.45, 0.15],  # Normal ahead of COVID by 0.05: flagged
+        [0.10, 0.80, 0.10],  # a clear Normal
+        [0.50, 0.45, 0.05],  # COVID wins: not a missed disease
+        [0.05, 0.47, 0.48],  # Viral Pneumonia wins
+        [0.30, 0.38, 0.32],  # Normal ahead of Viral Pneumonia by 0.06
+    ])
+    assert possible_missed_disease(probs, classes, "Normal", 0.1).tolist() == [True, False, False, False, True]
+    assert not possible_missed_disease(probs, classes, "Normal", 0.0).any()
+    assert not possible_missed_disease(probs, classes, None, 0.1).any()

@@ -65,11 +65,20 @@ class Client:
     def __init__(self, host: str, port: int, timeout: float):
         self.host, self.port, self.timeout = host, port, timeout
         self.local = threading.local()
+        self.opened: list[http.client.HTTPConnection] = []
+
+    def close(self) -> None:
+        """Close every keep-alive connection, so the server is not left holding them."""
+        for conn in self.opened:
+            conn.close()
 
     def post(self, path: str, body: bytes, content_type: str) -> tuple[int, float, str]:
         start = time.perf_counter()
         for attempt in (0, 1):  # one reconnect when the server closed an idle keep-alive connection
-            conn = getattr(self.local, "conn", None) or http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self.opened.append(conn)
             self.local.conn = conn
             try:
                 conn.request("POST", path, body=body, headers={"Content-Type": content_type})
@@ -100,8 +109,11 @@ def run(url: str, files: list[Path], requests: int, concurrency: int, cam: bool,
         return client.post(path, *bodies[i % len(bodies)])
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(one, range(requests)))
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            results = list(pool.map(one, range(requests)))
+    finally:
+        client.close()
     wall = time.perf_counter() - start
     after = get_json(host, port, "/healthz", timeout)
     latencies = np.array([t for s, t, _ in results if s == 200]) * 1000
