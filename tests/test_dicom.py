@@ -108,6 +108,11 @@ def test_format_is_told_by_content_and_pixel_limits_apply_before_decoding(tmp_pa
     with pytest.raises(LungclsError, match="50x40 pixels, more than the limit"):
         read_gray(png, max_pixels=1000)
     assert is_image_file(tmp_path / "x.png") and is_image_file(write_dicom(tmp_path / "y.DCM", img, bits_stored=12))
+    # a PNG named .dcm is read as the PNG it is; a .dcm without the Part 10 preamble is still DICOM
+    (tmp_path / "png.dcm").write_bytes(png.read_bytes())
+    assert read_gray(tmp_path / "png.dcm").shape == (40, 50)
+    (tmp_path / "bare.dcm").write_bytes(no_ext.read_bytes()[132:])
+    assert np.array_equal(read_gray(tmp_path / "bare.dcm"), read_gray(no_ext))
 
 
 def _dicom_class_tree(root, n=10, size=40):

@@ -68,8 +68,8 @@ def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = None, nam
     """The image as a 2-D uint8 array; a corrupt or unreadable file raises a one-line LungclsError.
 
     ``source`` is a path or a binary file object (an upload); ``name`` is what messages call it.
-    DICOM is recognised by its ``DICM`` marker (or a .dcm/.dicom name), everything else goes to
-    Pillow. Images above ``max_pixels`` pixels are refused from their header, before decoding.
+    DICOM is recognised by its ``DICM`` marker, everything else goes to Pillow; a .dcm/.dicom file
+    Pillow cannot open is read as DICOM without the Part 10 preamble. Images above ``max_pixels`` pixels are refused from their header, before decoding.
     """
     name = name or str(source)
     try:
@@ -79,9 +79,16 @@ def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = None, nam
         else:
             with open(source, "rb") as f:
                 head = f.read(132)
-        if looks_like_dicom(head) or Path(name).suffix.lower() in DICOM_EXTENSIONS:
+        if looks_like_dicom(head):
             return read_dicom(source, name, max_pixels)
-        return _read_pil(source, name, max_pixels)
+        try:
+            return _read_pil(source, name, max_pixels)
+        except UnidentifiedImageError:
+            if Path(name).suffix.lower() not in DICOM_EXTENSIONS:
+                raise
+            if hasattr(source, "seek"):
+                source.seek(0)
+            return read_dicom(source, name, max_pixels)  # DICOM without the Part 10 preamble
     except FileNotFoundError:
         raise LungclsError(f"image {name} does not exist; check dataset.root or the manifest") from None
     except IsADirectoryError:
