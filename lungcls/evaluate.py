@@ -23,6 +23,7 @@ from lungcls.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.prediction import Predictions, predict_split, tta_copies
 from lungcls.results import summary_line, write_results
+from lungcls.screening import checkpoint_sha256
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
     extra: dict[str, Any] = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "checkpoint_sha256": checkpoint_sha256(cfg.ckpt_path),  # lets predict/serve match a chosen threshold to this file
         "data_root": data.get("root") or data.get("manifest"),
         "split": split,
         "class_mismatch": mismatch,

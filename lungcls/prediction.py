@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungcls.data.images import load_image, to_unit_float
+from lungcls.data.images import gray_to_input, load_image, to_unit_float
 from lungcls.device import autocast_for
 from lungcls.errors import LungclsError
 
@@ -139,3 +139,17 @@ def predict_files(model, paths: Sequence[str], labels: Sequence[int] | None = No
     probs = torch.cat(out).numpy() if out else np.zeros((0, len(names)), dtype=np.float32)
     y = np.asarray(labels if labels is not None else [-1] * len(paths), dtype=int)
     return Predictions(list(paths), y, probs, names)
+
+
+def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, device: torch.device | None = None) -> np.ndarray:
+    """Probabilities [N, C] for already decoded images (``read_gray`` output, any size): resized
+    by ``gray_to_input`` exactly as ``predict_files`` does, so a file gives the same numbers
+    whichever of the two scores it (the web service and ``lungcls-predict`` decode once for
+    several models)."""
+    size = int(model.hparams.image_size)
+    batches = (
+        (torch.stack([gray_to_input(g, size) for g in grays[start : start + batch_size]]), None)
+        for start in range(0, len(grays), batch_size)
+    )
+    out = [p for p, _ in predict_batches(model, batches, device)]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(model.class_names)), dtype=np.float32)

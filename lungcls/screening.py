@@ -13,15 +13,19 @@ Undefined values are None (JSON null), as in `lungcls.metrics`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lungcls.errors import LungclsError
 
-__all__ = ["screening_report", "operating_point"]
+__all__ = ["screening_report", "operating_point", "possible_missed_disease", "load_screening_thresholds", "ScreeningThreshold"]
 
 
 def _check_arrays(probs: Any, labels: Any, n_classes: int, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -169,3 +173,81 @@ def screening_report(
         "fixed_threshold": fixed,
         "target_sensitivity": target,
     }
+
+
+# --------------------------------------------------------------------------- using a trained model
+
+
+def possible_missed_disease(probs: Any, class_names: Sequence[str], normal_class: str | None, margin: float) -> np.ndarray:
+    """Per image: the normal class wins, but by less than ``margin`` over the most likely disease
+    class: the prediction a screening reader should not take as "nothing there"."""
+    p = np.asarray(probs, dtype=np.float64)
+    if normal_class not in class_names or margin <= 0 or len(class_names) < 2 or p.size == 0:
+        return np.zeros(len(p), dtype=bool)
+    k = list(class_names).index(normal_class)
+    lead = p[:, k] - np.delete(p, k, axis=1).max(axis=1)
+    return (p.argmax(axis=1) == k) & (lead < margin)
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ScreeningThreshold:
+    """The positive-class threshold an evaluation chose on val for one checkpoint."""
+
+    positive_class: str
+    threshold: float
+    target_sensitivity: float
+    val_sensitivity: float | None
+    source: str  # the evaluation's metrics.json
+
+    def flags(self, probs: Any, class_names: Sequence[str]) -> np.ndarray:
+        """Per image: called positive (probability of the positive class >= the threshold)."""
+        return np.asarray(probs)[:, list(class_names).index(self.positive_class)] >= self.threshold
+
+
+def _read_evaluation(source: str | Path) -> tuple[Path, dict[str, Any]]:
+    path = Path(str(source)).expanduser().resolve()
+    path = path / "metrics.json" if path.is_dir() else path
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise LungclsError(f"{source} is not an evaluation (no readable metrics.json); give the run folder of "
+                           "lungcls-evaluate ... evaluate.positive_class=<Class>") from None
+    chosen = (metrics.get("screening") or {}).get("target_sensitivity") or {}
+    if not metrics.get("checkpoint") or not metrics.get("screening"):
+        raise LungclsError(f"{path} has no screening view; run lungcls-evaluate ckpt_path=... evaluate.positive_class=<Class> and give its run folder")
+    if chosen.get("threshold") is None:
+        raise LungclsError(f"{path} chose no threshold ({chosen.get('reason') or 'unknown reason'}); evaluate with a val split that holds positives")
+    return path, metrics
+
+
+def load_screening_thresholds(evaluations: Any, checkpoints: Sequence[Path]) -> dict[Path, ScreeningThreshold]:
+    """Match each evaluation (run folder or metrics.json) to the checkpoint it evaluated: by content
+    (SHA-256) where recorded, else by path. A threshold chosen for another model, or for this file
+    before it changed, is refused: it would flag at the wrong operating point."""
+    items = [] if evaluations in (None, "") else ([evaluations] if isinstance(evaluations, (str, Path)) else list(evaluations))
+    hashes = {ckpt: checkpoint_sha256(ckpt) for ckpt in checkpoints} if items else {}
+    found: dict[Path, ScreeningThreshold] = {}
+    for item in items:
+        path, metrics = _read_evaluation(item)
+        recorded = metrics.get("checkpoint_sha256")
+        by_path = [c for c in checkpoints if str(c) == str(Path(metrics["checkpoint"]).resolve())]
+        match = [c for c in checkpoints if hashes[c] == recorded] if recorded else by_path
+        if not match:
+            changed = " (the file at that path has changed since; evaluate it again)" if recorded and by_path else ""
+            raise LungclsError(f"{path} evaluated {metrics['checkpoint']}{changed}, which is not one of the checkpoints given; "
+                               "give the evaluation of each checkpoint")
+        s = metrics["screening"]
+        chosen = s["target_sensitivity"]
+        found[match[0]] = ScreeningThreshold(
+            str(s["positive_class"]), float(chosen["threshold"]), float(chosen["target"]),
+            (chosen.get("val") or {}).get("sensitivity"), str(path),
+        )
+    return found

@@ -59,6 +59,38 @@ def _explicit_sweep_dir(extra: Sequence[str]) -> Path | None:
     return None
 
 
+def _notes(sweep: dict, replaced: list[str], swept: set[str], hydra_args: list[str]) -> list[str]:
+    """Say what the local run does differently from the file, and continue a stored Optuna study."""
+    for key in replaced:
+        if key in swept:
+            print(f"{PROG}: note: {key} from the command line replaces the sweep's search over it")
+    if sweep.get("method") != "grid" and "run_cap" not in sweep:
+        print(f"{PROG}: note: no run_cap in the file: hydra.sweeper.n_trials from the config applies")
+    if sweep.get("early_terminate"):
+        print(f"{PROG}: note: early_terminate is a W&B feature; local runs all go to the end")
+    extra, stored = continue_study(hydra_args)
+    if stored:
+        print(f"{PROG}: note: the study in hydra.sweeper.storage holds {stored} trial(s); continuing it with {extra[0]}")
+        hydra_args = [a for a in hydra_args if not a.startswith("hydra.sweeper.sampler.seed=")] + extra
+    return hydra_args
+
+
+def _point_at_results(explicit: Path | None, roots: list[Path], before: set[Path]) -> None:
+    """Print the multirun folder the sweep wrote and the command that compares its runs."""
+    new = sorted(_sweep_dirs(roots) - before, key=lambda p: p.stat().st_mtime)
+    folder = explicit if explicit is not None else (new[-1] if new else None)
+    if folder is not None and folder.exists():
+        try:
+            shown = str(folder.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            shown = str(folder)
+        print(f"\nMultirun folder: {shown}")
+        print(f"Compare the runs: lungcls-compare {shlex.quote(shown)}")
+    else:
+        print("\nThe runs are in Hydra's multirun folder (hydra.sweep.dir); compare them with "
+              "lungcls-compare <that folder>")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`lungcls-sweep FILE [overrides] [--dry-run]`: run a W&B sweep file as a Hydra multirun."""
     parser = argparse.ArgumentParser(
@@ -85,24 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LungclsError as err:
         parser.exit(2, f"{PROG}: error: {err}\n")
 
-    for key in replaced:
-        if key in swept:
-            print(f"{PROG}: note: {key} from the command line replaces the sweep's search over it")
-    if sweep.get("method") != "grid" and "run_cap" not in sweep:
-        print(f"{PROG}: note: no run_cap in the file: hydra.sweeper.n_trials from the config applies")
-    if sweep.get("early_terminate"):
-        print(f"{PROG}: note: early_terminate is a W&B feature; local runs all go to the end")
-
-    extra, stored = continue_study(hydra_args)
-    if stored:
-        print(f"{PROG}: note: the study in hydra.sweeper.storage holds {stored} trial(s); continuing it with {extra[0]}")
-        hydra_args = [a for a in hydra_args if not a.startswith("hydra.sweeper.sampler.seed=")] + extra
+    hydra_args = _notes(sweep, replaced, swept, hydra_args)
     command = train_command(hydra_args)
     print(shlex.join(command), flush=True)
     if args.dry_run:
         return 0
 
-    explicit = _explicit_sweep_dir(args.overrides)
     roots = _output_roots(args.overrides)
     before = _sweep_dirs(roots)
     process = subprocess.Popen(command)
@@ -110,19 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = process.wait()
     except KeyboardInterrupt:  # the jobs got the same Ctrl-C; let them finish cleaning up
         code = process.wait()
-
-    new = sorted(_sweep_dirs(roots) - before, key=lambda p: p.stat().st_mtime)
-    folder = explicit if explicit is not None else (new[-1] if new else None)
-    if folder is not None and folder.exists():
-        try:
-            shown = str(folder.resolve().relative_to(Path.cwd().resolve()))
-        except ValueError:
-            shown = str(folder)
-        print(f"\nMultirun folder: {shown}")
-        print(f"Compare the runs: lungcls-compare {shlex.quote(shown)}")
-    else:
-        print("\nThe runs are in Hydra's multirun folder (hydra.sweep.dir); compare them with "
-              "lungcls-compare <that folder>")
+    _point_at_results(_explicit_sweep_dir(args.overrides), roots, before)
     return code
 
 

@@ -109,3 +109,49 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def write_dicom(path: Path, array: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
+                transfer_syntax: str | None = None, **elements) -> Path:
+    """A DICOM file written with pydicom: a DX image of ``array`` (uint8/uint16 [H, W], or [F, H, W]
+    for several frames), uncompressed unless ``transfer_syntax`` says otherwise (compressed with
+    pydicom's own encoder). ``elements`` are set as attributes (WindowCenter=..., RescaleSlope=...)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    array = np.asarray(array)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = "PHANTOM"
+    if array.ndim == 3:
+        ds.NumberOfFrames = array.shape[0]
+    ds.Rows, ds.Columns = array.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 8 if array.dtype == np.uint8 else 16
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = array.tobytes()
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    if transfer_syntax is not None:
+        ds.compress(transfer_syntax, array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def logistic_run(tmp_path_factory, data_dir) -> Path:
+    """A tiny trained logistic run folder shared by the tests that use a trained model."""
+    from lungcls.train import train
+
+    run = tmp_path_factory.mktemp("logistic") / "run"
+    train(compose_cfg("train", TINY + ["backbone=logistic", "trainer.max_epochs=2"], run, data_dir))
+    return run

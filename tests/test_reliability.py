@@ -13,19 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lungcls.data.images import read_gray
 from lungcls.errors import LungclsError
 from lungcls.models.module import load_classifier
 from lungcls.ranking import rank_runs
-from lungcls.runs import claim_dir, collect_runs, read_state, safe_name
+from lungcls.runs import collect_runs, read_state, safe_name
 from lungcls.train import train
 
-from conftest import REPO, TINY, make_class_tree, run_cli, write_png
+from conftest import REPO, TINY, make_class_tree, run_cli
 
 
 def test_claims_of_one_name_by_many_processes_get_distinct_folders(tmp_path):

@@ -1,22 +1,29 @@
 """Decode X-ray files of any common bit depth and mode into uint8 grayscale at the working size.
 
 X-rays are single-channel. Whatever the file holds (8-bit or 16-bit grayscale, RGB, RGBA, palette;
-PNG or JPEG), we map it to one uint8 channel with a fixed rule, so models see the same value range
-for every source: 16-bit images are scaled by the range their bit depth can hold (12-bit if no value
-exceeds 4095, else 16-bit), colour images are converted to luminance, alpha is dropped.
+PNG, JPEG or DICOM), we map it to one uint8 channel with a fixed rule, so models see the same value
+range for every source: 16-bit images are scaled by the range their bit depth can hold (12-bit if no
+value exceeds 4095, else 16-bit), colour images are converted to luminance, alpha is dropped; DICOM
+goes through its LUTs first (``lungcls.data.dicom``). The format is told by content, not by name.
+
+Training, evaluation, prediction, export checks and the web service all decode through
+``read_gray`` and resize through ``gray_to_input``: one preprocessing, so a probability means the
+same thing on every path.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from lungcls.data.dicom import DICOM_EXTENSIONS, looks_like_dicom, read_dicom
 from lungcls.errors import LungclsError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", *DICOM_EXTENSIONS)
 DEFAULT_MAX_PIXELS = 100_000_000  # dataset.max_image_pixels: larger files are refused, unread
 
 # lungcls checks every file's pixel count itself (read_gray, with a limit the config sets), so PIL's
@@ -25,8 +32,19 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def is_image_file(path: Path) -> bool:
-    """A file lungcls reads as an X-ray (by extension; hidden files are skipped)."""
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """A file lungcls reads as an X-ray: by extension, or a DICOM file without one (as PACS exports
+    name them, ``IM0001``); hidden files are skipped."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    if path.suffix == "":
+        try:
+            with path.open("rb") as f:
+                return looks_like_dicom(f.read(132))
+        except OSError:
+            return False
+    return False
 
 
 def _to_gray_uint8(img: Image.Image) -> np.ndarray:
@@ -43,27 +61,60 @@ def _to_gray_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _check_pixels(path: str | Path, width: int, height: int, max_pixels: int) -> None:
+def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
     """Refuse an image larger than ``max_pixels`` before decoding it (a decompression bomb)."""
-    if width * height > max_pixels:
+    if max_pixels and width * height > max_pixels:
         raise LungclsError(
-            f"image {path} is {width}x{height} = {width * height:,} pixels, more than dataset.max_image_pixels="
+            f"image {name} is {width}x{height} = {width * height:,} pixels, more than dataset.max_image_pixels="
             f"{max_pixels:,}; downscale it or raise dataset.max_image_pixels"
         )
 
 
-def read_gray(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None) -> np.ndarray:
+    with Image.open(source) as img:
+        _check_pixels(name, img.size[0], img.size[1], max_pixels)
+        img.load()
+        return _to_gray_uint8(img)
+
+
+def _head(source: str | Path | IO[bytes]) -> bytes:
+    if hasattr(source, "read"):
+        head = source.read(132)
+        source.seek(0)
+        return head
+    with open(source, "rb") as f:
+        return f.read(132)
+
+
+def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
     """The image as a 2-D uint8 array; a corrupt, unreadable or oversized file raises a one-line
-    LungclsError."""
+    LungclsError.
+
+    ``source`` is a path or a binary file object (an upload); ``name`` is what messages call it.
+    DICOM is recognised by its ``DICM`` marker, everything else goes to Pillow; a .dcm/.dicom file
+    Pillow cannot open is read as DICOM without the Part 10 preamble. Images above ``max_pixels``
+    pixels are refused from their header, before decoding.
+    """
+    name = name or str(source)
     try:
-        with Image.open(path) as img:
-            _check_pixels(path, img.width, img.height, max_pixels)
-            img.load()
-            return _to_gray_uint8(img)
+        if looks_like_dicom(_head(source)):
+            return read_dicom(source, name, max_pixels)
+        try:
+            return _read_pil(source, name, max_pixels)
+        except UnidentifiedImageError:
+            if Path(name).suffix.lower() not in DICOM_EXTENSIONS:
+                raise
+            if hasattr(source, "seek"):
+                source.seek(0)
+            return read_dicom(source, name, max_pixels)  # DICOM without the Part 10 preamble
     except FileNotFoundError:
-        raise LungclsError(f"image {path} does not exist; check dataset.root or the manifest") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise LungclsError(f"cannot read image {path} ({e}); remove or replace the file") from None
+        raise LungclsError(f"image {name} does not exist; check dataset.root or the manifest") from None
+    except IsADirectoryError:
+        raise LungclsError(f"{name} is a folder, not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise LungclsError(f"image {name} is too large to decode safely ({e}); downscale it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise LungclsError(f"cannot read image {name} ({' '.join(str(e).split())[:200]}); remove or replace the file") from None
 
 
 def check_readable(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 8) -> None:
@@ -73,6 +124,9 @@ def check_readable(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, worke
 
     def problem(path: str) -> str | None:
         try:
+            if looks_like_dicom(_head(path)) or Path(path).suffix.lower() in DICOM_EXTENSIONS:
+                read_gray(path, max_pixels)  # DICOM: decoding is the check
+                return None
             with Image.open(path) as img:
                 _check_pixels(path, img.width, img.height, max_pixels)
                 img.verify()
@@ -96,9 +150,14 @@ def resize_gray(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR, reducing_gap=None))
 
 
-def load_image(path: str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def gray_to_input(gray: np.ndarray, size: int) -> torch.Tensor:
+    """A decoded image as model input: a uint8 tensor [1, size, size]."""
+    return torch.from_numpy(resize_gray(gray, size).copy()).unsqueeze(0)
+
+
+def load_image(path: str | Path, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Decode and resize one image: a uint8 tensor [1, size, size]."""
-    return torch.from_numpy(resize_gray(read_gray(path, max_pixels), size).copy()).unsqueeze(0)
+    return gray_to_input(read_gray(path, max_pixels), size)
 
 
 def load_mask(path: str | Path | None, size: int) -> np.ndarray | None:

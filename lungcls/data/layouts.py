@@ -45,11 +45,14 @@ class Sample:
 
 
 def sibling_mask(image: Path, folder: str) -> str | None:
-    """Masks share the image's file name in a sibling folder (``images/x.png`` -> ``masks/x.png``)."""
+    """Masks share the image's file name in a sibling folder (``images/x.png`` -> ``masks/x.png``);
+    a DICOM image's mask may be a PNG of the same stem (``images/x.dcm`` -> ``masks/x.png``)."""
     if image.parent.name != "images":
         return None
-    candidate = image.parent.parent / folder / image.name
-    return str(candidate) if candidate.is_file() else None
+    for candidate in (image.parent.parent / folder / image.name, image.parent.parent / folder / f"{image.stem}.png"):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def _with_masks(path: Path, label: int, **extra: Any) -> Sample:
@@ -99,13 +102,18 @@ class RadiographyLayout(Layout):
     def _class_images(self, class_dir: Path) -> list[Path]:
         images_dir = class_dir / "images"
         if images_dir.is_dir():
-            return sorted(p for p in images_dir.iterdir() if is_image_file(p))
-        if self.images_folder_only:
+            files = [p for p in images_dir.iterdir() if p.is_file()]
+        elif self.images_folder_only:
             return []
-        return sorted(
-            p for p in class_dir.rglob("*")
-            if is_image_file(p) and not any(part in MASK_FOLDERS for part in p.relative_to(class_dir).parts[:-1])
-        )
+        else:
+            files = [p for p in class_dir.rglob("*")
+                     if p.is_file() and not any(part in MASK_FOLDERS for part in p.relative_to(class_dir).parts[:-1])]
+        images = sorted(p for p in files if is_image_file(p))
+        skipped = [p for p in files if not is_image_file(p) and not p.name.startswith(".")]
+        if skipped:
+            kinds = sorted({p.suffix.lower() or p.name for p in skipped})
+            log.warning("%s: skipped %d file(s) that are not PNG, JPEG or DICOM (%s)", class_dir, len(skipped), ", ".join(kinds[:5]))
+        return images
 
     def find(self, classes: Sequence[str]) -> list[Sample]:
         root = self._root()

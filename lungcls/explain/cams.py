@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from lungcls.explain.gradcam import (
     prepare_for_cam,
     resolve_layer,
 )
-from lungcls.prediction import predict_files
+from lungcls.prediction import predict_batches
 
 if TYPE_CHECKING:
     from lungcls.explain.selection import ReportImage
@@ -38,6 +38,13 @@ class ReportModel:
     checkpoint: Path
     run_dir: Path
     model: Any  # LungClassifier, eval mode, on the report's device
+    _cam_model: Any = field(default=None, repr=False)
+
+    def cam_model(self) -> Any:
+        """The frozen, out-of-place copy Grad-CAM runs on (made once, reused by every batch)."""
+        if self._cam_model is None:
+            self._cam_model = prepare_for_cam(self.model)
+        return self._cam_model
 
     @property
     def image_size(self) -> int:
@@ -154,22 +161,28 @@ def class_targets(target: str, model: ReportModel, images: Sequence[ReportImage]
 def explain_images(
     model: ReportModel, images: Sequence[ReportImage], target: str = "predicted", batch_size: int = 16
 ) -> CamResult:
-    """CAMs [N, S, S] at the model's own image size, with the probabilities of the same pass.
+    """CAMs [N, S, S] of report images at the model's own image size (see ``explain_batch``)."""
+    targets = class_targets(target, model, images)
+    return explain_batch(model, image_batch(images, model.image_size), targets, batch_size)
+
+
+def explain_batch(model: ReportModel, x: torch.Tensor, targets: Sequence[int] | None = None, batch_size: int = 16) -> CamResult:
+    """CAMs [N, S, S] of decoded images ``x`` ([N, 1, S, S] in [0, 1] or uint8 at the model's size),
+    with the probabilities of the same pass; ``targets`` None explains each prediction.
 
     CNNs: Captum `LayerGradCam` on the registry's target layer, run through the whole
     `LungClassifier` (so its own normalisation applies) on a frozen copy. The logistic baseline:
     its weight-map evidence (`logistic_cam`) on the grayscale values it actually sees.
     """
-    targets = class_targets(target, model, images)
-    x = image_batch(images, model.image_size)
+    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
     net = model.model
     if model.explained_by_weights:
-        probs = torch.from_numpy(predict_files(net, [im.path for im in images], batch_size=batch_size).probs)
+        probs = torch.cat([p for p, _ in predict_batches(net, [(x, None)])]) if len(x) else torch.zeros(0, len(model.class_names))
         gray = (x - net.input_mean.cpu()) / net.input_std.cpu()  # the model-space values it weighs
         return logistic_cam(
             net.net.weight_maps().cpu(), gray, target=targets, probs=probs, size=(model.image_size, model.image_size)
         )
-    cam_model = prepare_for_cam(net)
+    cam_model = model.cam_model()
     layer = resolve_layer(cam_model, "net." + model.model.spec.gradcam_layer)
     return grad_cam(cam_model, layer, x, target=targets, batch_size=batch_size)
 

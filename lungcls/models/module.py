@@ -77,6 +77,14 @@ def _scheduler_cfg(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return cfg
 
 
+def normalize_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> the backbone's input: grayscale replicated to the channels ``mean`` has,
+    then normalised (the one rule for training, scoring and exported models)."""
+    if x.shape[1] == 1 and mean.shape[1] == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return (x - mean) / std
+
+
 class LungClassifier(pl.LightningModule):
     def __init__(
         self,
@@ -127,9 +135,7 @@ class LungClassifier(pl.LightningModule):
     # -- model ---------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] grayscale (or RGB) images -> logits."""
-        if x.shape[1] == 1 and self.spec.in_channels == 3:
-            x = x.expand(-1, 3, -1, -1)
-        x = (x - self.input_mean) / self.input_std
+        x = normalize_input(x, self.input_mean, self.input_std)
         if x.is_cuda and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self._compiled if (self._compiled is not None and self.training) else self.net

@@ -1,0 +1,140 @@
+"""``lungcls-export ckpt=... export.format=torchscript|onnx``: a self-contained model file (Hydra
+app; see conf/export.yaml) and the proof that it computes what the checkpoint computes.
+
+The file (``model.pt`` or ``model.onnx`` in the run folder, or ``export.out``) maps uint8 grayscale
+images at the model's size to class probabilities, normalisation inside; its metadata
+(``lungcls.json``: TorchScript extra file / ONNX metadata property) holds the size, the
+normalisation, the class names and the decoding rule. The export is then loaded back (TorchScript /
+ONNX Runtime) and run on sample images; the largest difference from the checkpoint's probabilities
+through lungcls's own prediction loop is reported in ``export.json`` and must stay within
+``export.tolerance``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.data.images import load_image
+from lungcls.data.inputs import collect_inputs
+from lungcls.data.splits import read_splits_csv
+from lungcls.errors import LungclsError
+from lungcls.models.packaged import INPUT_NAME, METADATA_NAME, OUTPUT_NAME, PackagedClassifier, metadata
+from lungcls.prediction import predict_files
+from lungcls.screening import checkpoint_sha256
+
+log = logging.getLogger(__name__)
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+
+
+def sample_paths(cfg: DictConfig, ckpt: Path, n: int) -> list[str]:
+    """``export.samples`` (a file, folder or manifest), else the checkpoint run's test split."""
+    given = cfg.export.get("samples")
+    if given:
+        return [im.path for im in collect_inputs(given).images][:n]
+    splits = ckpt.resolve().parent.parent / "splits.csv"
+    if not splits.is_file():
+        raise LungclsError(f"no splits.csv beside {ckpt} to take sample images from; pass export.samples=<folder of X-rays>")
+    paths = [p for p, split in read_splits_csv(splits).items() if split == "test" and Path(p).is_file()]
+    paths = paths or [p for p in read_splits_csv(splits) if Path(p).is_file()]
+    if not paths:
+        raise LungclsError(f"the images listed in {splits} are gone; pass export.samples=<folder of X-rays>")
+    return sorted(paths)[:n]
+
+
+def export_torchscript(package: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is in maintenance upstream; ONNX is the other choice
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks on the fixed [B, 1, S, S] input
+        traced = torch.jit.trace(package, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={METADATA_NAME: json.dumps(meta)})
+
+
+def export_onnx(package: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any], opset: int) -> None:
+    import onnx
+
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):  # their step-by-step INFO lines are not for users
+        logging.getLogger(name).setLevel(logging.WARNING)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(package, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
+    model = program.model_proto
+    onnx.helper.set_model_props(model, {METADATA_NAME: json.dumps(meta)})
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def run_exported(path: Path, fmt: str, images: torch.Tensor) -> tuple[np.ndarray, dict[str, Any]]:
+    """Load the written file as a user would and return its probabilities and metadata."""
+    if fmt == "torchscript":
+        extra = {METADATA_NAME: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with torch.no_grad():
+            return loaded(images).numpy(), json.loads(extra[METADATA_NAME])
+    import onnx
+    import onnxruntime
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0], json.loads(props[METADATA_NAME])
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Write the model file and export.json into the run folder; returns the check's numbers."""
+    from lungcls.models.module import load_classifier
+
+    e = OmegaConf.to_container(cfg.export, resolve=True)
+    fmt = str(e.get("format", "torchscript")).lower()
+    if fmt not in FORMATS:
+        raise LungclsError(f"export.format={fmt} is not one of {', '.join(FORMATS)}")
+    ckpt = Path(str(cfg.ckpt)).expanduser()
+    model = load_classifier(str(ckpt), map_location="cpu")
+    paths = sample_paths(cfg, ckpt, max(1, int(e.get("num_samples", 16))))
+    size = int(model.hparams.image_size)
+    images = torch.stack([load_image(p, size) for p in paths])  # the decoder every lungcls path uses
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(str(e["out"])).expanduser() if e.get("out") else out_dir / f"model{FORMATS[fmt]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = metadata(model, checkpoint_sha256(ckpt), fmt)
+    package = PackagedClassifier(model).eval()
+    with torch.no_grad():
+        if fmt == "torchscript":
+            export_torchscript(package, images[:1], path, meta)
+        else:
+            export_onnx(package, images[:1], path, meta, int(e.get("opset", 18)))
+    got, read_meta = run_exported(path, fmt, images)
+    reference = predict_files(model, paths, batch_size=len(paths), device=torch.device("cpu")).probs
+    diff = float(np.abs(got - reference).max())
+    tolerance = float(e.get("tolerance", 1e-4))
+    record = {"file": str(path.resolve()), "format": fmt, "checkpoint": str(ckpt.resolve()), "metadata": read_meta,
+              "check": {"images": len(paths), "max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance,
+                        "same_predictions": bool((got.argmax(1) == reference.argmax(1)).all()), "samples": paths}}
+    (out_dir / "export.json").write_text(json.dumps(record, indent=2, allow_nan=False))
+    print(f"exported {fmt}: {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    print(f"check on {len(paths)} images: max abs difference in probabilities {diff:.2e} (tolerance {tolerance:g})")
+    if diff > tolerance:
+        raise LungclsError(f"the exported model differs from the checkpoint by {diff:.2e} > export.tolerance={tolerance:g}; "
+                           f"the file is kept at {path} for inspection, do not use it")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@hydra_app
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""``lungcls-predict``: run one or more trained checkpoints on new X-rays (an image file, a folder or
+a manifest CSV; labels are not needed) and write ``predictions.csv`` in the run folder (Hydra app;
+see conf/predict.yaml).
+
+Each image is decoded once (PNG, JPEG or DICOM) and scored by every model through the prediction
+loop evaluation uses. Several checkpoints put their columns side by side. ``predict.cam=true``
+adds a Grad-CAM overlay PNG per image and model under ``overlays/``; ``predict.json`` records the
+models (their cards), the thresholds used and the counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.data.images import read_gray
+from lungcls.data.inputs import InputImage, collect_inputs
+from lungcls.device import pick_device
+from lungcls.errors import LungclsError
+from lungcls.explain.cams import load_models
+from lungcls.explain.overlays import safe_stem
+from lungcls.inference import UsedModel, check_margin, model_card, score_images
+from lungcls.screening import load_screening_thresholds
+
+log = logging.getLogger(__name__)
+
+
+def predict_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``predict.*`` checked before any model is loaded."""
+    s = OmegaConf.to_container(cfg.predict, resolve=True)
+    s["batch_size"] = int(s.get("batch_size", 32))
+    if s["batch_size"] < 1:
+        raise LungclsError(f"predict.batch_size={s['batch_size']} must be a positive integer")
+    s["normal_margin"] = check_margin(s.get("normal_margin", 0.1), "predict.normal_margin")
+    s["cam_size"] = int(s.get("cam_size", 512))
+    if s["cam_size"] < 16:
+        raise LungclsError(f"predict.cam_size={s['cam_size']} is too small; use 16 or more pixels")
+    return s
+
+
+def columns(models: Sequence[UsedModel], cam: bool, with_errors: bool) -> list[str]:
+    """``path,label`` then per model ``pred,prob_<Class>...,possible_missed_disease[,screen_<Class>][,overlay]``,
+    prefixed ``<model name>:`` when there are several models."""
+    cols = ["path", "label"]
+    for m in models:
+        prefix = f"{m.name}:" if len(models) > 1 else ""
+        own = ["pred", *[f"prob_{c}" for c in m.class_names], "possible_missed_disease"]
+        if m.screening is not None:
+            own.append(f"screen_{m.screening.positive_class}")
+        if cam:
+            own.append("overlay")
+        cols += [prefix + c for c in own]
+    return cols + (["error"] if with_errors else [])
+
+
+def _model_cells(m: UsedModel, item: dict[str, Any] | None, overlay: str | None) -> list[Any]:
+    n = 2 + len(m.class_names) + (m.screening is not None) + (overlay is not None)
+    if item is None:
+        return [""] * n
+    cells = [item["prediction"], *[f"{item['probabilities'][c]:.6f}" for c in m.class_names], int(item["possible_missed_disease"])]
+    if m.screening is not None:
+        cells.append(int(item["screening"]["flagged"]))
+    return cells + ([overlay] if overlay is not None else [])
+
+
+def _decode(chunk: Sequence[InputImage], skip_unreadable: bool) -> tuple[list, list[str | None]]:
+    """Decoded images of a chunk (None where unreadable and skipped) and the errors."""
+    grays, errors = [], []
+    for im in chunk:
+        try:
+            grays.append(read_gray(im.path))
+            errors.append(None)
+        except LungclsError as e:
+            if not skip_unreadable:
+                raise LungclsError(f"{e} (or set predict.skip_unreadable=true to list it and go on)") from None
+            grays.append(None)
+            errors.append(str(e))
+    return grays, errors
+
+
+def _write_overlay(out_dir: Path, index: int, image: InputImage, model_index: int, several: bool, png: bytes) -> str:
+    name = f"{index:05d}_{safe_stem(Path(image.path).stem)}" + (f"__m{model_index + 1}" if several else "") + ".png"
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays" / name).write_bytes(png)
+    return f"overlays/{name}"
+
+
+def predict_chunk(models: Sequence[UsedModel], chunk: Sequence[InputImage], start: int, s: dict[str, Any],
+                  out_dir: Path, tally: list[Counter]) -> list[list[Any]]:
+    """CSV rows of one chunk of images (every model on the same decoded images)."""
+    grays, errors = _decode(chunk, bool(s.get("skip_unreadable")))
+    ok = [i for i, g in enumerate(grays) if g is not None]
+    cam = bool(s.get("cam"))
+    per_model = []
+    for m in models:
+        scored = score_images(m, [grays[i] for i in ok], s["batch_size"], cam, s["cam_size"])
+        per_model.append(dict(zip(ok, scored)))
+    rows = []
+    for i, im in enumerate(chunk):
+        row: list[Any] = [im.path, im.label or ""]
+        for k, (m, items) in enumerate(zip(models, per_model)):
+            item = items.get(i)
+            overlay = None
+            if cam:
+                overlay = _write_overlay(out_dir, start + i, im, k, len(models) > 1, item["overlay_png"]) if item else ""
+            if item is not None:
+                tally[k].update(["scored", f"pred:{item['prediction']}"] + ["missed"] * item["possible_missed_disease"]
+                                + ["screened"] * bool(item["screening"] and item["screening"]["flagged"]))
+            row += _model_cells(m, item, overlay)
+        rows.append(row + ([errors[i] or ""] if s.get("skip_unreadable") else []))
+    return rows
+
+
+def summary(models: Sequence[UsedModel], tally: Sequence[Counter]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One printed line and one predict.json entry (its card and counts) per model."""
+    lines, cards = [], []
+    for m, t in zip(models, tally):
+        predicted = {c: t[f"pred:{c}"] for c in m.class_names}
+        line = f"{m.name}: " + ", ".join(f"{c} {n}" for c, n in predicted.items())
+        if m.ref.normal_class in m.class_names and m.normal_margin > 0:
+            line += f" | possible missed disease ({m.ref.normal_class} ahead by < {m.normal_margin:g}): {t['missed']}"
+        if m.screening is not None:
+            line += f" | {m.screening.positive_class} at threshold {m.screening.threshold:.4g}: {t['screened']} flagged"
+        lines.append(line)
+        card = model_card(m)
+        card.update(checkpoint_path=str(m.ref.checkpoint), predicted=predicted, possible_missed_disease=t["missed"],
+                    screened_positive=t["screened"] if m.screening is not None else None)
+        cards.append(card)
+    return lines, cards
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Write predictions.csv (and overlays/, predict.json) into ``cfg.paths.output_dir``."""
+    s = predict_settings(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    refs = load_models(cfg.ckpt, pick_device(str(s.get("device", "auto"))))
+    thresholds = load_screening_thresholds(s.get("screening"), [r.checkpoint for r in refs])
+    models = [UsedModel(r, thresholds.get(r.checkpoint), s["normal_margin"]) for r in refs]
+    classes = sorted({c for m in models for c in m.class_names})
+    inputs = collect_inputs(cfg.input, classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tally = [Counter() for _ in models]
+    csv_path = out_dir / "predictions.csv"
+    tmp = out_dir / f".predictions.csv.tmp{os.getpid()}"
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns(models, bool(s.get("cam")), bool(s.get("skip_unreadable"))))
+        for start in range(0, len(inputs.images), s["batch_size"]):
+            chunk = inputs.images[start : start + s["batch_size"]]
+            writer.writerows(predict_chunk(models, chunk, start, s, out_dir, tally))
+    os.replace(tmp, csv_path)
+    unreadable = len(inputs.images) - tally[0]["scored"]
+    lines, cards = summary(models, tally)
+    record = {"input": inputs.where, "images": len(inputs.images), "unreadable": unreadable,
+              "skipped_files": len(inputs.skipped), "models": cards}
+    (out_dir / "predict.json").write_text(json.dumps(record, indent=2, allow_nan=False))
+    print(f"{len(inputs.images)} images from {inputs.where}" + (f" ({len(inputs.skipped)} other files skipped)" if inputs.skipped else "")
+          + (f"; {unreadable} unreadable (see the error column)" if unreadable else ""))
+    for line in lines:
+        print(line)
+    print(f"predictions: {csv_path}")
+    return csv_path
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+@hydra_app
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""``lungcls-serve ckpt=[...]``: serve trained checkpoints as a web page and a JSON API (Hydra app;
+see conf/serve.yaml). Bound to 127.0.0.1 unless ``serve.host`` says otherwise.
+
+Uploads larger than what fits in memory are spooled by the multipart parser into a temporary
+folder of this process, removed when the server stops; nothing else is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import tempfile
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.device import pick_device
+from lungcls.errors import LungclsError
+from lungcls.explain.cams import load_models
+from lungcls.inference import UsedModel, check_margin
+from lungcls.screening import load_screening_thresholds
+
+log = logging.getLogger("lungcls.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``serve.*`` checked before any model is loaded."""
+    s = OmegaConf.to_container(cfg.serve, resolve=True)
+    s["port"] = int(s.get("port", 8000))
+    if not 0 <= s["port"] <= 65535:
+        raise LungclsError(f"serve.port={s['port']} must be in 0..65535 (0 = any free port)")
+    for key, low in (("max_upload_mb", 0.001), ("max_files", 1), ("max_pixels", 1), ("batch_size", 1), ("overlay_size", 16)):
+        if float(s.get(key, low)) < low:
+            raise LungclsError(f"serve.{key}={s.get(key)} must be at least {low}")
+    s["normal_margin"] = check_margin(s.get("normal_margin", 0.1), "serve.normal_margin")
+    return s
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the server starts (so port 0 gives a known free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise LungclsError(f"cannot listen on {host}:{port} ({e.strerror}); choose another serve.port or serve.host") from None
+    return sock
+
+
+def serve(cfg: DictConfig) -> None:
+    """Load the checkpoints, then serve until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    from lungcls.serve.app import create_app
+
+    s = serve_settings(cfg)
+    refs = load_models(cfg.ckpt, pick_device(str(s.get("device", "auto"))))
+    thresholds = load_screening_thresholds(s.get("screening"), [r.checkpoint for r in refs])
+    models = [UsedModel(r, thresholds.get(r.checkpoint), s["normal_margin"]) for r in refs]
+    sock = bind(str(s.get("host", "127.0.0.1")), s["port"])
+    host, port = sock.getsockname()[:2]
+    if str(s.get("host")) not in LOOPBACK:
+        log.warning("serve.host=%s: the service is reachable from other machines and has no authentication", s.get("host"))
+    with tempfile.TemporaryDirectory(prefix="lungcls-serve-") as spool:
+        tempfile.tempdir = spool  # where the multipart parser spools large uploads
+        app, batcher = create_app(models, s)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving {len(models)} model(s): {', '.join(m.name for m in models)}")
+        print(f"page: http://{shown}:{port}/  API: POST /api/predict, GET /api/models, GET /healthz, OpenAPI: /openapi.json", flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=10))
+        try:
+            server.run(sockets=[sock])
+        finally:
+            batcher.close()
+            tempfile.tempdir = None
+    print("server stopped", file=sys.stderr)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
+@hydra_app
+def main(cfg: DictConfig) -> None:
+    serve(cfg)
+
+
+if __name__ == "__main__":
+    main()
