@@ -106,7 +106,7 @@ def dicom_to_gray(ds, name: str = "file") -> np.ndarray:
     return (scaled * 255.0 + 0.5).astype(np.uint8)
 
 
-def read_dicom(source: str | IO[bytes], name: str, max_pixels: int | None = None) -> np.ndarray:
+def read_dicom(source: str | IO[bytes], name: str, max_pixels: int | None = None, limit_key: str = "dataset.max_image_pixels") -> np.ndarray:
     """Read a DICOM file (path or binary file object) as uint8 grayscale; refuses images with more
     than ``max_pixels`` pixels before their pixel data is decoded."""
     import pydicom
@@ -119,5 +119,5 @@ def read_dicom(source: str | IO[bytes], name: str, max_pixels: int | None = None
     if "PixelData" in ds and max_pixels:
         rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
         if rows * cols > max_pixels:
-            raise LungclsError(f"image {name} is {rows}x{cols} = {rows * cols:,} pixels, more than dataset.max_image_pixels={max_pixels:,}; downscale it or raise dataset.max_image_pixels")
+            raise LungclsError(f"image {name} is {rows}x{cols} = {rows * cols:,} pixels, more than {limit_key}={max_pixels:,}; downscale it or raise {limit_key}")
     return dicom_to_gray(ds, name)

@@ -61,18 +61,19 @@ def _to_gray_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
-    """Refuse an image larger than ``max_pixels`` before decoding it (a decompression bomb)."""
+def check_pixels(name: str, width: int, height: int, max_pixels: int | None, key: str = "dataset.max_image_pixels") -> None:
+    """Refuse an image larger than ``max_pixels`` before decoding it (a decompression bomb); the
+    message names the config ``key`` that sets the limit."""
     if max_pixels and width * height > max_pixels:
         raise LungclsError(
-            f"image {name} is {width}x{height} = {width * height:,} pixels, more than dataset.max_image_pixels="
-            f"{max_pixels:,}; downscale it or raise dataset.max_image_pixels"
+            f"image {name} is {width}x{height} = {width * height:,} pixels, more than {key}={max_pixels:,}; "
+            f"downscale it or raise {key}"
         )
 
 
-def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None) -> np.ndarray:
+def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None, key: str) -> np.ndarray:
     with Image.open(source) as img:
-        _check_pixels(name, img.size[0], img.size[1], max_pixels)
+        check_pixels(name, img.size[0], img.size[1], max_pixels, key)
         img.load()
         return _to_gray_uint8(img)
 
@@ -86,27 +87,28 @@ def _head(source: str | Path | IO[bytes]) -> bytes:
         return f.read(132)
 
 
-def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None,
+              limit_key: str = "dataset.max_image_pixels") -> np.ndarray:
     """The image as a 2-D uint8 array; a corrupt, unreadable or oversized file raises a one-line
     LungclsError.
 
     ``source`` is a path or a binary file object (an upload); ``name`` is what messages call it.
     DICOM is recognised by its ``DICM`` marker, everything else goes to Pillow; a .dcm/.dicom file
     Pillow cannot open is read as DICOM without the Part 10 preamble. Images above ``max_pixels``
-    pixels are refused from their header, before decoding.
+    pixels are refused from their header, before decoding (the message names ``limit_key``).
     """
     name = name or str(source)
     try:
         if looks_like_dicom(_head(source)):
-            return read_dicom(source, name, max_pixels)
+            return read_dicom(source, name, max_pixels, limit_key)
         try:
-            return _read_pil(source, name, max_pixels)
+            return _read_pil(source, name, max_pixels, limit_key)
         except UnidentifiedImageError:
             if Path(name).suffix.lower() not in DICOM_EXTENSIONS:
                 raise
             if hasattr(source, "seek"):
                 source.seek(0)
-            return read_dicom(source, name, max_pixels)  # DICOM without the Part 10 preamble
+            return read_dicom(source, name, max_pixels, limit_key)  # DICOM without the Part 10 preamble
     except FileNotFoundError:
         raise LungclsError(f"image {name} does not exist; check dataset.root or the manifest") from None
     except IsADirectoryError:
@@ -128,7 +130,7 @@ def check_readable(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, worke
                 read_gray(path, max_pixels)  # DICOM: decoding is the check
                 return None
             with Image.open(path) as img:
-                _check_pixels(path, img.width, img.height, max_pixels)
+                check_pixels(path, img.width, img.height, max_pixels)
                 img.verify()
         except LungclsError as e:
             return str(e)

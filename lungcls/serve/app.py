@@ -97,7 +97,7 @@ async def decode_uploads(files: Sequence[UploadFile], max_pixels: int) -> list[t
         if not data:
             raise LungclsError(f"{name} is empty; send a PNG, JPEG or DICOM X-ray")
         try:
-            gray = await run_in_threadpool(read_gray, io.BytesIO(data), max_pixels, name)
+            gray = await run_in_threadpool(read_gray, io.BytesIO(data), max_pixels, name, "serve.max_pixels")
         except LungclsError as e:
             if str(e).startswith("cannot read image"):  # the decoder's own words say nothing more useful
                 raise LungclsError(f"{name} is not an image lungcls can read; send a PNG, JPEG or DICOM X-ray") from None
