@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lungcls.metrics import class_probability_ci, summarize_confusion
+from lungcls.metrics import class_probability_ci, source_lines, summarize_by_source, summarize_confusion
 from lungcls.plots import plot_confusion_matrix
 from lungcls.prediction import Predictions
 
@@ -26,10 +26,15 @@ def confusion_from(pred: Predictions, n_classes: int) -> np.ndarray:
     return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def summarize_predictions(pred: Predictions, class_names: Sequence[str], normal_class: str | None) -> dict[str, Any]:
-    """What ``metrics.json`` stores for one split (``summarize_confusion`` plus ``probability_ci``)."""
+def summarize_predictions(pred: Predictions, class_names: Sequence[str], normal_class: str | None,
+                          sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What ``metrics.json`` stores for one split (``summarize_confusion`` plus ``probability_ci``,
+    and ``per_source`` when ``sources`` maps image paths to their source)."""
     summary = summarize_confusion(confusion_from(pred, len(class_names)), class_names, normal_class)
     summary["probability_ci"] = class_probability_ci(pred.probs, pred.labels, class_names) if len(pred.labels) else {}
+    if sources is not None:
+        names = [sources.get(p, "(none)") for p in pred.paths]
+        summary["per_source"] = summarize_by_source(pred.labels, pred.preds, names, class_names, normal_class)
     return summary
 
 
@@ -57,10 +62,13 @@ def write_results(
     normal_class: str | None,
     report_split: str = "test",
     extra: dict[str, Any] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """metrics.json (a summary per split), predictions.csv and confusion_matrix.png of ``report_split``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {split: summarize_predictions(p, class_names, normal_class) for split, p in predictions.items()}
+    metrics: dict[str, Any] = {
+        split: summarize_predictions(p, class_names, normal_class, sources) for split, p in predictions.items()
+    }
     metrics.update(extra or {})
     if report_split in predictions:
         write_predictions_csv(run_dir / "predictions.csv", predictions[report_split], class_names)
@@ -82,3 +90,13 @@ def summary_line(summary: dict[str, Any], normal_class: str | None) -> str:
     if normal_class:
         parts.append(f"predicted {normal_class}: {missed}")
     return " | ".join(parts)
+
+
+def print_summary(split: str, summary: dict[str, Any], normal_class: str | None, images: int | None = None) -> None:
+    """The console summary of a split: one line, then one per source when the data names them."""
+    head = f"{split}: {images} images |" if images is not None else split
+    print(f"{head} {summary_line(summary, normal_class)}" if summary["accuracy"] is not None else f"{split} split is empty")
+    if summary.get("per_source"):
+        print(f"{split} by source:")
+        for line in source_lines(summary["per_source"], normal_class):
+            print(f"  {line}")

@@ -40,10 +40,15 @@ def _to_gray_uint8(img: Image.Image) -> np.ndarray:
 
 def read_gray(path: str | Path) -> np.ndarray:
     """The image as a 2-D uint8 array; a corrupt or unreadable file raises a one-line LungclsError."""
+    return read_gray_and_mode(path)[0]
+
+
+def read_gray_and_mode(path: str | Path) -> tuple[np.ndarray, str]:
+    """``read_gray`` and the file's own PIL mode (``L``, ``I;16``, ``RGB``...), for audits of bit depth."""
     try:
         with Image.open(path) as img:
             img.load()
-            return _to_gray_uint8(img)
+            return _to_gray_uint8(img), img.mode
     except FileNotFoundError:
         raise LungclsError(f"image {path} does not exist; check dataset.root or the manifest") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
