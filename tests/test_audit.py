@@ -141,11 +141,14 @@ def test_audit_cli_lists_every_planted_finding_and_fail_on_sets_the_exit_status(
     assert set(audit["shortcut_probe"]) >= {"balanced_accuracy", "ci", "chance", "flagged", "region"}
     assert "label conflicts: 1 groups" in out.stdout and (tmp_path / "a" / "audit.md").is_file()
     assert planted["conflict_b"] in (tmp_path / "a" / "audit.md").read_text()
+    from conftest import compose_cfg
+    from lungcls.audit.__main__ import audit
+
     clean = copy_tree(demo, tmp_path / "clean", per_class=12)
-    ok = run_cli("lungcls.audit", f"dataset.root={clean}", "dataset.layout=radiography", "audit.fail_on=[label_conflicts,shortcut]",
-                 "audit.probe.resamples=200", f"hydra.run.dir={tmp_path / 'b'}")
-    assert ok.returncode == 0, ok.stderr  # findings only fail the run when found
-    assert json.loads((tmp_path / "b" / "audit.json").read_text())["label_conflicts"] == []
+    cfg = compose_cfg("audit", [f"dataset.root={clean}", "dataset.layout=radiography", "audit.probe.resamples=200",
+                                "audit.fail_on=[label_conflicts,shortcut]"], tmp_path / "b", tmp_path)
+    result = audit(cfg)  # findings only fail the run when found: no SystemExit here
+    assert result["label_conflicts"] == [] and json.loads((tmp_path / "b" / "audit.json").read_text())["images"] == 48
 
 
 def test_duplicates_straddle_splits_only_when_ignored(demo, tmp_path):
@@ -245,3 +248,64 @@ def test_per_source_breakdown_matches_a_hand_count():
     assert got["a"]["recall"] == {"COVID": 0.5, "Normal": 1.0, "Viral Pneumonia": None}
     assert got["b"]["fn_to_normal"] == {"COVID": 1, "Viral Pneumonia": 1}
     assert got["b"]["recall"]["COVID"] == 0.0
+
+
+def test_external_evaluation_leaves_out_training_copies_and_reports_per_source(demo, tmp_path, train_cfg, data_dir, capsys):
+    """Train on a manifest with a source column; score a folder holding renamed, re-encoded and
+    resized copies of training images next to new X-rays; the report's pool drops them too."""
+    from conftest import compose_cfg
+    from lungcls.evaluate import evaluate
+    from lungcls.explain.cams import load_models
+    from lungcls.explain.selection import leave_out_training_images, ReportImage
+    import torch
+
+    images = [(p, c) for c in CLASSES for p in sorted((demo / c / "images").glob("*.png"))[:16]]
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("path,label,site\n" + "".join(f"{p},{c},{'A' if i % 3 else 'B'}\n" for i, (p, c) in enumerate(images)))
+    run = tmp_path / "run"
+    train(train_cfg("dataset=manifest", f"dataset.manifest={manifest}", "dataset.source_column=site",
+                    "dataset.near_duplicate_bits=6", "backbone=logistic", out=run))
+    printed = capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    per_source = metrics["test"]["per_source"]
+    assert set(per_source) <= {"A", "B"} and sum(s["images"] for s in per_source.values()) == sum(
+        metrics["test"]["per_class"][c]["support"] for c in CLASSES)
+    assert "test by source:" in printed and metrics["duplicates"]["exact_groups"] == 0
+    rows = list(csv.DictReader((run / "splits.csv").open()))
+    assert {r["source"] for r in rows} == {"A", "B"}
+    trained = [Path(r["path"]) for r in rows if r["split"] == "train"][:6]
+
+    ext = tmp_path / "external"
+    fresh = ensure_demo_dataset(tmp_path / "fresh", images_per_class=3, image_size=64, seed=7)
+    for c in CLASSES:
+        for p in (fresh / c / "images").glob("*.png"):
+            (ext / c).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, ext / c / f"new-{p.name}")
+    label_of = {Path(r["path"]): r["label"] for r in rows}
+    for k, p in enumerate(trained):
+        target = ext / label_of[p] / f"copy-{k}.png"
+        if k < 2:
+            shutil.copy(p, target)  # renamed
+        elif k < 4:
+            jpeg(p, target.with_suffix(".jpg"), quality=90)  # re-encoded
+        else:
+            Image.open(p).resize((80, 80), Image.BILINEAR).save(target)  # resized
+    args = [f"ckpt_path={run}/checkpoints/best.ckpt", "dataset=folder", f"dataset.root={ext}", "dataset.split=all",
+            "dataset.near_duplicate_bits=6"]
+    evaluate(compose_cfg("evaluate", args, tmp_path / "ev", data_dir))
+    overlap = json.loads((tmp_path / "ev" / "metrics.json").read_text())["training_overlap"]
+    assert overlap["training_images_found"] == 6 and overlap["identical_pixels"] == 2 and overlap["near_duplicates"] == 4
+    assert overlap["excluded"] and overlap["scored_before_exclusion"] == 6 + 12
+    scored = json.loads((tmp_path / "ev" / "metrics.json").read_text())["all"]
+    assert sum(map(sum, scored["confusion_matrix"])) == 12
+    assert "left out 6 of 18 images that the checkpoint was trained on" in capsys.readouterr().out
+    evaluate(compose_cfg("evaluate", [*args, "evaluate.exclude_training_images=false"], tmp_path / "ev2", data_dir))
+    kept = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert sum(map(sum, kept["all"]["confusion_matrix"])) == 18 and not kept["training_overlap"]["excluded"]
+    assert "WARNING: 6 of 18 images are training images" in capsys.readouterr().out
+
+    models = load_models(str(run / "checkpoints" / "best.ckpt"), torch.device("cpu"))
+    pool = [ReportImage(str(p), p.parent.name) for p in sorted(ext.glob("*/*.*"))]
+    kept_pool, note = leave_out_training_images(pool, {"root": str(ext)}, models)
+    assert len(kept_pool) == 12 and all(Path(im.path).name.startswith("new-") for im in kept_pool)
+    assert note.startswith("left out 6 of 18 images of the pool")
