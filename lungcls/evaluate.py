@@ -45,6 +45,8 @@ def data_config_for(cfg: DictConfig, model) -> tuple[dict[str, Any], str]:
             data.pop("max_per_class", None)
     data["image_size"] = int(model.hparams.image_size)  # the model's working size, whatever the data config says
     data["allow_missing_classes"] = True  # reported below instead of refused: external sets often lack classes
+    if data.get("on_label_conflict", "error") == "error":
+        data["on_label_conflict"] = "keep"  # scored as labelled, and reported below: evaluation trains nothing
     if split == "all":
         data["val_fraction"], data["test_fraction"], data["splits_csv"] = 0.0, 0.0, None
     return data, split
@@ -139,12 +141,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
     own_data = "name" not in (OmegaConf.to_container(cfg.dataset) if cfg.get("dataset") is not None else {})
     pred, overlap = leave_out_training_images(cfg, dm, split, own_data, pred)
+    if dm.duplicate_record.get("label_conflicts"):
+        note = (f"WARNING: {dm.duplicate_record['label_conflicts']} group(s) of duplicate images carry different labels "
+                "in this data (lungcls-audit lists them); each copy is scored against its own label")
+        log.warning(note)
+        print(note)
     extra: dict[str, Any] = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "data_root": data.get("root") or data.get("manifest"),
         "split": split,
         "class_mismatch": mismatch,
         "training_overlap": overlap,
+        "duplicates": dm.duplicate_record,
     }
     if (cfg.get("evaluate") or {}).get("positive_class"):
         extra["screening"] = _screening(cfg, model, dm, split, pred, mapping, device)

@@ -132,7 +132,7 @@ def phash_from_hex(text: str) -> np.ndarray | None:
 
 
 def near_pairs(a: np.ndarray, b: np.ndarray | None = None, max_bits: int = DEFAULT_NEAR_BITS,
-               chunk: int = 2048) -> list[tuple[int, int, int]]:
+               chunk: int = 512) -> list[tuple[int, int, int]]:
     """``(i, j, distance)`` for images within ``max_bits``: of ``a`` among themselves (i < j) or
     between ``a`` and ``b``. Hamming distances for all pairs come from one matrix product per
     chunk (|x| + |y| - 2 x.y on 0/1 vectors), the min over full-vs-crop hashes both ways."""
