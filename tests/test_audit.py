@@ -309,3 +309,30 @@ def test_external_evaluation_leaves_out_training_copies_and_reports_per_source(d
     kept_pool, note = leave_out_training_images(pool, {"root": str(ext)}, models)
     assert len(kept_pool) == 12 and all(Path(im.path).name.startswith("new-") for im in kept_pool)
     assert note.startswith("left out 6 of 18 images of the pool")
+
+
+def test_a_copy_follows_its_fixed_split_and_fingerprints_are_cached(demo, tmp_path, monkeypatch):
+    """A manifest fixes one copy's split: the other copy (no split given) lands there too; the
+    fingerprints of a data set are saved to dataset.cache_dir and read back."""
+    first = sorted((demo / "COVID" / "images").glob("*.png"))[0]
+    copy = tmp_path / "copy.png"
+    shutil.copy(first, copy)
+    rows = [f"{first},COVID,test", f"{copy},COVID,"]
+    rows += [f"{p},{c}," for c in CLASSES for p in sorted((demo / c / "images").glob("*.png"))[1:10]]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    cfg = {"layout": "manifest", "manifest": str(manifest), "classes": CLASSES, "image_size": 32, "normalization": "half",
+           "near_duplicate_bits": 6, "cache_dir": str(tmp_path / "cache")}
+    dm = LungDataModule(cfg)
+    dm.setup()
+    assert dm.assignment[str(copy)] == "test"
+    saved = list((tmp_path / "cache").glob("fingerprints-*.npz"))
+    assert len(saved) == 1
+
+    def no_recompute(paths):
+        raise AssertionError("fingerprints were recomputed instead of read from dataset.cache_dir")
+
+    monkeypatch.setattr("lungcls.data.fingerprints.compute_fingerprints", no_recompute)
+    again = LungDataModule(cfg)
+    again.setup()
+    assert again.fingerprints.pixel_hash == dm.fingerprints.pixel_hash and (again.fingerprints.phash == dm.fingerprints.phash).all()
