@@ -214,7 +214,7 @@ def probe_of(root: Path, region: str = "auto") -> dict:
                           scanned.region, {"resamples": 500})
 
 
-@pytest.mark.parametrize("region", ["auto", "border"])
+@pytest.mark.parametrize("region", ["auto", pytest.param("border", marks=pytest.mark.slow)])
 def test_shortcut_probe_flags_planted_tags_and_not_the_clean_demo(demo, tmp_path, region):
     clean = probe_of(demo, region)
     assert clean["region"] == ("outside_lungs" if region == "auto" else "border")
@@ -336,3 +336,17 @@ def test_a_copy_follows_its_fixed_split_and_fingerprints_are_cached(demo, tmp_pa
     again = LungDataModule(cfg)
     again.setup()
     assert again.fingerprints.pixel_hash == dm.fingerprints.pixel_hash and (again.fingerprints.phash == dm.fingerprints.phash).all()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("audit.fail_on=[dups]", "audit.fail_on has unknown finding(s) ['dups']"),
+    ("audit.probe.region=lungs", "audit.probe.region=lungs is not one of auto, border, outside_lungs"),
+])
+def test_bad_audit_settings_are_one_line_errors(demo, tmp_path, override, needle):
+    from conftest import compose_cfg
+    from lungcls.audit.__main__ import audit
+
+    cfg = compose_cfg("audit", [f"dataset.root={demo}", "dataset.layout=radiography", override], tmp_path, tmp_path)
+    with pytest.raises(LungclsError) as e:
+        audit(cfg)
+    assert needle in str(e.value) and "\n" not in str(e.value)
