@@ -75,13 +75,17 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]
     return out + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
 
 
+def _range(spread: dict[str, Any]) -> str:
+    return "" if spread["min"] is None else f"{spread['min']:.0f}-{spread['max']:.0f}"
+
+
 def markdown(audit: dict[str, Any], max_rows: int) -> str:
     """audit.md: the summary, then each finding as a table (the first ``max_rows`` rows)."""
     lines = [f"# Data audit: {audit['data_root']}", "", *[f"- {line}" for line in summary_lines(audit)], ""]
     stats = audit["classes"]
     lines += ["## Per class", ""] + _md_table(
         ["class", "images", "unreadable", "width (min-max)", "height (min-max)", "modes", "mean intensity", "border intensity"],
-        [[c, s["images"], s["unreadable"], f"{s['width']['min']}-{s['width']['max']}", f"{s['height']['min']}-{s['height']['max']}",
+        [[c, s["images"], s["unreadable"], _range(s["width"]), _range(s["height"]),
           ", ".join(f"{k} {v}" for k, v in s["modes"].items()), s["mean_intensity"]["mean"], s["border_intensity"]["mean"]]
          for c, s in stats.items()]) + [""]
     if audit.get("sources"):
