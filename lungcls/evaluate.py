@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import CONF_DIR, hydra_app
 from lungcls.data.datamodule import LungDataModule
+from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.prediction import Predictions, predict_split, tta_copies
-from lungcls.results import summary_line, write_results
+from lungcls.results import print_summary, write_results
 from lungcls.screening import checkpoint_sha256
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def data_config_for(cfg: DictConfig, model) -> tuple[dict[str, Any], str]:
             data.pop("max_per_class", None)
     data["image_size"] = int(model.hparams.image_size)  # the model's working size, whatever the data config says
     data["allow_missing_classes"] = True  # reported below instead of refused: external sets often lack classes
+    if data.get("on_label_conflict", "error") == "error":
+        data["on_label_conflict"] = "keep"  # scored as labelled, and reported below: evaluation trains nothing
     if split == "all":
         data["val_fraction"], data["test_fraction"], data["splits_csv"] = 0.0, 0.0, None
     return data, split
@@ -105,6 +108,40 @@ def _temperature_scaling(cfg: DictConfig, model, dm: LungDataModule, split: str,
     }
 
 
+def leave_out_training_images(cfg: DictConfig, dm: LungDataModule, split: str, own_data: bool,
+                              pred: Predictions) -> tuple[Predictions, dict[str, Any] | None]:
+    """Find the checkpoint's training images among the scored ones (same file, same pixels, near
+    copies; recorded in its run's splits.csv) and, unless ``evaluate.exclude_training_images=false``,
+    leave them out. Returns the predictions kept and what was found (None: nothing to check)."""
+    splits_file = Path(cfg.ckpt_path).resolve().parent.parent / "splits.csv"
+    if own_data and split == "train":
+        return pred, None  # the training split itself was asked for
+    if not splits_file.is_file():
+        log.warning("no splits.csv beside the checkpoint's run: cannot tell whether these images were trained on")
+        return pred, None
+    exclude = bool((cfg.get("evaluate") or {}).get("exclude_training_images", True))
+    training = read_training_images([splits_file])
+    fp = dm.fingerprints
+    if fp is not None:
+        index = {p: i for i, p in enumerate(fp.paths)}
+        fp = fp.subset([index[p] for p in pred.paths])
+    matches = match_training_images(pred.paths, fp, training, dm.cfg.get("near_duplicate_bits", 12))
+    record = overlap_record(matches, len(pred), exclude, training, [splits_file])
+    message = overlap_message(record, "images", "evaluate.exclude_training_images")
+    if message:
+        log.warning(message)
+        print(message)
+    if not exclude or not matches:
+        return pred, record
+    kept = pred.subset([i for i, p in enumerate(pred.paths) if p not in matches])
+    if len(kept) == 0:
+        raise LungclsError(
+            f"all {len(pred)} images of the '{split}' split are training images of the checkpoint; score other "
+            "data (or set evaluate.exclude_training_images=false to score them anyway)"
+        )
+    return kept, record
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt_path``; writes metrics.json, predictions.csv and confusion_matrix.png."""
     from lungcls.models.module import load_classifier
@@ -124,6 +161,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pred = to_model_space(predict_split(model, dm, split, device, tta=tta), mapping)
     if len(pred.labels) == 0:
         raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
+    own_data = "name" not in (OmegaConf.to_container(cfg.dataset) if cfg.get("dataset") is not None else {})
+    pred, overlap = leave_out_training_images(cfg, dm, split, own_data, pred)
+    if dm.duplicate_record.get("label_conflicts"):
+        note = (f"WARNING: {dm.duplicate_record['label_conflicts']} group(s) of duplicate images carry different labels "
+                "in this data (lungcls-audit lists them); each copy is scored against its own label")
+        log.warning(note)
+        print(note)
     extra: dict[str, Any] = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "checkpoint_sha256": checkpoint_sha256(cfg.ckpt_path),  # lets predict/serve match a chosen threshold to this file
@@ -131,6 +175,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split": split,
         "class_mismatch": mismatch,
         "tta": {"mode": str(tta), "copies": tta_copies(tta)},
+        "training_overlap": overlap,
+        "duplicates": dm.duplicate_record,
     }
     if (cfg.get("evaluate") or {}).get("positive_class"):
         extra["screening"] = _screening(cfg, model, dm, split, pred, mapping, device)
@@ -138,8 +184,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         extra["temperature_scaling"] = _temperature_scaling(cfg, model, dm, split, pred, mapping, device)
     stats = OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None
     metrics = write_results(run_dir, {split: pred}, model.class_names, model.normal_class, report_split=split,
-                            extra=extra, stats=stats)
-    print(f"{split}: {len(pred.labels)} images | {summary_line(metrics[split], model.normal_class)}")
+                            extra=extra, stats=stats, sources=dm.sources())
+    print_summary(split, metrics[split], model.normal_class, images=len(pred.labels))
     scaled = metrics.get("temperature_scaling") or {}
     if scaled.get("temperature"):
         before, after = scaled["before"], scaled["after"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lungcls.metrics import class_probability_ci, summarize_confusion
+from lungcls.metrics import class_probability_ci, source_lines, summarize_by_source, summarize_confusion
 from lungcls.metrics.bootstrap import bootstrap_ci
 from lungcls.metrics.calibration import calibration
 from lungcls.plots import plot_confusion_matrix, plot_reliability
@@ -32,15 +32,19 @@ def confusion_from(pred: Predictions, n_classes: int) -> np.ndarray:
 
 
 def summarize_predictions(pred: Predictions, class_names: Sequence[str], normal_class: str | None,
-                          stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                          stats: Mapping[str, Any] | None = None, sources: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What ``metrics.json`` stores for one split: ``summarize_confusion``, ``probability_ci``,
-    bootstrap intervals of every number (``ci``) and ``calibration`` (ECE, Brier)."""
+    bootstrap intervals of every number (``ci``), ``calibration`` (ECE, Brier), and ``per_source``
+    when ``sources`` maps image paths to their source."""
     st = {**DEFAULT_STATS, **(stats or {})}
     summary = summarize_confusion(confusion_from(pred, len(class_names)), class_names, normal_class)
     summary["probability_ci"] = class_probability_ci(pred.probs, pred.labels, class_names) if len(pred.labels) else {}
     summary["ci"] = bootstrap_ci(pred.labels, pred.preds, class_names, normal_class, resamples=int(st["resamples"]),
                                  level=float(st["level"]), seed=int(st["seed"]))
     summary["calibration"] = calibration(pred.probs, pred.labels, bins=int(st["calibration_bins"]))
+    if sources is not None:
+        names = [sources.get(p, "(none)") for p in pred.paths]
+        summary["per_source"] = summarize_by_source(pred.labels, pred.preds, names, class_names, normal_class)
     return summary
 
 
@@ -69,11 +73,14 @@ def write_results(
     report_split: str = "test",
     extra: dict[str, Any] | None = None,
     stats: Mapping[str, Any] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """metrics.json (a summary per split), and of ``report_split`` predictions.csv,
     confusion_matrix.png and reliability.png."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {split: summarize_predictions(p, class_names, normal_class, stats) for split, p in predictions.items()}
+    metrics: dict[str, Any] = {
+        split: summarize_predictions(p, class_names, normal_class, stats, sources) for split, p in predictions.items()
+    }
     metrics.update(extra or {})
     if report_split in predictions:
         pred = predictions[report_split]
@@ -105,3 +112,13 @@ def summary_line(summary: dict[str, Any], normal_class: str | None) -> str:
     if normal_class:
         parts.append(f"predicted {normal_class}: {missed}")
     return " | ".join(parts)
+
+
+def print_summary(split: str, summary: dict[str, Any], normal_class: str | None, images: int | None = None) -> None:
+    """The console summary of a split: one line, then one per source when the data names them."""
+    head = f"{split}: {images} images |" if images is not None else split
+    print(f"{head} {summary_line(summary, normal_class)}" if summary["accuracy"] is not None else f"{split} split is empty")
+    if summary.get("per_source"):
+        print(f"{split} by source:")
+        for line in source_lines(summary["per_source"], normal_class):
+            print(f"  {line}")

@@ -25,7 +25,7 @@ from lungcls.loggers import build_loggers, finish_wandb, log_results_to_wandb
 from lungcls.metrics import flat_metrics, loss_and_auroc
 from lungcls.models.module import LungClassifier, load_classifier
 from lungcls.prediction import predict_split
-from lungcls.results import summary_line, write_results
+from lungcls.results import print_summary, write_results
 from lungcls.trainer import build_callbacks, build_trainer, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,11 @@ def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: 
         "best_checkpoint": str(Path(best).resolve()) if best else None,
         "backbone": cfg.backbone.name,
         "finetune": cfg.finetune.name,
+        "duplicates": dm.duplicate_record,
     }
     stats = OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None
-    metrics = write_results(run_dir, predictions, dm.class_names, dm.normal_class, report_split="test", extra=extra, stats=stats)
+    metrics = write_results(run_dir, predictions, dm.class_names, dm.normal_class, report_split="test", extra=extra,
+                            stats=stats, sources=dm.sources())
     values = {}
     for split in ("val", "test"):
         p = predictions[split]
@@ -148,8 +150,7 @@ def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: 
     for lg in loggers:
         lg.log_metrics(test_values, step=step)
     log_results_to_wandb(loggers, run_dir, metrics, dm.class_names, dm.normal_class, predictions["test"])
-    test = metrics["test"]
-    print(f"test {summary_line(test, dm.normal_class)}" if test["accuracy"] is not None else "test split is empty")
+    print_summary("test", metrics["test"], dm.normal_class)
     print(f"run folder: {run_dir}")
     return values
 

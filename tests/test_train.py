@@ -155,6 +155,8 @@ def test_evaluate_a_checkpoint_on_its_test_split_and_an_external_folder(train_cf
     mismatch = [l for l in out.stdout.splitlines() if l.startswith("class mismatch:")]
     assert len(mismatch) == 1
     assert "does not know: Tuberculosis (1 images, left out)" in mismatch[0] and "Lung_Opacity" in mismatch[0]
+    # the Tuberculosis image is a copy of a COVID one: scored, and the conflict is said
+    assert "WARNING: 1 group(s) of duplicate images carry different labels" in out.stdout
     got = json.loads((ext / "metrics.json").read_text())
     assert sum(got["all"]["per_class"][c]["support"] for c in got["all"]["class_names"]) == 30
 

@@ -66,6 +66,10 @@ def compose_config(s: Settings, data_root: Path, run_dir: Path) -> DictConfig:
         ds.cache = s.cache
         ds.cache_dir = str(Path(s.gen_dir) / "decoded")
         ds.max_per_class = None
+        if not s.data:  # the generated set is drawn with the demo phantom: the demo's near-duplicate setting
+            from omegaconf import OmegaConf
+
+            ds.near_duplicate_bits = OmegaConf.load(Path(CONF_DIR) / "dataset" / "demo.yaml").near_duplicate_bits
         tr = cfg.trainer
         tr.accelerator = "gpu" if s.device == "cuda" else "cpu"
         tr.devices = 1

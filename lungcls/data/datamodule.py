@@ -12,9 +12,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcls.data.cache import choose_cache_device, load_or_decode
+from lungcls.data.cache import cache_key, choose_cache_device, load_or_decode
 from lungcls.data.checks import check_dataset_config
-from lungcls.data.images import check_readable, load_image, to_unit_float
+from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
+from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
+from lungcls.data.images import load_image, to_unit_float
 from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
 from lungcls.data.normalization import normalization_stats
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
@@ -97,6 +99,9 @@ class LungDataModule(pl.LightningDataModule):
         self.image_size = int(self.cfg["image_size"])
         self.samples: list[Sample] = []
         self.assignment: dict[str, str] = {}
+        self.fingerprints: Fingerprints | None = None
+        self.duplicates: Duplicates | None = None
+        self.duplicate_record: dict[str, Any] = {}
         self.images: torch.Tensor | None = None
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
@@ -117,14 +122,18 @@ class LungDataModule(pl.LightningDataModule):
         if self.cfg.get("splits_csv"):
             assignment = apply_splits_csv(samples, self.cfg["splits_csv"])
             samples = [s for s in samples if s.path in assignment]
-        else:
+        samples = self._find_duplicates(samples)
+        if not self.cfg.get("splits_csv"):
             assignment = make_splits(
                 samples,
                 val_fraction=float(self.cfg.get("val_fraction", 0.1)),
                 test_fraction=float(self.cfg.get("test_fraction", 0.1)),
                 seed=int(self.cfg.get("split_seed", 1)),
+                groups=duplicate_groups(samples, self.duplicates),
             )
         self.samples, self.assignment = samples, assignment
+        if self.duplicates is not None:
+            self.duplicate_record["straddling_splits"] = straddling(self.duplicates, samples, assignment)
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         self._rows = {
             split: torch.tensor([i for i, s in enumerate(samples) if assignment[s.path] == split], dtype=torch.long)
@@ -138,11 +147,25 @@ class LungDataModule(pl.LightningDataModule):
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
 
+    def _find_duplicates(self, samples: list[Sample]) -> list[Sample]:
+        """Fingerprint every image (pixel and perceptual hashes), then find duplicates and apply
+        ``dataset.on_label_conflict``. An unreadable image stops here, before any training."""
+        paths = [s.path for s in samples]
+        cache_dir = self.cfg.get("cache_dir")
+        fingerprints = load_or_compute(paths, cache_dir, cache_key(paths, 0) if cache_dir else None,
+                                       self.cfg["max_image_pixels"])
+        if fingerprints.errors:
+            first = next(iter(fingerprints.errors.values()))
+            more = f" ({len(fingerprints.errors)} unreadable images in all)" if len(fingerprints.errors) > 1 else ""
+            raise LungclsError(first + more)
+        samples, self.fingerprints, self.duplicates, self.duplicate_record = resolve_duplicates(
+            samples, fingerprints, self.cfg, self.class_names)
+        return samples
+
     def _decode(self) -> None:
         """Decode every image once into the uint8 cache (unless ``dataset.cache=none``)."""
         mode = self.cfg.get("cache", "auto")
-        if mode == "none":  # decoded batch by batch later: check every file now, not mid-training
-            check_readable([s.path for s in self.samples], self.cfg["max_image_pixels"])
+        if mode == "none":  # decoded batch by batch later; every file was read once by the fingerprints
             return
         images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.get("cache_dir"),
                                 self.cfg["max_image_pixels"])
@@ -178,8 +201,24 @@ class LungDataModule(pl.LightningDataModule):
         c = Counter(s.label for s in self.split_samples(split))
         return [c.get(i, 0) for i in range(len(self.class_names))]
 
+    def sources(self) -> dict[str, str] | None:
+        """``{path: source}`` when the data has a source column (``dataset.source_column``)."""
+        if not any(s.source for s in self.samples):
+            return None
+        return {s.path: s.source or "(none)" for s in self.samples}
+
     def write_splits(self, path: str | Path) -> None:
-        write_splits_csv(path, self.samples, self.assignment, self.class_names)
+        """splits.csv: each image's split, its duplicate group (blank: no copy), its source and
+        fingerprints (so evaluation can recognise training images on other data)."""
+        n = len(self.samples)
+        group_of = self.duplicates.group_of(n) if self.duplicates is not None else [-1] * n
+        extra: dict[str, list[Any]] = {"duplicate_group": [g if g >= 0 else "" for g in group_of]}
+        if self.sources() is not None:
+            extra["source"] = [s.source or "" for s in self.samples]
+        if self.fingerprints is not None:
+            extra["pixel_hash"] = [h or "" for h in self.fingerprints.pixel_hash]
+            extra["phash"] = [phash_hex(b) for b in self.fingerprints.phash]
+        write_splits_csv(path, self.samples, self.assignment, self.class_names, extra)
 
     # -- loaders -----------------------------------------------------------------------------------
     def _place_cache(self) -> None:

@@ -71,11 +71,11 @@ def check_pixels(name: str, width: int, height: int, max_pixels: int | None, key
         )
 
 
-def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None, key: str) -> np.ndarray:
+def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None, key: str) -> tuple[np.ndarray, str]:
     with Image.open(source) as img:
         check_pixels(name, img.size[0], img.size[1], max_pixels, key)
         img.load()
-        return _to_gray_uint8(img)
+        return _to_gray_uint8(img), img.mode
 
 
 def _head(source: str | Path | IO[bytes]) -> bytes:
@@ -97,10 +97,17 @@ def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_M
     Pillow cannot open is read as DICOM without the Part 10 preamble. Images above ``max_pixels``
     pixels are refused from their header, before decoding (the message names ``limit_key``).
     """
+    return read_gray_and_mode(source, max_pixels, name, limit_key)[0]
+
+
+def read_gray_and_mode(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                       name: str | None = None, limit_key: str = "dataset.max_image_pixels") -> tuple[np.ndarray, str]:
+    """``read_gray`` and the file's own mode (PIL's ``L``, ``I;16``, ``RGB``..., or ``DICOM``), for
+    audits of bit depth."""
     name = name or str(source)
     try:
         if looks_like_dicom(_head(source)):
-            return read_dicom(source, name, max_pixels, limit_key)
+            return read_dicom(source, name, max_pixels, limit_key), "DICOM"
         try:
             return _read_pil(source, name, max_pixels, limit_key)
         except UnidentifiedImageError:
@@ -108,7 +115,7 @@ def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_M
                 raise
             if hasattr(source, "seek"):
                 source.seek(0)
-            return read_dicom(source, name, max_pixels, limit_key)  # DICOM without the Part 10 preamble
+            return read_dicom(source, name, max_pixels, limit_key), "DICOM"  # without the Part 10 preamble
     except FileNotFoundError:
         raise LungclsError(f"image {name} does not exist; check dataset.root or the manifest") from None
     except IsADirectoryError:
@@ -117,32 +124,6 @@ def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_M
         raise LungclsError(f"image {name} is too large to decode safely ({e}); downscale it first") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise LungclsError(f"cannot read image {name} ({' '.join(str(e).split())[:200]}); remove or replace the file") from None
-
-
-def check_readable(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 8) -> None:
-    """Open every file and verify its data without decoding pixels (``PIL.Image.verify``), so a corrupt
-    image is found before training starts, not in the middle of it; one line names the first."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def problem(path: str) -> str | None:
-        try:
-            if looks_like_dicom(_head(path)) or Path(path).suffix.lower() in DICOM_EXTENSIONS:
-                read_gray(path, max_pixels)  # DICOM: decoding is the check
-                return None
-            with Image.open(path) as img:
-                check_pixels(path, img.width, img.height, max_pixels)
-                img.verify()
-        except LungclsError as e:
-            return str(e)
-        except Exception as e:  # noqa: BLE001 - any failure to open is the finding
-            return f"cannot read image {path} ({type(e).__name__}: {e})"
-        return None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = [p for p in pool.map(problem, paths) if p]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise LungclsError(f"{problems[0]}{more}; remove or replace the file(s)")
 
 
 def resize_gray(arr: np.ndarray, size: int) -> np.ndarray:

@@ -4,7 +4,8 @@
 - ``radiography``: the COVID-19 Radiography Database, ``<root>/<Class>/images/*.png`` with optional
   lung masks in ``<Class>/masks/`` (and, for the demo phantom, ``<Class>/lesion_masks/``);
 - ``folder``: any class-per-folder tree, ``<root>/<Class>/**/*.png`` (mask folders are skipped);
-- ``manifest``: a CSV with ``path,label[,split][,patient]`` (paths relative to the CSV's folder);
+- ``manifest``: a CSV with ``path,label[,split][,patient]`` (paths relative to the CSV's folder), and
+  the image's source from the column ``dataset.source_column`` names;
 - ``demo``: the radiography layout of the synthetic phantom, which ``prepare`` generates first.
 
 Classes always come from the config, in config order (= label ids): a folder listing is never
@@ -42,6 +43,7 @@ class Sample:
     lesion_mask: str | None = None
     patient: str | None = None
     split: str | None = None
+    source: str | None = None  # where the image comes from (a manifest's ``dataset.source_column``)
 
 
 def sibling_mask(image: Path, folder: str) -> str | None:
@@ -157,6 +159,24 @@ class ManifestLayout(Layout):
         return str(self.cfg.get("manifest"))
 
     def find(self, classes: Sequence[str]) -> list[Sample]:
+        rows, manifest = self._rows()
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = Counter(r["label"].strip() for r in rows if r["label"].strip() not in index)
+        _refuse_label_typos(manifest, unknown, classes)
+        if unknown:
+            listed = ", ".join(f"{k!r} ({v})" for k, v in unknown.most_common())
+            log.warning("manifest %s: skipped rows with labels not in dataset.classes: %s", manifest, listed)
+        source = self.cfg.get("source_column")
+        samples = [self._sample(manifest, r, index, source) for r in rows if r["label"].strip() in index]
+        absent = [s.path for s in samples if not Path(s.path).is_file()]
+        if absent:
+            raise LungclsError(
+                f"manifest {manifest} lists {len(absent)} missing file(s), e.g. {absent[0]}; "
+                "fix the paths (relative paths are relative to the manifest's folder)"
+            )
+        return samples
+
+    def _rows(self) -> tuple[list[dict[str, str]], Path]:
         if self.cfg.get("manifest") is None:
             raise LungclsError("dataset.layout=manifest needs dataset.manifest=/path/to/manifest.csv")
         manifest = Path(str(self.cfg["manifest"])).expanduser().resolve()
@@ -170,31 +190,25 @@ class ManifestLayout(Layout):
                     f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; "
                     "it needs a header with path,label[,split][,patient]"
                 )
+            source = self.cfg.get("source_column")
+            if source and source not in (reader.fieldnames or []):
+                raise LungclsError(
+                    f"manifest {manifest} has no column {source!r} (dataset.source_column); "
+                    f"its columns are {', '.join(reader.fieldnames or [])}"
+                )
             rows = list(reader)
-        index = {name: i for i, name in enumerate(classes)}
-        unknown = Counter(r["label"].strip() for r in rows if r["label"].strip() not in index)
-        _refuse_label_typos(manifest, unknown, classes)
-        if unknown:
-            listed = ", ".join(f"{k!r} ({v})" for k, v in unknown.most_common())
-            log.warning("manifest %s: skipped rows with labels not in dataset.classes: %s", manifest, listed)
-        samples = [self._sample(manifest, r, index) for r in rows if r["label"].strip() in index]
-        absent = [s.path for s in samples if not Path(s.path).is_file()]
-        if absent:
-            raise LungclsError(
-                f"manifest {manifest} lists {len(absent)} missing file(s), e.g. {absent[0]}; "
-                "fix the paths (relative paths are relative to the manifest's folder)"
-            )
-        return samples
+        return rows, manifest
 
     @staticmethod
-    def _sample(manifest: Path, row: Mapping[str, str], index: Mapping[str, int]) -> Sample:
+    def _sample(manifest: Path, row: Mapping[str, str], index: Mapping[str, int], source_column: str | None) -> Sample:
         path = Path(row["path"])
         path = path if path.is_absolute() else manifest.parent / path
         split = (row.get("split") or "").strip().lower() or None
         if split is not None and split not in ("train", "val", "test"):
             raise LungclsError(f"manifest {manifest}: split '{split}' for {path} must be train, val or test")
         patient = (row.get("patient") or "").strip() or None
-        return _with_masks(path, index[row["label"].strip()], patient=patient, split=split)
+        source = ((row.get(source_column) or "").strip() or "(none)") if source_column else None
+        return _with_masks(path, index[row["label"].strip()], patient=patient, split=split, source=source)
 
 
 def _folded(name: str) -> str:
@@ -242,6 +256,11 @@ def find_samples(cfg: Mapping[str, Any], prepare: bool = True) -> list[Sample]:
     classes = list(cfg.get("classes") or [])
     _check_classes(classes)
     layout = LAYOUTS.get(cfg.get("layout", "radiography"))(cfg)
+    if cfg.get("source_column") and not isinstance(layout, ManifestLayout):
+        raise LungclsError(
+            f"dataset.source_column={cfg.get('source_column')} needs a manifest (dataset=manifest "
+            "dataset.manifest=...); the other layouts have no source column"
+        )
     if prepare:
         layout.prepare()
     samples = layout.find(classes)

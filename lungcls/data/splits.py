@@ -1,8 +1,9 @@
 """Stratified train/val/test splits that are written with every run and can be reused.
 
-A run writes ``splits.csv`` (``path,label,split``); evaluation reads it back (``dataset.splits_csv``)
-so a model is never scored on images it was trained on. When samples carry a patient id, all images
-of one patient land in the same split (no patient leakage between train and test).
+A run writes ``splits.csv`` (``path,label,split`` plus each image's duplicate group, source and
+fingerprints); evaluation reads it back (``dataset.splits_csv``) so a model is never scored on images
+it was trained on. Images that share a group key (one patient, copies of one picture: see
+``lungcls.data.duplicates.duplicate_groups``) land in the same split.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
@@ -69,11 +71,11 @@ def _split_by_images(samples: list[Sample], val_fraction: float, test_fraction: 
     return assignment
 
 
-def _split_by_patients(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+def _split_by_groups(samples: list[Sample], groups: list[str], val_fraction: float, test_fraction: float,
+                     seed: int) -> dict[str, str]:
     """Group-aware stratified split: folds of StratifiedGroupKFold approximate the fractions."""
     paths = [s.path for s in samples]
     labels = [s.label for s in samples]
-    groups = [s.patient or s.path for s in samples]
     assignment = {p: "train" for p in paths}
     remaining = list(range(len(samples)))
     for name, frac_of_total in (("test", test_fraction), ("val", val_fraction)):
@@ -98,28 +100,46 @@ def _split_by_patients(samples: list[Sample], val_fraction: float, test_fraction
     return assignment
 
 
-def make_splits(samples: Sequence[Sample], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 1) -> dict[str, str]:
-    """Map each image path to train/val/test: stratified by class, grouped by patient when known,
-    and honouring splits that a manifest already fixes."""
+def make_splits(samples: Sequence[Sample], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 1,
+                groups: Sequence[str] | None = None) -> dict[str, str]:
+    """Map each image path to train/val/test: stratified by class, images sharing a group key in
+    one split, honouring splits that a manifest already fixes (a free image whose group has a fixed
+    member follows it). ``groups``: a key per sample (default: the patient, else the path)."""
     _check_fractions(val_fraction, test_fraction)
-    fixed = {s.path: s.split for s in samples if s.split}
-    free = [s for s in samples if not s.split]
+    keys = list(groups) if groups is not None else [s.patient or s.path for s in samples]
+    fixed_split_of: dict[str, str] = {}
+    for s, key in zip(samples, keys):
+        if s.split:
+            fixed_split_of.setdefault(key, s.split)
+    fixed = {s.path: s.split or fixed_split_of[k] for s, k in zip(samples, keys) if s.split or k in fixed_split_of}
+    free = [(s, k) for s, k in zip(samples, keys) if s.path not in fixed]
     if not free:
         return fixed
-    if any(s.patient for s in free):
-        assignment = _split_by_patients(free, val_fraction, test_fraction, seed)
+    free_samples, free_keys = [s for s, _ in free], [k for _, k in free]
+    if len(set(free_keys)) < len(free_keys):
+        assignment = _split_by_groups(free_samples, free_keys, val_fraction, test_fraction, seed)
     else:
-        assignment = _split_by_images(free, val_fraction, test_fraction, seed)
+        assignment = _split_by_images(free_samples, val_fraction, test_fraction, seed)
     assignment.update(fixed)
     return assignment
 
 
-def write_splits_csv(path: str | Path, samples: Sequence[Sample], assignment: dict[str, str], class_names: Sequence[str]) -> None:
+def write_splits_csv(path: str | Path, samples: Sequence[Sample], assignment: dict[str, str], class_names: Sequence[str],
+                     extra: Mapping[str, Sequence[Any]] | None = None) -> None:
+    """``path,label,split`` and, per image, the ``extra`` columns (duplicate group, source, hashes)."""
+    extra = dict(extra or {})
     with Path(path).open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        for s in samples:
-            w.writerow([s.path, class_names[s.label], assignment[s.path]])
+        w.writerow(["path", "label", "split", *extra])
+        for i, s in enumerate(samples):
+            w.writerow([s.path, class_names[s.label], assignment[s.path], *(col[i] for col in extra.values())])
+
+
+def read_splits_rows(path: str | Path) -> list[dict[str, str]]:
+    """Every row of a run's splits.csv (checked as ``read_splits_csv`` does)."""
+    read_splits_csv(path)
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def read_splits_csv(path: str | Path) -> dict[str, str]:

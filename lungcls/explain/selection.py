@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lungcls.data.fingerprints import DEFAULT_NEAR_BITS, compute_fingerprints
 from lungcls.data.layouts import discover_samples, sibling_mask
+from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.data.splits import SPLITS, read_splits_csv
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import ReportModel, batch_size_of
@@ -95,6 +97,29 @@ def collect_pool(report: Mapping[str, Any], models: Sequence[ReportModel]) -> tu
         )
     pool = [_image(r["path"], r.get("label") or None) for r in rows]
     return pool, f"the {split} split of {first.run_dir.name}"
+
+
+def leave_out_training_images(pool: list[ReportImage], report: Mapping[str, Any],
+                              models: Sequence[ReportModel]) -> tuple[list[ReportImage], str | None]:
+    """Leave out of the pool the images any of the models was trained on (same file, same pixels
+    or a near copy; from their runs' splits.csv), unless ``report.exclude_training_images=false``
+    or the training split itself was asked for. Returns the pool and a note saying what was done."""
+    if not report.get("root") and str(report.get("split", "test")) == "train":
+        return pool, None
+    files = [m.run_dir / "splits.csv" for m in models if (m.run_dir / "splits.csv").is_file()]
+    if not files or not pool:
+        return pool, None
+    exclude = bool(report.get("exclude_training_images", True))
+    training = read_training_images(files)
+    paths = [im.path for im in pool]
+    near_bits = (models[0].model.hparams.get("data") or {}).get("near_duplicate_bits", DEFAULT_NEAR_BITS)
+    matches = match_training_images(paths, compute_fingerprints(paths), training, near_bits)
+    record = overlap_record(matches, len(pool), exclude, training, files)
+    note = overlap_message(record, "images of the pool", "report.exclude_training_images")
+    if note:
+        print(note)
+    kept = [im for im in pool if im.path not in matches] if exclude else pool
+    return kept, note
 
 
 def _label_lookup(models: Sequence[ReportModel]) -> dict[str, str]:
@@ -193,7 +218,9 @@ def select_images(
     pool: list[ReportImage] = []
     if per_class or misses:
         pool, where = collect_pool(report, models)
+        pool, left_out = leave_out_training_images(pool, report, models)
         notes.append(f"Images drawn from {where} ({len(pool)} images).")
+        notes += [left_out] if left_out else []
     selections: dict[str, list[ReportImage]] = {}
     if per_class:
         chosen = _per_class(pool, per_class, _all_classes(models), seed)

@@ -1,0 +1,79 @@
+"""``lungcls-audit``: audit a data set before training on it (Hydra app; see conf/audit.yaml).
+
+Takes the same ``dataset=`` configs and overrides as ``lungcls-train``, reads every image once, and
+writes ``audit.json`` and ``audit.md`` to its run folder. Findings are data: the exit status is 0
+unless ``audit.fail_on`` names a finding that was found (then 1, for CI pipelines).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lungcls.audit.findings import class_statistics, cross_split, data_root, duplicate_findings, relative, source_counts
+from lungcls.audit.outputs import check_fail_on, failures, summary_lines, write_audit
+from lungcls.audit.probe import shortcut_probe
+from lungcls.audit.scan import scan
+from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.data.duplicates import duplicate_groups, find_duplicates
+from lungcls.data.layouts import cap_per_class, find_samples
+
+log = logging.getLogger(__name__)
+
+
+def audit(cfg: DictConfig) -> dict[str, Any]:
+    """Audit ``cfg.dataset``; returns what audit.json holds."""
+    started = time.perf_counter()
+    settings = OmegaConf.to_container(cfg.audit, resolve=True)
+    fail_on = check_fail_on(settings.get("fail_on"))
+    data = OmegaConf.to_container(cfg.dataset, resolve=True)
+    class_names = list(data["classes"])
+    samples = cap_per_class(find_samples(data), data.get("max_per_class"), int(data.get("split_seed", 1)))
+    border_frac = float(settings.get("border_frac", 0.1))
+    scanned = scan(samples, str(settings["probe"].get("region", "auto")), border_frac)
+    near_bits = int(data.get("near_duplicate_bits", 12))
+    dups = find_duplicates(scanned.fingerprints, near_bits)
+    root = data_root(data)
+    readable = [i for i in range(len(samples)) if i not in scanned.errors]
+    groups = duplicate_groups(samples, dups)
+    probe = shortcut_probe(scanned.features[readable], [samples[i].label for i in readable], [groups[i] for i in readable],
+                           class_names, scanned.region, settings["probe"])
+    result: dict[str, Any] = {
+        "data_root": str(root),
+        "images": len(samples) - len(scanned.errors),
+        "files": len(samples),
+        "near_duplicate_bits": near_bits,
+        **duplicate_findings(samples, dups, class_names, root),
+        "cross_split": cross_split(samples, data, dups),
+        "shortcut_probe": probe,
+        "unreadable": [{"path": relative(samples[i].path, root), "error": e} for i, e in sorted(scanned.errors.items())],
+        "classes": class_statistics(samples, scanned, class_names),
+        "sources": source_counts(samples, class_names),
+    }
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out_dir = Path(cfg.paths.output_dir)
+    json_path, md_path = write_audit(out_dir, result, int(settings.get("max_rows", 50)))
+    for line in summary_lines(result):
+        print(line)
+    print(f"audit: {json_path} and {md_path} ({result['seconds']} s)")
+    failed = failures(result, fail_on)
+    if failed:
+        print(f"lungcls-audit: failing on {', '.join(failed)} (audit.fail_on)", file=sys.stderr)
+        sys.exit(1)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="audit")
+@hydra_app
+def main(cfg: DictConfig) -> None:
+    audit(cfg)
+
+
+if __name__ == "__main__":
+    main()

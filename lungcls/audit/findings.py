@@ -1,0 +1,101 @@
+"""The findings of an audit, as ``audit.json`` stores them: duplicates (paths relative to the data
+root), label conflicts, groups a split would put on both sides, unreadable files, and statistics per
+class and per source."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungcls.audit.scan import Scan
+from lungcls.data.duplicates import Duplicates, duplicate_groups, label_conflicts, straddling
+from lungcls.data.layouts import Sample
+from lungcls.data.splits import apply_splits_csv, make_splits
+
+
+def data_root(cfg: Mapping[str, Any]) -> Path:
+    """The folder paths are reported relative to: ``dataset.root``, or the manifest's folder."""
+    if cfg.get("layout") == "manifest" and cfg.get("manifest"):
+        return Path(str(cfg["manifest"])).expanduser().resolve().parent
+    return Path(str(cfg.get("root") or ".")).expanduser().resolve()
+
+
+def relative(path: str, root: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), root)).as_posix()
+
+
+def duplicate_findings(samples: Sequence[Sample], dups: Duplicates, class_names: Sequence[str], root: Path) -> dict[str, Any]:
+    """``exact_duplicates`` (groups of paths), ``near_duplicates`` ({a, b, distance}) and
+    ``label_conflicts`` (groups of {path, label}, with the kind of copy that links them)."""
+    rel = [relative(s.path, root) for s in samples]
+    exact_conflict = [len({samples[i].label for i in g}) > 1 for g in dups.exact]
+    conflicts = []
+    for group in label_conflicts(dups, [s.label for s in samples]):
+        members = set(group)
+        kind = "exact" if any(c and set(g) <= members for g, c in zip(dups.exact, exact_conflict)) else "near"
+        conflicts.append({"kind": kind, "images": [{"path": rel[i], "label": class_names[samples[i].label]} for i in sorted(group)]})
+    return {
+        "exact_duplicates": sorted(sorted(rel[i] for i in g) for g in dups.exact),
+        "near_duplicates": sorted(({"a": rel[i], "b": rel[j], "distance": d} for i, j, d in dups.near),
+                                  key=lambda p: (p["distance"], p["a"], p["b"])),
+        "label_conflicts": conflicts,
+    }
+
+
+def split_assignment(samples: Sequence[Sample], cfg: Mapping[str, Any], dups: Duplicates | None) -> dict[str, str]:
+    """The split training would make with these settings (``dataset.splits_csv`` when given)."""
+    if cfg.get("splits_csv"):
+        return apply_splits_csv(samples, cfg["splits_csv"])
+    return make_splits(samples, float(cfg.get("val_fraction", 0.1)), float(cfg.get("test_fraction", 0.1)),
+                       int(cfg.get("split_seed", 1)), groups=duplicate_groups(samples, dups))
+
+
+def cross_split(samples: Sequence[Sample], cfg: Mapping[str, Any], dups: Duplicates) -> dict[str, Any]:
+    """Duplicate groups straddling train/val/test under the current settings (``exact``, ``near``),
+    and under a split that ignores duplicates (what a plain random split would do)."""
+    grouped = dups if str(cfg.get("duplicates", "near")) != "none" else None
+    current = straddling(dups, samples, split_assignment(samples, cfg, grouped))
+    plain = straddling(dups, samples, split_assignment(samples, {**cfg, "splits_csv": None}, None))
+    return {**current, "duplicates_setting": str(cfg.get("duplicates", "near")), "if_ignored": plain}
+
+
+def _spread(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "sd": None, "min": None, "max": None}
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "sd": float(a.std()), "min": float(a.min()), "max": float(a.max())}
+
+
+def class_statistics(samples: Sequence[Sample], scan: Scan, class_names: Sequence[str]) -> dict[str, Any]:
+    """Per class: images, unreadable, sizes, modes and bit depths, mean and border intensity."""
+    out: dict[str, Any] = {}
+    for label, name in enumerate(class_names):
+        idx = [i for i, s in enumerate(samples) if s.label == label]
+        rows = [scan.stats[i] for i in idx if scan.stats[i] is not None]
+        out[name] = {
+            "images": len(idx),
+            "unreadable": len(idx) - len(rows),
+            "width": _spread([r["width"] for r in rows]),
+            "height": _spread([r["height"] for r in rows]),
+            "modes": dict(Counter(r["mode"] for r in rows)),
+            "bit_depth": {str(k): v for k, v in sorted(Counter(r["bit_depth"] for r in rows).items())},
+            "mean_intensity": _spread([r["mean"] for r in rows]),
+            "border_intensity": _spread([r["border_mean"] for r in rows]),
+        }
+    return out
+
+
+def source_counts(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[str, dict[str, int]] | None:
+    """``{source: {Class: images}}`` when the samples name their source."""
+    if not any(s.source for s in samples):
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for s in samples:
+        row = out.setdefault(s.source or "(none)", {c: 0 for c in class_names})
+        row[class_names[s.label]] += 1
+    return dict(sorted(out.items()))
