@@ -16,6 +16,7 @@ from typing import Any
 
 from lungcls.errors import LungclsError
 from lungcls.metrics import flat_metrics, metric_key
+from lungcls.crossval import fold_cross_validation
 from lungcls.runs import STATUS_OK, natural_key
 
 STAGES = ("train", "val", "test")
@@ -181,6 +182,8 @@ def rank_runs(
     rows, notes = build_rows(runs, missed=missed, stage=stage)
     if not rows:
         return rows, notes
+    rows, fold_notes = fold_cross_validation(runs, rows, stage, missed)
+    notes += fold_notes
     keys: list[tuple[str, bool]] = []
     if rank_by:
         column, _, direction = rank_by.rpartition(":")
@@ -233,8 +236,9 @@ def to_markdown(rows: Sequence[dict], title: str = "", notes: Sequence[str] = ()
     if notes:
         lines.append("")
     if rows:
-        # an interval's bounds (`X_lo`, `X_hi`) are shown in X's cell: `0.9300 [0.9100, 0.9500]`
-        columns = [c for c in rows[0] if not (c.endswith(("_lo", "_hi")) and c[:-3] in rows[0])]
+        # an interval's bounds (`X_lo`, `X_hi`) and a fold spread (`X_sd`) are shown in X's cell:
+        # `0.9300 [0.9100, 0.9500]`, `0.9300 ± 0.0120`
+        columns = [c for c in rows[0] if not (c.endswith(("_lo", "_hi", "_sd")) and c[:-3] in rows[0])]
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "|".join("---:" if _numeric_column(rows, c) else "---" for c in columns) + "|")
         for row in rows:
@@ -243,10 +247,13 @@ def to_markdown(rows: Sequence[dict], title: str = "", notes: Sequence[str] = ()
 
 
 def _cell_with_interval(row: dict, column: str) -> str:
-    lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    lo, hi, sd = row.get(f"{column}_lo"), row.get(f"{column}_hi"), row.get(f"{column}_sd")
+    text = _cell_md(row.get(column))
+    if is_number(row.get(column)) and is_number(sd):
+        text += f" ± {_cell_md(sd)}"
     if is_number(row.get(column)) and is_number(lo) and is_number(hi):
-        return f"{_cell_md(row[column])} [{_cell_md(lo)}, {_cell_md(hi)}]"
-    return _cell_md(row.get(column))
+        text += f" [{_cell_md(lo)}, {_cell_md(hi)}]"
+    return text
 
 
 def _numeric_column(rows: Sequence[dict], column: str) -> bool:

@@ -58,7 +58,7 @@ def absolute_paths(data: dict) -> dict:
 
 # What decides which images a run trains on and how they are split: a resumed run must match.
 SPLIT_KEYS = ("layout", "root", "manifest", "classes", "val_fraction", "test_fraction", "split_seed",
-              "splits_csv", "max_per_class", "image_size", "demo")
+              "splits_csv", "max_per_class", "image_size", "demo", "folds", "fold")
 
 
 def check_resume(ckpt_path: str, data: dict) -> None:
@@ -72,6 +72,9 @@ def check_resume(ckpt_path: str, data: dict) -> None:
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]["data"]
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise LungclsError(f"ckpt_path={ckpt_path} is not a readable lungcls checkpoint ({type(e).__name__}); give a run's checkpoints/last.ckpt") from None
+    for d in (saved, data):  # the fold only matters in a k-fold run
+        if not d.get("folds"):
+            d["fold"] = None
     for key in SPLIT_KEYS:
         if saved.get(key) != data.get(key):
             raise LungclsError(

@@ -179,3 +179,58 @@ def test_evaluate_with_test_time_augmentation_and_temperature_scaling(train_cfg,
     with (run / "predictions.csv").open() as f:
         plain = {r["path"]: r["prob_COVID"] for r in csv.DictReader(f)}
     assert tta_probs.keys() == plain.keys() and tta_probs != plain  # the flip changed the averaged probabilities
+
+
+def test_folds_partition_the_images_and_keep_copies_together(tmp_path):
+    import shutil
+
+    from lungcls.data.datamodule import LungDataModule
+    from conftest import make_class_tree
+
+    root = make_class_tree(tmp_path / "tree", {"COVID": 9, "Normal": 9, "Viral Pneumonia": 9})
+    shutil.copy(root / "COVID/images/COVID-0.png", root / "COVID/images/COVID-copy.png")  # an exact copy
+    cfg = {"layout": "folder", "root": str(root), "classes": ["COVID", "Normal", "Viral Pneumonia"], "image_size": 32,
+           "folds": 3, "val_fraction": 0.2, "cache": "ram"}
+    tests = []
+    for fold in range(3):
+        dm = LungDataModule({**cfg, "fold": fold})
+        dm.setup()
+        tests.append({s.path for s in dm.split_samples("test")})
+        assert len(dm.split_samples("val")) > 0 and len(dm.split_samples("train")) > len(tests[-1])
+        copies = {dm.assignment[str(root / f"COVID/images/{n}.png")] for n in ("COVID-0", "COVID-copy")}
+        assert len(copies) == 1  # never on both sides
+        assert {dm.class_names[s.label] for s in dm.split_samples("test")} == set(cfg["classes"])  # stratified
+    assert sum(len(t) for t in tests) == 28 and len(set().union(*tests)) == 28  # each image tested once
+
+
+@pytest.mark.parametrize("folds, fold, message", [(1, 0, "must be at least 2"), (3, 3, "must be in 0..2"), ("x", 0, "whole numbers")])
+def test_fold_settings_are_one_line_errors(folds, fold, message):
+    from lungcls.data.checks import check_dataset_config
+    from lungcls.errors import LungclsError
+
+    with pytest.raises(LungclsError, match=message):
+        check_dataset_config({"classes": ["A", "B"], "image_size": 32, "folds": folds, "fold": fold})
+
+
+@pytest.mark.slow
+def test_kfold_multirun_is_one_row_in_the_comparison(tmp_path):
+    """`lungcls-train -m dataset.folds=3 dataset.fold='range(3)'` then lungcls-compare: one row with
+    mean ± sd and the pooled out-of-fold confusion matrix over every image."""
+    sweep = tmp_path / "multirun"
+    out = run_cli("lungcls.train", "-m", "dataset.folds=3", "dataset.fold=range(3)", "backbone=logistic",
+                  "trainer.max_epochs=2", "dataset.demo.images_per_class=12", "dataset.demo.source_size=64",
+                  "trainer.accelerator=cpu", "logger=csv", "stats.resamples=100", f"paths.data_dir={tmp_path / 'data'}",
+                  f"hydra.sweep.dir={sweep}", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert compare_main([str(sweep)]) == 0
+    with (sweep / "comparison.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["folds"] == "3" and row["run"].endswith("(3 folds)")
+    accs = [json.loads((sweep / str(i) / "metrics.json").read_text())["test"]["accuracy"] for i in range(3)]
+    assert float(row["test/acc"]) == pytest.approx(np.mean(accs))
+    assert float(row["test/acc_sd"]) == pytest.approx(np.std(accs, ddof=1))
+    cms = [np.array(json.loads((sweep / str(i) / "metrics.json").read_text())["test"]["confusion_matrix"]) for i in range(3)]
+    assert sum(cm.sum() for cm in cms) == 4 * 12  # every image tested once across the folds
+    assert float(row["test/acc_pooled"]) == pytest.approx(np.trace(sum(cms)) / (4 * 12))
+    text = (sweep / "comparison.md").read_text()
+    assert "pooled out-of-fold test confusion matrix" in text and " ± " in text

@@ -32,11 +32,6 @@ GROUPS = {
     "optimizer": {"adam", "sgd", "adamw"},
     "scheduler": {"none", "step", "cosine", "warmup_cosine"},
 }
-VALUE_KEYS = {
-    "optimizer.lr", "optimizer.weight_decay", "loss.label_smoothing", "finetune.fraction",
-    "dataset.batch_size", "dataset.image_size", "dataset.max_per_class", "trainer.max_epochs",
-    "seed", "dataset.root",
-}
 
 # W&B's sweep config JSON schema (wandb/sweeps config/schema.json), the parts our files use:
 # top-level keys, metric keys, and the keys each parameter distribution allows.
@@ -145,16 +140,24 @@ def test_sweep_file_passes_wandb_validation_when_available(path):
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
 def test_sweep_parameters_are_training_config_keys(path):
+    """Every swept parameter is a config group whose options exist, or a key of the composed
+    training config (composed with each of the file's values, so a wrong name or value fails)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from lungcls.cli import CONF_DIR
+
     sweep = yaml.safe_load(path.read_text())
+    fixed = [f"{n}={spec['value']}" for n, spec in sweep["parameters"].items() if n in GROUPS and "value" in spec]
     for name, spec in sweep["parameters"].items():
-        assert name in GROUPS or name in VALUE_KEYS, f"{path.name}: unknown parameter {name}"
-        if name in GROUPS:
-            options = spec["values"] if "values" in spec else [spec["value"]]
-            assert set(options) <= GROUPS[name], (name, options)
-            group_dir = ROOT / "conf" / name
-            if group_dir.is_dir():  # once the configs exist, every option must be one
-                for option in options:
-                    assert (group_dir / f"{option}.yaml").is_file(), f"conf/{name}/{option}.yaml"
+        options = spec.get("values") or ([spec["value"]] if "value" in spec else [spec.get("min"), spec.get("max")])
+        for option in options:
+            with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+                cfg = compose("train", overrides=fixed + ([f"{name}={option}"] if name in GROUPS else []))
+            if name in GROUPS:
+                assert cfg[name].get("name", option) == option or name == "dataset", (name, option)
+            else:
+                assert OmegaConf.select(cfg, name, default="<missing>") != "<missing>", f"{path.name}: unknown key {name}"
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)

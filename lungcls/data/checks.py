@@ -67,6 +67,10 @@ def check_dataset_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             f"dataset.val_fraction={out['val_fraction']} and dataset.test_fraction={out['test_fraction']} leave no "
             "images to train on; make them sum to less than 1"
         )
+    if out.get("folds") is not None:
+        from lungcls.data.folds import check_folds
+
+        out["folds"], out["fold"] = check_folds(out["folds"], out.get("fold", 0))
     if out.get("cache", "auto") not in CACHE_MODES:
         raise LungclsError(f"dataset.cache={out.get('cache')} is not one of {', '.join(CACHE_MODES)}")
     return out

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lungcls.data.cache import cache_key, choose_cache_device, load_or_decode
 from lungcls.data.checks import check_dataset_config
 from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
+from lungcls.data.folds import fold_splits
 from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
 from lungcls.data.images import load_image, to_unit_float
 from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
@@ -124,13 +125,14 @@ class LungDataModule(pl.LightningDataModule):
             samples = [s for s in samples if s.path in assignment]
         samples = self._find_duplicates(samples)
         if not self.cfg.get("splits_csv"):
-            assignment = make_splits(
-                samples,
-                val_fraction=float(self.cfg.get("val_fraction", 0.1)),
-                test_fraction=float(self.cfg.get("test_fraction", 0.1)),
-                seed=int(self.cfg.get("split_seed", 1)),
-                groups=duplicate_groups(samples, self.duplicates),
-            )
+            groups = duplicate_groups(samples, self.duplicates)
+            seed = int(self.cfg.get("split_seed", 1))
+            if self.cfg.get("folds"):
+                assignment = fold_splits(samples, groups, self.cfg["folds"], self.cfg.get("fold", 0),
+                                         float(self.cfg.get("val_fraction", 0.1)), seed)
+            else:
+                assignment = make_splits(samples, val_fraction=float(self.cfg.get("val_fraction", 0.1)),
+                                         test_fraction=float(self.cfg.get("test_fraction", 0.1)), seed=seed, groups=groups)
         self.samples, self.assignment = samples, assignment
         if self.duplicates is not None:
             self.duplicate_record["straddling_splits"] = straddling(self.duplicates, samples, assignment)

@@ -50,3 +50,21 @@ def held_out_fold(labels: Sequence[int], groups: Sequence[str], folds: int, fold
         if k == fold:
             return sorted(int(j) for j in held)
     raise AssertionError("unreachable: fold < folds was checked")
+
+
+def fold_splits(samples: Sequence, groups: Sequence[str], folds: object, fold: object, val_fraction: float,
+                seed: int) -> dict[str, str]:
+    """``{path: split}`` for fold ``fold`` of ``folds``: that fold is test, val comes from the rest
+    (``val_fraction`` of the whole set), groups kept together throughout."""
+    from lungcls.data.splits import make_splits
+
+    if any(s.split for s in samples):
+        raise LungclsError("dataset.folds cannot be combined with a manifest that fixes splits; drop its split column or dataset.folds")
+    k, i = check_folds(folds, fold)
+    held = set(held_out_fold([s.label for s in samples], groups, k, i, seed))
+    rest = [j for j in range(len(samples)) if j not in held]
+    share = min(0.9, val_fraction / (1.0 - 1.0 / k))  # val_fraction of the whole set, taken from the rest
+    assignment = make_splits([samples[j] for j in rest], val_fraction=share, test_fraction=0.0, seed=seed,
+                             groups=[groups[j] for j in rest])
+    assignment.update({samples[j].path: "test" for j in held})
+    return assignment
