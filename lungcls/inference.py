@@ -80,9 +80,10 @@ def overlays(model: UsedModel, grays: Sequence[np.ndarray], targets: Sequence[in
 
 
 def score_images(model: UsedModel, grays: Sequence[np.ndarray], batch_size: int = 32, cam: bool = False,
-                 overlay_size: int = 512) -> list[dict[str, Any]]:
-    """Decisions of ``model`` for decoded images, with ``overlay_png`` bytes when ``cam``."""
-    probs = predict_arrays(model.ref.model, grays, batch_size=batch_size)
+                 overlay_size: int = 512, tta: str | int | None = None) -> list[dict[str, Any]]:
+    """Decisions of ``model`` for decoded images, with ``overlay_png`` bytes when ``cam``; ``tta``
+    averages test-time copies as ``lungcls-evaluate evaluate.tta`` does."""
+    probs = predict_arrays(model.ref.model, grays, batch_size=batch_size, tta=tta)
     decided = decide(model, probs)
     if cam and len(grays):
         for item, png in zip(decided, overlays(model, grays, probs.argmax(axis=1).tolist(), batch_size, overlay_size)):

@@ -30,6 +30,7 @@ from lungcls.errors import LungclsError
 from lungcls.explain.cams import load_models
 from lungcls.explain.overlays import safe_stem
 from lungcls.inference import UsedModel, check_margin, model_card, score_images
+from lungcls.prediction import tta_copies
 from lungcls.screening import load_screening_thresholds
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def predict_settings(cfg: DictConfig) -> dict[str, Any]:
     if s["batch_size"] < 1:
         raise LungclsError(f"predict.batch_size={s['batch_size']} must be a positive integer")
     s["normal_margin"] = check_margin(s.get("normal_margin", 0.1), "predict.normal_margin")
+    s["tta_copies"] = tta_copies(s.get("tta", "none"))  # an unknown value fails here, before any loading
     s["cam_size"] = int(s.get("cam_size", 512))
     if s["cam_size"] < 16:
         raise LungclsError(f"predict.cam_size={s['cam_size']} is too small; use 16 or more pixels")
@@ -103,7 +105,7 @@ def predict_chunk(models: Sequence[UsedModel], chunk: Sequence[InputImage], star
     cam = bool(s.get("cam"))
     per_model = []
     for m in models:
-        scored = score_images(m, [grays[i] for i in ok], s["batch_size"], cam, s["cam_size"])
+        scored = score_images(m, [grays[i] for i in ok], s["batch_size"], cam, s["cam_size"], s.get("tta"))
         per_model.append(dict(zip(ok, scored)))
     rows = []
     for i, im in enumerate(chunk):
@@ -162,7 +164,8 @@ def predict(cfg: DictConfig) -> Path:
     unreadable = len(inputs.images) - tally[0]["scored"]
     lines, cards = summary(models, tally)
     record = {"input": inputs.where, "images": len(inputs.images), "unreadable": unreadable,
-              "skipped_files": len(inputs.skipped), "models": cards}
+              "skipped_files": len(inputs.skipped), "tta": {"mode": str(s.get("tta", "none")), "copies": s["tta_copies"]},
+              "models": cards}
     (out_dir / "predict.json").write_text(json.dumps(record, indent=2, allow_nan=False))
     print(f"{len(inputs.images)} images from {inputs.where}" + (f" ({len(inputs.skipped)} other files skipped)" if inputs.skipped else "")
           + (f"; {unreadable} unreadable (see the error column)" if unreadable else ""))

@@ -141,7 +141,8 @@ def predict_files(model, paths: Sequence[str], labels: Sequence[int] | None = No
     return Predictions(list(paths), y, probs, names)
 
 
-def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, device: torch.device | None = None) -> np.ndarray:
+def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, device: torch.device | None = None,
+                   tta: str | int | None = None) -> np.ndarray:
     """Probabilities [N, C] for already decoded images (``read_gray`` output, any size): resized
     by ``gray_to_input`` exactly as ``predict_files`` does, so a file gives the same numbers
     whichever of the two scores it (the web service and ``lungcls-predict`` decode once for
@@ -151,5 +152,5 @@ def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, dev
         (torch.stack([gray_to_input(g, size) for g in grays[start : start + batch_size]]), None)
         for start in range(0, len(grays), batch_size)
     )
-    out = [p for p, _ in predict_batches(model, batches, device)]
+    out = [p for p, _ in predict_batches(model, batches, device, tta=tta)]
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.class_names)), dtype=np.float32)

@@ -234,3 +234,25 @@ def test_kfold_multirun_is_one_row_in_the_comparison(tmp_path):
     assert float(row["test/acc_pooled"]) == pytest.approx(np.trace(sum(cms)) / (4 * 12))
     text = (sweep / "comparison.md").read_text()
     assert "pooled out-of-fold test confusion matrix" in text and " ± " in text
+
+
+def test_test_time_augmentation_is_the_same_on_every_prediction_path(logistic_run):
+    """predict/serve score decoded arrays, evaluation scores files: with tta=flip both average the
+    image and its mirror and agree; without it they agree too, and the two settings differ."""
+    from lungcls.data.images import read_gray
+    from lungcls.models.module import load_classifier
+    from lungcls.prediction import predict_arrays, predict_files, tta_copies
+
+    model = load_classifier(str(logistic_run / "checkpoints" / "best.ckpt"))
+    with (logistic_run / "predictions.csv").open() as f:
+        paths = [r["path"] for r in csv.DictReader(f)][:6]
+    grays = [read_gray(p) for p in paths]
+    plain = predict_files(model, paths).probs
+    flipped = predict_files(model, paths, tta="flip").probs
+    assert np.allclose(predict_arrays(model, grays, tta="flip"), flipped, atol=1e-6)
+    assert np.allclose(predict_arrays(model, grays), plain, atol=1e-6)
+    assert not np.allclose(plain, flipped)
+    assert np.allclose(predict_files(model, paths, tta=4).probs, predict_files(model, paths, tta=4).probs)  # seeded
+    assert tta_copies("none") == 1 and tta_copies("flip") == 2 and tta_copies("8") == 8
+    with pytest.raises(Exception, match="tta=sideways must be none, flip or a number"):
+        tta_copies("sideways")
