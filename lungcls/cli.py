@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -63,8 +64,12 @@ def _is_rank_zero() -> bool:
     return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
+class Terminated(SystemExit):
+    """The process was asked to stop (SIGTERM: a scheduler's cancel or time limit)."""
+
+
 def _terminated(signum, frame):
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 def _user_error(e: BaseException, run_dir: Path | None) -> Any:
@@ -80,6 +85,53 @@ def _user_error(e: BaseException, run_dir: Path | None) -> Any:
         return float("nan")
     print(f"lungcls: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+_HYDRA_FLAGS_WITHOUT_A_RUN = ("-", )  # --help, --cfg, -m ...: Hydra handles them (multiruns compose per job)
+
+
+def _composition_error(e: BaseException) -> str:
+    """Hydra's multi-line composition error as one line (its list of options kept)."""
+    text = str(e).split("Config search path")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(("full_key", "object_type", "reference_type"))]
+    if len(lines) > 1 and lines[1].startswith("Available options"):
+        return f"{lines[0]}; {lines[1].rstrip(':').lower()}: {', '.join(lines[2:])}"
+    return " ".join(lines)
+
+
+def check_overrides(config_name: str, args: list[str]) -> None:
+    """Compose ``config_name`` with the command line's overrides before Hydra runs, so an unknown
+    option, key or value is one line (``lungcls: error: ...``, exit status 2) naming it."""
+    if any(a.startswith(_HYDRA_FLAGS_WITHOUT_A_RUN) for a in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR, job_name=config_name):
+            compose(config_name=config_name, overrides=list(args))
+    except (HydraException, ValueError, KeyError) as e:  # noqa: BLE001 - composition's own errors
+        print(f"lungcls: error: {_composition_error(e)}; check the override (key=value, group=option)", file=sys.stderr)
+        sys.exit(2)
+
+
+def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+    """``@hydra.main`` for a lungcls command: the config ``conf/<config_name>.yaml``, overrides
+    checked first (``check_overrides``), the task run through ``hydra_app``."""
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        app = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(hydra_app(task))
+
+        @functools.wraps(task)
+        def main(cfg: DictConfig | None = None) -> Any:
+            if cfg is not None:  # called with a composed config: run the task as Hydra would
+                return app(cfg)
+            check_overrides(config_name, sys.argv[1:])
+            return app()
+
+        return main
+
+    return decorate
 
 
 def hydra_app(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -99,9 +151,13 @@ def hydra_app(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
             if record:
                 write_state(run_dir, "failed", _one_line(e))
             return _user_error(e, run_dir if record else None)
-        except (KeyboardInterrupt, SystemExit) as e:
+        except (KeyboardInterrupt, Terminated) as e:
             if record:
-                write_state(run_dir, "killed", f"stopped ({type(e).__name__} {getattr(e, 'code', '') or ''})".strip())
+                write_state(run_dir, "killed", "stopped by Ctrl-C" if isinstance(e, KeyboardInterrupt) else f"terminated (exit status {e.code})")
+            raise
+        except SystemExit as e:  # the task chose its exit status (e.g. lungcls-audit's fail_on)
+            if record:
+                write_state(run_dir, "complete" if e.code in (0, None) else "failed", None if e.code in (0, None) else f"exit status {e.code}")
             raise
         except BaseException as e:
             if record:

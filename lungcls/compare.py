@@ -60,6 +60,10 @@ def compare(
     (``comparison_paired.csv`` and a section of comparison.md)."""
     dirs = [Path(d) for d in dirs]
     runs = collect_runs(dirs)
+    known = {c for r in runs for c in ((r.get("metrics") or {}).get(stage) or {}).get("class_names") or []}
+    unknown = [c for c in missed if known and c not in known]
+    if unknown:
+        raise LungclsError(f"--missed {' '.join(unknown)}: no run has such a class; the classes are {', '.join(sorted(known))}")
     rows, notes = rank_runs(runs, rank_by=rank_by, missed=missed, stage=stage)
     out = Path(out) if out is not None else (dirs[0] if len(dirs) == 1 else Path.cwd())
     out.mkdir(parents=True, exist_ok=True)

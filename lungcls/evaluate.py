@@ -13,18 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.cli import hydra_main
 from lungcls.data.datamodule import LungDataModule
 from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.prediction import Predictions, predict_split, tta_copies
-from lungcls.results import print_summary, write_results
-from lungcls.screening import checkpoint_sha256
+from lungcls.results import check_stats, print_summary, write_results
+from lungcls.screening import checkpoint_sha256, screening_line
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +128,7 @@ def leave_out_training_images(cfg: DictConfig, dm: LungDataModule, split: str, o
     record = overlap_record(matches, len(pred), exclude, training, [splits_file])
     message = overlap_message(record, "images", "evaluate.exclude_training_images")
     if message:
-        log.warning(message)
-        print(message)
+        print(message)  # once, on the console; metrics.json records it as training_overlap
     if not exclude or not matches:
         return pred, record
     kept = pred.subset([i for i, p in enumerate(pred.paths) if p not in matches])
@@ -147,6 +145,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lungcls.models.module import load_classifier
 
     run_dir = Path(cfg.paths.output_dir)
+    check_stats(OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None)
     device = pick_device(str(cfg.get("device", "auto")))
     model = load_classifier(str(cfg.ckpt_path), map_location=device)
     data, split = data_config_for(cfg, model)
@@ -155,8 +154,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("test")
     mapping, mismatch = class_alignment(model.class_names, dm.class_names, dm.class_counts(split))
     if mismatch:
-        log.warning("class mismatch: %s", mismatch)
-        print(f"class mismatch: {mismatch}")
+        print(f"class mismatch: {mismatch}")  # metrics.json records it as class_mismatch
     tta = (cfg.get("evaluate") or {}).get("tta", "none")
     pred = to_model_space(predict_split(model, dm, split, device, tta=tta), mapping)
     if len(pred.labels) == 0:
@@ -166,7 +164,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if dm.duplicate_record.get("label_conflicts"):
         note = (f"WARNING: {dm.duplicate_record['label_conflicts']} group(s) of duplicate images carry different labels "
                 "in this data (lungcls-audit lists them); each copy is scored against its own label")
-        log.warning(note)
         print(note)
     extra: dict[str, Any] = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
@@ -186,6 +183,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = write_results(run_dir, {split: pred}, model.class_names, model.normal_class, report_split=split,
                             extra=extra, stats=stats, sources=dm.sources())
     print_summary(split, metrics[split], model.normal_class, images=len(pred.labels))
+    if metrics.get("screening"):
+        print(screening_line(metrics["screening"]))
     scaled = metrics.get("temperature_scaling") or {}
     if scaled.get("temperature"):
         before, after = scaled["before"], scaled["after"]
@@ -195,8 +194,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics[split]
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-@hydra_app
+@hydra_main("evaluate")
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg).get("accuracy")
 

@@ -18,12 +18,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.cli import hydra_main
 from lungcls.data.images import load_image
 from lungcls.data.inputs import collect_inputs
 from lungcls.data.splits import read_splits_csv
@@ -130,8 +129,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-@hydra_app
+@hydra_main("export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

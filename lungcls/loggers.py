@@ -32,7 +32,7 @@ def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: Path, run_name:
     for cfg in (logger_cfg or {}).values():
         if not isinstance(cfg, Mapping) or "_target_" not in cfg:
             continue
-        if "Wandb" in cfg["_target_"]:
+        if issubclass(hydra.utils.get_class(cfg["_target_"]), WandbLogger):
             ok, why = wandb_usable()
             if not ok:
                 log.warning("W&B logging is off (%s); metrics are still written to %s/csv/metrics.csv", why, run_dir)
@@ -95,7 +95,6 @@ def finish_wandb(loggers: Sequence[Logger]) -> None:
         run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
         wandb.finish()
         if offline and run_dir is not None:
-            log.info("W&B run saved offline; upload it later with: wandb sync %s", run_dir)
             print(f"W&B run saved offline; upload it later with: wandb sync {run_dir}")
 
 

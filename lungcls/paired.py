@@ -83,6 +83,23 @@ def describe(name_a: str, name_b: str, result: dict[str, Any], level: float) -> 
     )
 
 
+def _members(row: dict) -> list[str]:
+    """The runs behind a comparison row: itself, or the folds of a k-fold row."""
+    return row["fold_runs"].split(" ") if row.get("fold_runs") else [row["run"]]
+
+
+def _row_predictions(row: dict, runs_by_name: dict[str, dict]) -> dict[str, tuple[str, str]] | None:
+    """A row's test predictions; for a k-fold row the folds' pooled out-of-fold predictions (every
+    image once), so two cross-validated settings are compared on the whole data set."""
+    merged: dict[str, tuple[str, str]] = {}
+    for name in _members(row):
+        part = read_predictions(runs_by_name[name]["path"]) if name in runs_by_name else None
+        if not part:
+            return None
+        merged.update(part)
+    return merged
+
+
 def paired_rows(rows: Sequence[dict], runs_by_name: dict[str, dict], missed: Sequence[str], level: float = 0.95,
                 resamples: int = 1000, seed: int = 0) -> tuple[list[dict], list[str]]:
     """Each ranked run against the top-ranked one: table rows and sentences. Runs on other images
@@ -91,14 +108,13 @@ def paired_rows(rows: Sequence[dict], runs_by_name: dict[str, dict], missed: Seq
     if len(ranked) < 2:
         return [], ["Paired comparison: fewer than two ranked runs."]
     top = ranked[0]
-    ref_run = runs_by_name[top["run"]]
-    ref = read_predictions(ref_run["path"])
+    ref = _row_predictions(top, runs_by_name)
     if not ref:
         return [], [f"Paired comparison: {top['run']} has no predictions.csv."]
-    normal = ref_run["normal_class"]
+    normal = runs_by_name[_members(top)[0]]["normal_class"]
     out, lines = [], [f"Paired comparison against the top-ranked run {top['run']}:"]
     for row in ranked[1:]:
-        other = read_predictions(runs_by_name[row["run"]]["path"])
+        other = _row_predictions(row, runs_by_name)
         if not other or set(other) != set(ref) or any(other[p][0] != ref[p][0] for p in ref):
             lines.append(f"{row['run']}: not scored on the same test images as {top['run']}; no paired test.")
             continue

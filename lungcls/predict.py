@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.cli import hydra_main
 from lungcls.data.images import read_gray
 from lungcls.data.inputs import InputImage, collect_inputs
 from lungcls.device import pick_device
@@ -175,8 +174,7 @@ def predict(cfg: DictConfig) -> Path:
     return csv_path
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
-@hydra_app
+@hydra_main("predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lungcls.errors import LungclsError
-from lungcls.metrics import flat_metrics, metric_key
-from lungcls.crossval import fold_cross_validation
+from lungcls.metrics import flat_metrics, metric_direction, metric_key
+from lungcls.crossval import fold_cross_validation, scored_paths
 from lungcls.runs import STATUS_OK, natural_key
 
 STAGES = ("train", "val", "test")
@@ -144,11 +144,8 @@ def build_rows(
 
 
 def rank_direction(column: str) -> bool:
-    """True when larger is better: accuracy, F1, recall, precision, specificity."""
-    name = column.lower()
-    if any(word in name for word in ("fn_to_normal", "missed", "loss")):
-        return False
-    return any(word in name for word in ("acc", "f1", "recall", "precision", "specificity"))
+    """True when larger is better (the direction ``lungcls.metrics.metric_direction`` gives)."""
+    return metric_direction(column) == "max"
 
 
 def is_number(value: Any) -> bool:
@@ -164,6 +161,27 @@ def _sort_key(row: dict, column: str, descending: bool) -> tuple:
     if value is None or value == "":
         return (2, 0)
     return (1, natural_key(str(value)))
+
+
+def _test_set_notes(runs: Sequence[dict], rows: Sequence[dict], stage: str) -> list[str]:
+    """Warn when the ranked runs were scored on different test images: their numbers (counts above
+    all) are then not comparable, whatever the ranking says."""
+    if stage != "test":
+        return []
+    by_name = {r["run"]: r for r in runs}
+    sets: dict[frozenset, list[str]] = {}
+    for row in rows:
+        if row["status"] != STATUS_OK:
+            continue
+        members = row["fold_runs"].split(" ") if row.get("fold_runs") else [row["run"]]
+        paths = frozenset(p for m in members if m in by_name for p in scored_paths(by_name[m]))
+        sets.setdefault(paths, []).append(row["run"])
+    if len(sets) <= 1:
+        return []
+    sizes = ", ".join(f"{len(k)} images ({len(v)} run(s))" for k, v in sets.items())
+    return [f"WARNING: the ranked runs were scored on {len(sets)} different test sets ({sizes}); "
+            "their accuracies and missed-disease counts are not directly comparable: compare runs on the same data "
+            "and split (same dataset.root, classes, split_seed and fractions)."]
 
 
 def rank_runs(
@@ -183,7 +201,7 @@ def rank_runs(
     if not rows:
         return rows, notes
     rows, fold_notes = fold_cross_validation(runs, rows, stage, missed)
-    notes += fold_notes
+    notes += fold_notes + _test_set_notes(runs, rows, stage)
     keys: list[tuple[str, bool]] = []
     if rank_by:
         column, _, direction = rank_by.rpartition(":")

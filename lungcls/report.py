@@ -17,10 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.cli import hydra_main
 from lungcls.data.images import load_mask
 from lungcls.device import pick_device
 from lungcls.errors import LungclsError
@@ -128,8 +127,7 @@ def make_report(cfg: DictConfig) -> Path:
     return html
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
-@hydra_app
+@hydra_main("report")
 def main(cfg: DictConfig) -> None:
     make_report(cfg)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lungcls.errors import LungclsError
 from lungcls.metrics import class_probability_ci, source_lines, summarize_by_source, summarize_confusion
 from lungcls.metrics.bootstrap import bootstrap_ci
 from lungcls.metrics.calibration import calibration
@@ -24,6 +25,23 @@ from lungcls.prediction import Predictions
 
 # stats.* defaults: bootstrap intervals and calibration bins of every split's summary
 DEFAULT_STATS = {"resamples": 1000, "level": 0.95, "seed": 0, "calibration_bins": 15}
+
+
+def check_stats(stats: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``stats.*`` with defaults, checked before any training (one line naming the key)."""
+    st = {**DEFAULT_STATS, **(stats or {})}
+
+    def whole(key: str, minimum: int) -> None:
+        if isinstance(st[key], bool) or not isinstance(st[key], int) or st[key] < minimum:
+            raise LungclsError(f"stats.{key}={st[key]} must be a whole number of at least {minimum}")
+
+    whole("resamples", 0)
+    whole("seed", 0)
+    whole("calibration_bins", 1)
+    level = st["level"]
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise LungclsError(f"stats.level={level} must be a coverage between 0 and 1, e.g. stats.level=0.95")
+    return st
 
 
 def confusion_from(pred: Predictions, n_classes: int) -> np.ndarray:
@@ -36,9 +54,10 @@ def summarize_predictions(pred: Predictions, class_names: Sequence[str], normal_
     """What ``metrics.json`` stores for one split: ``summarize_confusion``, ``probability_ci``,
     bootstrap intervals of every number (``ci``), ``calibration`` (ECE, Brier), and ``per_source``
     when ``sources`` maps image paths to their source."""
-    st = {**DEFAULT_STATS, **(stats or {})}
+    st = check_stats(stats)
     summary = summarize_confusion(confusion_from(pred, len(class_names)), class_names, normal_class)
-    summary["probability_ci"] = class_probability_ci(pred.probs, pred.labels, class_names) if len(pred.labels) else {}
+    summary["probability_ci"] = (class_probability_ci(pred.probs, pred.labels, class_names, confidence=float(st["level"]))
+                                 if len(pred.labels) else {})
     summary["ci"] = bootstrap_ci(pred.labels, pred.preds, class_names, normal_class, resamples=int(st["resamples"]),
                                  level=float(st["level"]), seed=int(st["seed"]))
     summary["calibration"] = calibration(pred.probs, pred.labels, bins=int(st["calibration_bins"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -34,18 +35,33 @@ def natural_key(text: str) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
-def find_run_folders(folder: Path) -> list[Path]:
-    """`folder` itself when it is a run folder (has `.hydra/`), else every run folder below it."""
+def _task(folder: Path) -> str | None:
+    """The command that made a run folder (its config's ``task_name``: train, evaluate, report...)."""
+    config = read_yaml(folder / ".hydra" / "config.yaml")
+    return config.get("task_name") if isinstance(config, dict) else None
+
+
+def find_run_folders(folder: Path, task: str = "train") -> tuple[list[Path], dict[str, int]]:
+    """The run folders (with `.hydra/`) of ``task`` at or below ``folder``, and how many folders of
+    other commands (evaluate, report, predict...) were passed over."""
+    candidates: list[Path] = []
     if (folder / ".hydra").is_dir():
-        return [folder]
-    found: list[Path] = []
-    for root, dirs, _files in os.walk(folder):
-        if ".hydra" in dirs:
-            found.append(Path(root))
-            dirs[:] = []  # run folders do not nest
-            continue
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS]
-    return sorted(found, key=lambda p: natural_key(str(p)))
+        candidates = [folder]
+    else:
+        for root, dirs, _files in os.walk(folder):
+            if ".hydra" in dirs:
+                candidates.append(Path(root))
+                dirs[:] = []  # run folders do not nest
+                continue
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS]
+    found, other = [], {}
+    for path in candidates:
+        kind = _task(path)
+        if kind in (None, task):  # None: a run from before task names were recorded
+            found.append(path)
+        else:
+            other[kind] = other.get(kind, 0) + 1
+    return sorted(found, key=lambda p: natural_key(str(p))), other
 
 
 def read_yaml(path: Path) -> Any:
@@ -129,11 +145,12 @@ def collect_runs(dirs: Iterable[str | Path]) -> list[dict]:
     for folder in dirs:
         if not folder.is_dir():
             raise LungclsError(f"no such folder: {folder}")
-        found = find_run_folders(folder)
+        found, other = find_run_folders(folder)
         if not found:
-            raise LungclsError(f"no run folders (folders with .hydra/) under {folder}")
+            kinds = ", ".join(f"{n} {k}" for k, n in other.items())
+            raise LungclsError(f"no training run folders under {folder}{f' (only {kinds} run folders)' if other else ''}; "
+                               "give the folder of lungcls-train runs or of a sweep")
         folders += [f for f in found if f.resolve() not in {g.resolve() for g in folders}]
-
     base = _display_base(dirs)
     runs = []
     for folder in folders:
@@ -202,10 +219,20 @@ def write_state(run_dir: str | Path, state: str, error: str | None = None) -> No
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     if state == "running":
         record = {"state": "running", "started": now, "pid": os.getpid(), "host": socket.gethostname(),
-                  "command": " ".join(sys.argv)}
+                  "command": _command()}
     else:
         record.update(state=state, ended=now, error=error)
     _write_json(path, record)
+
+
+def _command() -> str:
+    """How the run was started, as a user would type it again (``python -m lungcls.train ...`` or
+    ``lungcls-train ...``)."""
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    if "-m" in argv:
+        i = argv.index("-m")
+        return shlex.join(["python", *argv[i:]])
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def read_state(folder: Path) -> dict | None:

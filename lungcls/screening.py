@@ -251,3 +251,19 @@ def load_screening_thresholds(evaluations: Any, checkpoints: Sequence[Path]) -> 
             (chosen.get("val") or {}).get("sensitivity"), str(path),
         )
     return found
+
+
+def screening_line(report: dict[str, Any]) -> str:
+    """The screening view in one console line: sensitivity / specificity at argmax and at the
+    threshold chosen on val."""
+    def point(p: dict[str, Any] | None) -> str:
+        if not p:
+            return "n/a"
+        sens = "n/a" if p["sensitivity"] is None else f"{p['sensitivity']:.3f}"
+        spec = "n/a" if p["specificity"] is None else f"{p['specificity']:.3f}"
+        return f"sensitivity {sens}, specificity {spec}"
+
+    target = report["target_sensitivity"]
+    chosen = (f"at the val-chosen threshold {target['threshold']:.3f} (target {target['target']:.2f}): {point(target['test'])}"
+              if target.get("threshold") is not None else f"no val threshold ({target.get('reason')})")
+    return f"screening {report['positive_class']} vs the rest: argmax {point(report['argmax'])}; {chosen}"

@@ -13,19 +13,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.cli import hydra_main
 from lungcls.data.datamodule import LungDataModule
 from lungcls.errors import LungclsError
 from lungcls.loggers import build_loggers, finish_wandb, log_results_to_wandb
 from lungcls.metrics import flat_metrics, loss_and_auroc
 from lungcls.models.module import LungClassifier, load_classifier
 from lungcls.prediction import predict_split
-from lungcls.results import print_summary, write_results
+from lungcls.results import check_stats, print_summary, write_results
 from lungcls.trainer import build_callbacks, build_trainer, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
 
 log = logging.getLogger(__name__)
@@ -57,30 +56,45 @@ def absolute_paths(data: dict) -> dict:
 
 
 # What decides which images a run trains on and how they are split: a resumed run must match.
+# What decides which images a run trains on and how they are split: a resumed run must match.
 SPLIT_KEYS = ("layout", "root", "manifest", "classes", "val_fraction", "test_fraction", "split_seed",
-              "splits_csv", "max_per_class", "image_size", "demo", "folds", "fold")
+              "splits_csv", "max_per_class", "image_size", "demo", "folds", "fold", "duplicates",
+              "near_duplicate_bits", "on_label_conflict")
 
 
-def check_resume(ckpt_path: str, data: dict) -> None:
-    """Refuse to resume a checkpoint with other data or split settings: the continued run would
-    train on images the checkpoint held out (or score images it trained on)."""
+def _resume_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(config key, checkpoint's value, current value) for every setting a resume must keep."""
+    data_saved, data_now = dict(saved.get("data") or {}), dict(current["data"])
+    for d in (data_saved, data_now):  # the fold only matters in a k-fold run
+        if not d.get("folds"):
+            d["fold"] = None
+    out = [(f"dataset.{k}", data_saved.get(k), data_now.get(k)) for k in SPLIT_KEYS if data_saved.get(k) != data_now.get(k)]
+    model_keys = (("backbone.name", ("backbone", "name")), ("finetune.name", ("finetune", "name")),
+                  ("finetune.fraction", ("finetune", "fraction")), ("optimizer._target_", ("optimizer", "_target_")))
+    for key, (group, field) in model_keys:
+        was, now = (saved.get(group) or {}).get(field), (current.get(group) or {}).get(field)
+        if was != now:
+            out.append((key, was, now))
+    return out
+
+
+def check_resume(ckpt_path: str, current: dict) -> None:
+    """Refuse to resume a checkpoint with other data or split settings (the continued run would train
+    on images the checkpoint held out, or score images it trained on) or another model, fine-tune
+    or optimizer (its weights and optimizer state would not fit)."""
     import torch
 
     if not Path(ckpt_path).is_file():
         raise LungclsError(f"ckpt_path={ckpt_path} does not exist; give a run's checkpoints/last.ckpt to resume")
     try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]["data"]
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise LungclsError(f"ckpt_path={ckpt_path} is not a readable lungcls checkpoint ({type(e).__name__}); give a run's checkpoints/last.ckpt") from None
-    for d in (saved, data):  # the fold only matters in a k-fold run
-        if not d.get("folds"):
-            d["fold"] = None
-    for key in SPLIT_KEYS:
-        if saved.get(key) != data.get(key):
-            raise LungclsError(
-                f"ckpt_path={ckpt_path} was trained with dataset.{key}={saved.get(key)}, not {data.get(key)}; "
-                "resume with the checkpoint's data and split settings, or start a new run without ckpt_path"
-            )
+    for key, was, now in _resume_differences(saved, current)[:1]:
+        raise LungclsError(
+            f"ckpt_path={ckpt_path} was trained with {key}={was}, not {now}; resume with the checkpoint's settings, "
+            "or start a new run without ckpt_path"
+        )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -91,13 +105,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         leave_run_folder_to_rank_zero(run_dir)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     refuse_ddp_in_local_multirun(cfg)
+    check_stats(OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None)  # before, not after, training
     if cfg.get("ckpt_path"):
-        check_resume(str(cfg.ckpt_path), absolute_paths(OmegaConf.to_container(cfg.dataset, resolve=True)))
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        check_resume(str(cfg.ckpt_path), {"data": absolute_paths(plain["dataset"]), "backbone": plain["backbone"],
+                                          "finetune": plain["finetune"], "optimizer": plain["optimizer"]})
     dm = make_datamodule(cfg)
     dm.setup("fit")
     model = make_model(cfg, dm)
+    log.info("%s with finetune=%s: %d of %d parameters trainable", cfg.backbone.name, cfg.finetune.name, model.trainable_params, model.total_params)
     loggers = build_loggers(cfg.get("logger"), run_dir, run_name=run_dir.name, config=OmegaConf.to_container(cfg, resolve=True))
-    callbacks = build_callbacks(cfg.callbacks, has_val=len(dm.split_rows("val")) > 0, has_logger=bool(loggers))
+    callbacks = build_callbacks(cfg.callbacks, has_val=len(dm.split_rows("val")) > 0, has_logger=bool(loggers),
+                                class_names=dm.class_names)
     trainer = build_trainer(cfg, list(callbacks.values()), loggers)
     if trainer.is_global_zero:
         dm.write_splits(run_dir / "splits.csv")
@@ -170,8 +189,7 @@ def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
     return float(value) if not math.isnan(float(value)) else float("nan")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-@hydra_app
+@hydra_main("train")
 def main(cfg: DictConfig) -> float | None:
     return optimized_value(cfg, train(cfg))
 

@@ -7,23 +7,72 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from collections.abc import Sequence
+
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 from lungcls.device import resolve_precision
 from lungcls.errors import LungclsError
+from lungcls.metrics import metric_direction, metric_key
 
 log = logging.getLogger(__name__)
 
 WHOLE_NUMBER_KEYS = ("max_epochs", "min_epochs", "log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch")
 
 
-def build_callbacks(callbacks_cfg: Mapping[str, Any] | DictConfig, has_val: bool, has_logger: bool) -> dict[str, pl.Callback]:
+class KeptModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for the kept model: an epoch in which the monitored metric is undefined
+    (lungcls does not log undefined numbers, e.g. the precision of a class never predicted) counts
+    as the worst value instead of stopping the run, so such an epoch is never kept."""
+
+    def _monitor_candidates(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        if self.monitor and self.monitor not in candidates:
+            candidates[self.monitor] = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
+        return candidates
+
+
+def check_monitor(name: str, mode: str, class_names: Sequence[str], key: str = "callbacks.checkpoint") -> str:
+    """The mode for monitoring ``name``: ``auto`` becomes what the metric's name says (min for
+    missed disease and losses, max for accuracy, F1, recall...); a name lungcls never logs, or a
+    mode that keeps the worst model, is a one-line error before training."""
+    stages, per_class = ("train", "val"), ("precision", "recall", "f1", "specificity", "fn_to_normal", "auroc")
+    known = {metric_key(s, m) for s in stages for m in ("acc", "macro_f1", "loss", "fn_to_normal_total")}
+    known |= {metric_key(s, m, c) for s in stages for m in per_class for c in class_names}
+    if name not in known:
+        raise LungclsError(
+            f"{key}.monitor={name} is not a metric a run logs; use e.g. val/macro_f1, val/fn_to_normal_total, "
+            f"val/recall/{class_names[0]} or val/loss (classes: {', '.join(class_names)})"
+        )
+    direction = metric_direction(name)
+    if mode == "auto":
+        return direction or "max"
+    if mode not in ("min", "max"):
+        raise LungclsError(f"{key}.mode={mode} must be auto, min or max")
+    if direction and mode != direction:
+        raise LungclsError(f"{key}.mode={mode} would keep the model with the worst {name}; use {key}.mode={direction} (or auto)")
+    return mode
+
+
+def _callback_class(entry: Mapping[str, Any], name: str) -> type:
+    try:
+        return hydra.utils.get_class(entry["_target_"])
+    except Exception:  # noqa: BLE001 - any import failure is the same user error
+        raise LungclsError(f"callbacks.{name}._target_={entry['_target_']} is not an importable class") from None
+
+
+def build_callbacks(callbacks_cfg: Mapping[str, Any] | DictConfig, has_val: bool, has_logger: bool,
+                    class_names: Sequence[str] = ()) -> dict[str, pl.Callback]:
     """Every ``callbacks.<name>`` entry with a ``_target_``, except those with ``enabled: false``.
 
-    Without a val split there is nothing to monitor: the best checkpoint becomes the last epoch's
-    model and early stopping is off. Without a logger the learning-rate monitor has nowhere to log.
+    Monitored metrics are checked against the metrics a run logs (given ``class_names``) and their
+    ``mode: auto`` resolved. Without a val split there is nothing to monitor: the best checkpoint
+    becomes the last epoch's model and early stopping is off. Without a logger the learning-rate
+    monitor has nowhere to log.
     """
     cfg = OmegaConf.to_container(callbacks_cfg, resolve=True) if isinstance(callbacks_cfg, DictConfig) else dict(callbacks_cfg)
     out: dict[str, pl.Callback] = {}
@@ -31,11 +80,14 @@ def build_callbacks(callbacks_cfg: Mapping[str, Any] | DictConfig, has_val: bool
         if not isinstance(entry, Mapping) or "_target_" not in entry or not entry.get("enabled", True):
             continue
         entry = {k: v for k, v in entry.items() if k != "enabled"}
-        if "EarlyStopping" in entry["_target_"] and not has_val:
+        cls = _callback_class(entry, name)
+        if (issubclass(cls, EarlyStopping) and not has_val) or (issubclass(cls, LearningRateMonitor) and not has_logger):
             continue
-        if "LearningRateMonitor" in entry["_target_"] and not has_logger:
-            continue
-        if "ModelCheckpoint" in entry["_target_"] and not has_val and entry.get("monitor"):
+        if entry.get("monitor") and class_names:
+            entry["mode"] = check_monitor(entry["monitor"], str(entry.get("mode", "auto")), class_names, f"callbacks.{name}")
+        elif entry.get("monitor") and entry.get("mode", "auto") == "auto":
+            entry["mode"] = metric_direction(entry["monitor"]) or "max"
+        if issubclass(cls, ModelCheckpoint) and not has_val and entry.get("monitor"):
             log.warning("the val split is empty: %s is the last epoch's model (no %s to monitor)", entry.get("filename"), entry["monitor"])
             entry["monitor"] = None
         try:

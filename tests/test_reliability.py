@@ -69,6 +69,10 @@ def test_two_runs_started_together_keep_separate_folders(tmp_path):
         (["dataset.classes=[]"], "dataset.classes is empty"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
         (["dataset.cache=disk"], "dataset.cache=disk is not one of"),
+        (["stats.level=1.5"], "stats.level=1.5 must be a coverage between 0 and 1"),
+        (["stats.calibration_bins=0"], "stats.calibration_bins=0 must be a whole number of at least 1"),
+        (["stats.resamples=-5"], "stats.resamples=-5 must be a whole number of at least 0"),
+        (["dataset.folds=3", "dataset.splits_csv=x.csv"], "dataset.folds and dataset.splits_csv both choose the test images"),
     ],
 )
 def test_wrong_values_are_one_line_errors_before_anything_is_written(train_cfg, tmp_path, overrides, message):
@@ -123,6 +127,10 @@ def test_resume_refuses_other_split_settings(train_cfg, tmp_path):
     last = first / "checkpoints" / "last.ckpt"
     with pytest.raises(LungclsError, match="trained with dataset.split_seed=1, not 2"):
         train(train_cfg("backbone=logistic", "dataset.split_seed=2", f"ckpt_path={last}", out=tmp_path / "second"))
+    with pytest.raises(LungclsError, match="trained with dataset.duplicates=near, not none"):
+        train(train_cfg("backbone=logistic", "dataset.duplicates=none", f"ckpt_path={last}", out=tmp_path / "second"))
+    with pytest.raises(LungclsError, match="trained with backbone.name=logistic, not resnet18"):
+        train(train_cfg("backbone=resnet18", f"ckpt_path={last}", out=tmp_path / "second"))
     assert not (tmp_path / "second" / "checkpoints").exists()
 
 

@@ -30,22 +30,30 @@ def noisy(n: int, accuracy: float, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return y, np.where(rng.random(n) < accuracy, y, rng.integers(0, 4, n))
 
 
-def test_intervals_agree_with_scipy_bootstrap():
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval written out (Wilson 1927)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_intervals_agree_with_independent_computations():
+    from sklearn.metrics import f1_score
+
     y, p = noisy(600, 0.8)
     ours = bootstrap_ci(y, p, CLASSES, "Normal", resamples=2000, seed=3)
-    ref = sps.bootstrap(((y == p).astype(float),), np.mean, n_resamples=4000, method="percentile", random_state=7)
-    assert ours["accuracy"] == pytest.approx([ref.confidence_interval.low, ref.confidence_interval.high], abs=0.012)
+    assert ours["accuracy"] == pytest.approx(_wilson(int((y == p).sum()), len(y)), abs=1e-9)
     covid = y == 0
+    assert ours["per_class"]["COVID"]["recall"] == pytest.approx(_wilson(int((p[covid] == 0).sum()), int(covid.sum())), abs=1e-9)
+    assert ours["fn_to_normal_rate"]["COVID"] == pytest.approx(_wilson(int((p[covid] == 2).sum()), int(covid.sum())), abs=1e-9)
 
-    def recall(yy, pp):
-        return np.mean(pp[yy == 0] == 0)
+    def macro_f1(yy, pp):
+        return f1_score(yy, pp, labels=sorted(set(yy)), average="macro", zero_division=0)
 
-    ref = sps.bootstrap((y, p), recall, paired=True, vectorized=False, n_resamples=1000, method="percentile", random_state=7)
-    assert ours["per_class"]["COVID"]["recall"] == pytest.approx([ref.confidence_interval.low, ref.confidence_interval.high], abs=0.03)
-    point = np.mean(p[covid] == 0)
-    lo, hi = ours["per_class"]["COVID"]["recall"]
-    assert lo < point < hi
-    assert ours["level"] == 0.95 and ours["resamples"] == 2000 and ours["method"] == "percentile"
+    ref = sps.bootstrap((y, p), macro_f1, paired=True, vectorized=False, n_resamples=1000, method="percentile", random_state=7)
+    assert ours["macro_f1"] == pytest.approx([ref.confidence_interval.low, ref.confidence_interval.high], abs=0.012)
+    assert ours["level"] == 0.95 and ours["resamples"] == 2000 and "wilson" in ours["method"]
 
 
 def test_intervals_are_seeded_and_fast():
@@ -70,9 +78,12 @@ def test_fn_to_normal_rate_interval_brackets_the_share_predicted_normal():
         assert lo <= share <= hi and hi - lo < 0.1
 
 
-def test_degenerate_cases_give_null_not_numbers():
+def test_degenerate_cases_give_null_not_numbers_and_never_zero_width():
     perfect = bootstrap_ci([0, 1, 2, 3] * 10, [0, 1, 2, 3] * 10, CLASSES, "Normal", resamples=200)
-    assert perfect["accuracy"] == [1.0, 1.0] and perfect["fn_to_normal_rate"]["COVID"] == [0.0, 0.0]
+    lo, hi = perfect["accuracy"]
+    assert 0.85 < lo < hi == 1.0  # 40 of 40 right is not certainty
+    lo, hi = perfect["fn_to_normal_rate"]["COVID"]
+    assert lo == 0.0 and 0.2 < hi < 0.4  # 0 of 10 COVID missed: up to about 28% is still plausible
     one_class = bootstrap_ci([0] * 30, [0] * 20 + [2] * 10, CLASSES, "Normal", resamples=200)
     assert one_class["per_class"]["COVID"]["specificity"] is None  # no negatives at all
     assert one_class["per_class"]["Lung_Opacity"]["recall"] is None  # absent class
@@ -80,7 +91,7 @@ def test_degenerate_cases_give_null_not_numbers():
     lo, hi = one_class["fn_to_normal_rate"]["COVID"]
     assert lo < 1 / 3 < hi
     tiny = bootstrap_ci([0, 2, 3], [0, 2, 2], CLASSES, "Normal", resamples=200)
-    assert 0.0 <= tiny["accuracy"][0] <= tiny["accuracy"][1] <= 1.0
+    assert 0.0 < tiny["accuracy"][0] < tiny["accuracy"][1] < 1.0
     empty = bootstrap_ci([], [], CLASSES, "Normal", resamples=200)
     assert empty["accuracy"] is None and empty["macro_f1"] is None
     json.dumps(one_class, allow_nan=False)  # no NaN reaches metrics.json

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lungcls.audit.findings import class_statistics, cross_split, data_root, duplicate_findings, relative, source_counts
 from lungcls.audit.outputs import check_fail_on, failures, summary_lines, write_audit
-from lungcls.audit.probe import shortcut_probe
+from lungcls.audit.probe import check_probe_settings, shortcut_probe
 from lungcls.audit.scan import scan
-from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.cli import hydra_main
 from lungcls.data.duplicates import duplicate_groups, find_duplicates
+from lungcls.data.checks import check_dataset_config
 from lungcls.data.layouts import cap_per_class, find_samples
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     settings = OmegaConf.to_container(cfg.audit, resolve=True)
     fail_on = check_fail_on(settings.get("fail_on"))
-    data = OmegaConf.to_container(cfg.dataset, resolve=True)
+    check_probe_settings(settings.get("probe") or {})
+    data = check_dataset_config(OmegaConf.to_container(cfg.dataset, resolve=True))
     class_names = list(data["classes"])
     samples = cap_per_class(find_samples(data), data.get("max_per_class"), int(data.get("split_seed", 1)))
     border_frac = float(settings.get("border_frac", 0.1))
@@ -69,8 +70,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="audit")
-@hydra_app
+@hydra_main("audit")
 def main(cfg: DictConfig) -> None:
     audit(cfg)
 

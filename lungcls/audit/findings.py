@@ -13,16 +13,19 @@ from typing import Any
 import numpy as np
 
 from lungcls.audit.scan import Scan
-from lungcls.data.duplicates import Duplicates, duplicate_groups, label_conflicts, straddling
-from lungcls.data.layouts import Sample
+from lungcls.data.duplicates import (
+    Duplicates,
+    duplicate_groups,
+    label_conflicts,
+    straddling,
+)
+from lungcls.data.layouts import LAYOUTS, Sample
 from lungcls.data.splits import apply_splits_csv, make_splits
 
 
 def data_root(cfg: Mapping[str, Any]) -> Path:
-    """The folder paths are reported relative to: ``dataset.root``, or the manifest's folder."""
-    if cfg.get("layout") == "manifest" and cfg.get("manifest"):
-        return Path(str(cfg["manifest"])).expanduser().resolve().parent
-    return Path(str(cfg.get("root") or ".")).expanduser().resolve()
+    """The folder paths are reported relative to: the layout's (``dataset.root``, or the manifest's folder)."""
+    return LAYOUTS.get(cfg.get("layout", "radiography"))(cfg).data_root()
 
 
 def relative(path: str, root: Path) -> str:

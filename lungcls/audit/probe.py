@@ -24,6 +24,9 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from lungcls.errors import LungclsError
+from lungcls.metrics.bootstrap import percentile_interval
+
 log = logging.getLogger(__name__)
 
 PROBE_SIZE = 64  # images are resized to this before the region is cut out
@@ -77,16 +80,35 @@ def _subsample(labels: np.ndarray, max_images: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def bootstrap_balanced_accuracy(y: np.ndarray, correct: np.ndarray, resamples: int, seed: int) -> list[float]:
-    """95% percentile interval: each class's images are resampled with replacement."""
+def bootstrap_balanced_accuracy(y: np.ndarray, correct: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> list[float] | None:
+    """Percentile interval of the balanced accuracy: each class's images are resampled with
+    replacement (stratified), the interval taken as everywhere in lungcls (``percentile_interval``)."""
     rng = np.random.default_rng(seed)
     recalls = []
     for c in np.unique(y):
         hits = correct[y == c].astype(np.float32)
         draws = rng.integers(0, len(hits), size=(resamples, len(hits)))
         recalls.append(hits[draws].mean(axis=1))
-    per_resample = np.mean(recalls, axis=0)
-    return [float(np.percentile(per_resample, 2.5)), float(np.percentile(per_resample, 97.5))]
+    return percentile_interval(np.mean(recalls, axis=0), level)
+
+
+def check_probe_settings(settings: dict[str, Any]) -> None:
+    """``audit.probe.*`` checked before any image is read (one line naming the key)."""
+    def whole(key: str, minimum: int) -> None:
+        value = settings.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise LungclsError(f"audit.probe.{key}={value} must be a whole number of at least {minimum}")
+
+    whole("folds", 2)
+    whole("resamples", 100)
+    whole("max_images", 20)
+    whole("seed", 0)
+    for key in ("margin", "C"):
+        value = settings.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "C" and value == 0):
+            raise LungclsError(f"audit.probe.{key}={value} must be a {'positive' if key == 'C' else 'non-negative'} number")
+    if settings.get("region", "auto") not in ("auto", "border", "outside_lungs"):
+        raise LungclsError(f"audit.probe.region={settings.get('region')} must be auto, border or outside_lungs")
 
 
 def _unfit(region: str, note: str) -> dict[str, Any]:

@@ -71,6 +71,8 @@ def check_dataset_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         from lungcls.data.folds import check_folds
 
         out["folds"], out["fold"] = check_folds(out["folds"], out.get("fold", 0))
+        if out.get("splits_csv"):
+            raise LungclsError("dataset.folds and dataset.splits_csv both choose the test images; use one of them")
     if out.get("cache", "auto") not in CACHE_MODES:
         raise LungclsError(f"dataset.cache={out.get('cache')} is not one of {', '.join(CACHE_MODES)}")
     return out

@@ -143,7 +143,8 @@ class LungDataModule(pl.LightningDataModule):
         }
         self._rows["all"] = torch.arange(len(samples))
         counts = {split: dict(Counter(self.class_names[s.label] for s in self.split_samples(split))) for split in SPLITS}
-        log.info("images per split and class: %s", counts)
+        used = {split: c for split, c in counts.items() if c}
+        log.info("images per split and class: %s", used if len(used) > 1 else next(iter(used.values()), {}))
         self._decode()
         self.mean, self.std = normalization_stats(self.cfg.get("normalization", "imagenet"), self._train_images_for_stats())
         self._augment = build_augment(self.augment_cfg, self.image_size)

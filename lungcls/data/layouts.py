@@ -77,6 +77,10 @@ class Layout:
         """The folder or file the images come from, for messages."""
         return str(self.cfg.get("root"))
 
+    def data_root(self) -> Path:
+        """The folder image paths are reported relative to (audits, reports)."""
+        return Path(str(self.cfg.get("root") or ".")).expanduser().resolve()
+
 
 LAYOUTS: Registry[type[Layout]] = Registry("dataset layout", "dataset.layout=<name>")
 
@@ -157,6 +161,9 @@ class ManifestLayout(Layout):
 
     def where(self) -> str:
         return str(self.cfg.get("manifest"))
+
+    def data_root(self) -> Path:
+        return Path(str(self.cfg["manifest"])).expanduser().resolve().parent if self.cfg.get("manifest") else super().data_root()
 
     def find(self, classes: Sequence[str]) -> list[Sample]:
         rows, manifest = self._rows()

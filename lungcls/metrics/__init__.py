@@ -7,7 +7,7 @@
 - ``sources``: the same numbers per image source, when the data names its sources.
 """
 
-from lungcls.metrics.confusion import PER_CLASS_METRICS, flat_metrics, metric_key, summarize_confusion
+from lungcls.metrics.confusion import PER_CLASS_METRICS, flat_metrics, metric_direction, metric_key, summarize_confusion
 from lungcls.metrics.probabilities import auroc_per_class, class_probability_ci, loss_and_auroc
 from lungcls.metrics.sources import source_lines, summarize_by_source
 from lungcls.metrics.streaming import ConfusionCounts
@@ -19,6 +19,7 @@ __all__ = [
     "class_probability_ci",
     "flat_metrics",
     "loss_and_auroc",
+    "metric_direction",
     "metric_key",
     "source_lines",
     "summarize_by_source",

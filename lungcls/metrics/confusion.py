@@ -20,7 +20,7 @@ import numpy as np
 
 from lungcls.errors import LungclsError
 
-__all__ = ["summarize_confusion", "flat_metrics", "metric_key", "PER_CLASS_METRICS"]
+__all__ = ["summarize_confusion", "flat_metrics", "metric_key", "metric_direction", "PER_CLASS_METRICS"]
 
 # The per-class numbers of a summary, logged as `{stage}/{metric}/{Class}`.
 PER_CLASS_METRICS = ("precision", "recall", "f1", "specificity")
@@ -29,6 +29,17 @@ PER_CLASS_METRICS = ("precision", "recall", "f1", "specificity")
 def metric_key(stage: str, metric: str, class_name: str | None = None) -> str:
     """The logged name of a metric: `test/acc`, `val/recall/COVID`, `test/fn_to_normal_total`."""
     return f"{stage}/{metric}" if class_name is None else f"{stage}/{metric}/{class_name}"
+
+
+def metric_direction(name: str) -> str | None:
+    """``max`` for metrics where larger is better (accuracy, F1, recall, precision, specificity,
+    AUROC), ``min`` for counts of errors and losses, None when the name says neither."""
+    lowered = name.lower()
+    if any(word in lowered for word in ("fn_to_normal", "missed", "loss", "ece", "brier")):
+        return "min"
+    if any(word in lowered for word in ("acc", "f1", "recall", "precision", "specificity", "auroc")):
+        return "max"
+    return None
 
 
 def _ratio(num: int, den: int) -> float | None:

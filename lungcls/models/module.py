@@ -9,6 +9,7 @@ the module, so a checkpoint alone is enough to run the model on new X-rays.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,7 +119,7 @@ class LungClassifier(pl.LightningModule):
             )
         self.net, self.initial_weights = build_network(self.spec, backbone, num_classes, load_weights=load_weights)
         self.trainable_params, self.total_params = apply_finetune(self.net, self.spec, finetune)
-        log.info("%s with finetune=%s: %d of %d parameters trainable", self.spec.name, finetune.get("name"), self.trainable_params, self.total_params)
+        log.debug("%s with finetune=%s: %d of %d parameters trainable", self.spec.name, finetune.get("name"), self.trainable_params, self.total_params)
         channels = self.spec.in_channels
         self.register_buffer("input_mean", torch.tensor(list(mean)[:channels]).view(1, channels, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(list(std)[:channels]).view(1, channels, 1, 1), persistent=False)
@@ -195,7 +196,10 @@ class LungClassifier(pl.LightningModule):
         auroc = self.auroc[f"{stage}_"] if f"{stage}_" in self.auroc else None
         if auroc is not None and auroc.update_count:
             support = cm.sum(axis=1)
-            for k, (name, v) in enumerate(zip(self.class_names, auroc.compute().tolist())):
+            with warnings.catch_warnings():  # a class without images has no AUROC: it is left out below, not 0
+                warnings.filterwarnings("ignore", message=".*(positive|negative) samples.*")
+                values = auroc.compute().tolist()
+            for k, (name, v) in enumerate(zip(self.class_names, values)):
                 if v == v and 0 < support[k] < support.sum():
                     values[metric_key(stage, "auroc", name)] = float(v)
         if auroc is not None:
@@ -252,6 +256,8 @@ def load_classifier(path: str, map_location: str | torch.device = "cpu") -> Lung
         raise
     except Exception as e:  # truncated, foreign, crafted or from another architecture
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if "weights_only" in str(e):  # torch's advice to unpickle arbitrary code is not ours to give
+            first = "not a file of tensors and plain values"
         raise LungclsError(
             f"{path} is not a readable lungcls checkpoint ({type(e).__name__}: {first}); give a run's checkpoints/best.ckpt"
         ) from None

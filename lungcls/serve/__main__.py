@@ -13,10 +13,9 @@ import sys
 import tempfile
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lungcls.cli import CONF_DIR, hydra_app
+from lungcls.cli import hydra_main
 from lungcls.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import load_models
@@ -82,8 +81,7 @@ def serve(cfg: DictConfig) -> None:
     print("server stopped", file=sys.stderr)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
-@hydra_app
+@hydra_main("serve")
 def main(cfg: DictConfig) -> None:
     serve(cfg)
 
