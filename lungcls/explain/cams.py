@@ -22,7 +22,8 @@ from lungcls.explain.gradcam import (
     prepare_for_cam,
     resolve_layer,
 )
-from lungcls.prediction import predict_files
+from lungcls.explain.layers import AUTO, CamLayer, choose_layer
+from lungcls.prediction import predict_batches
 
 if TYPE_CHECKING:
     from lungcls.explain.selection import ReportImage
@@ -152,26 +153,40 @@ def class_targets(target: str, model: ReportModel, images: Sequence[ReportImage]
 
 
 def explain_images(
-    model: ReportModel, images: Sequence[ReportImage], target: str = "predicted", batch_size: int = 16
+    model: ReportModel, images: Sequence[ReportImage], target: str = "predicted", batch_size: int = 16,
+    layer: str | CamLayer = AUTO,
 ) -> CamResult:
     """CAMs [N, S, S] at the model's own image size, with the probabilities of the same pass.
 
-    CNNs: Captum `LayerGradCam` on the registry's target layer, run through the whole
-    `LungClassifier` (so its own normalisation applies) on a frozen copy. The logistic baseline:
-    its weight-map evidence (`logistic_cam`) on the grayscale values it actually sees.
+    CNNs: Captum `LayerGradCam` on `layer` (``auto``: see `lungcls.explain.layers`, or a layer path
+    or a `CamLayer` from `choose_layer`), run through the whole `LungClassifier` (so its own
+    normalisation applies) on a frozen copy. The logistic baseline: its weight-map evidence
+    (`logistic_cam`) on the grayscale values it actually sees.
     """
     targets = class_targets(target, model, images)
-    x = image_batch(images, model.image_size)
+    return explain_batch(model, image_batch(images, model.image_size), targets, batch_size, layer)
+
+
+def explain_batch(model: ReportModel, x: torch.Tensor, targets: list[int] | None, batch_size: int = 16,
+                  layer: str | CamLayer = AUTO) -> CamResult:
+    """`explain_images` on a ready batch [N, 1, S, S] in [0, 1] with class ids (None: predicted)."""
     net = model.model
-    if model.explained_by_weights:
-        probs = torch.from_numpy(predict_files(net, [im.path for im in images], batch_size=batch_size).probs)
+    chosen = layer if isinstance(layer, CamLayer) else choose_layer(net, layer, model_name=model.name)
+    if chosen.path is None:
+        probs = _probabilities(net, x, batch_size)
         gray = (x - net.input_mean.cpu()) / net.input_std.cpu()  # the model-space values it weighs
         return logistic_cam(
             net.net.weight_maps().cpu(), gray, target=targets, probs=probs, size=(model.image_size, model.image_size)
         )
     cam_model = prepare_for_cam(net)
-    layer = resolve_layer(cam_model, "net." + model.model.spec.gradcam_layer)
-    return grad_cam(cam_model, layer, x, target=targets, batch_size=batch_size)
+    return grad_cam(cam_model, resolve_layer(cam_model, "net." + chosen.path), x, target=targets, batch_size=batch_size)
+
+
+def _probabilities(net: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Softmax of a batch through the one prediction loop (same device and precision as elsewhere)."""
+    chunks = ((x[i : i + batch_size], None) for i in range(0, len(x), batch_size))
+    probs = [p for p, _ in predict_batches(net, chunks)]
+    return torch.cat(probs) if probs else torch.zeros(0, len(net.class_names))
 
 
 def to_display(cams: torch.Tensor, size: int) -> torch.Tensor:
