@@ -27,7 +27,7 @@ from lungcls.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import ReportModel, batch_size_of, class_targets, explain_batch, image_batch, load_models, to_display
 from lungcls.explain.html import TableSection, write_report_html
-from lungcls.explain.layers import DEFAULT_MIN_CELLS, CamLayer, choose_layer, layer_requests
+from lungcls.explain.layers import DEFAULT_MIN_CELLS, CamLayer, layer_requests
 from lungcls.explain.localisation import energy_shares, localisation_lines, summarize_localisation
 from lungcls.explain.outputs import CSV_COLUMNS, TARGET_TEXT, Explained, sanity_line, summary_lines, write_csv, write_figures
 from lungcls.explain.sanity import DEFAULT_THRESHOLD, sanity_check
@@ -126,7 +126,7 @@ def make_report(cfg: DictConfig) -> Path:
     models = load_models(cfg.ckpt, pick_device(str(s.get("device", "auto"))))
     for m in models:
         class_targets(s["target"], m, [])  # an unknown class name fails before any work
-    layers = [choose_layer(m.model, req, s["min_cells"], m.name) for m, req in zip(models, layer_requests(s.get("layer"), len(models)))]
+    layers = [m.cam_layer(req, s["min_cells"]) for m, req in zip(models, layer_requests(s.get("layer"), len(models)))]
     selections, notes = select_images(s, models, seed=int(cfg.get("seed", 1)))
     unique, index, membership = unique_images(selections)
     out_dir.mkdir(parents=True, exist_ok=True)
