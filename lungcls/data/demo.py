@@ -3,7 +3,9 @@
 It is written to disk in the layout of the COVID-19 Radiography Database
 (`<Class>/images/<Class>-<n>.png`, lung masks in `<Class>/masks/`), so the demo exercises the same
 file-loading path as the real data. Each disease class has its finding at a known place, written to
-`<Class>/lesion_masks/`, so Grad-CAM localisation can be scored against ground truth.
+`<Class>/lesion_masks/`, so Grad-CAM localisation can be scored against ground truth. With
+``shortcut=p`` a share p of each class's images also carries a class-specific tag in the border
+band (a planted shortcut, recorded in `demo_annotations.csv`), so shortcut learning can be shown.
 
 Determinism: every image is drawn from its own `numpy.random.Generator(PCG64)` seeded from
 (seed, class, index), and the pixel maths uses only IEEE-exact operations (+, -, *, /, sqrt, no

@@ -40,7 +40,6 @@ tr:nth-child(even) td { background: #fafafa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .tablewrap { overflow-x: auto; }
 .legend { color: #444; font-size: 0.92em; }
-td.flag { color: #b00020; font-weight: bold; }
 """
 
 
