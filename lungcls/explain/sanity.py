@@ -75,7 +75,7 @@ def _owns_parameters(module: nn.Module) -> bool:
 
 def _reinitialise(net: nn.Module, paths: Sequence[str], seed: int) -> None:
     """``reset_parameters`` (and BatchNorm's running statistics) of every module under `paths`."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():  # the global generators (CPU and CUDA) are left as they were
         torch.manual_seed(seed)
         for path in paths:
             for module in net.get_submodule(path).modules():
