@@ -347,9 +347,14 @@ def test_shortcut_tags_a_share_of_each_class_inside_the_border_band(tmp_path: Pa
             assert changed.any() and not (changed & ~box).any(), "the tag changes only its own box"
             assert band[box].all(), f"{r['path']}: the tag leaves the outer 10% border band"
             assert img[box].max() >= 230 and img[box].min() <= 20  # a white sticker with dark text
-            places.setdefault(c, set()).add((x0 + x1) // 2)
-    centres = {c: np.mean(sorted(v)) for c, v in places.items()}
-    assert len({round(v / 16) for v in centres.values()}) == len(DEMO_CLASSES), "each class has its own place"
+            places.setdefault(c, []).append(((x0 + x1) / 2, (y0 + y1) / 2))
+    centres = {c: np.mean(v, axis=0) for c, v in places.items()}
+    mirrored = {c: (128 - x, y) for c, (x, y) in centres.items()}  # what a horizontal flip makes of it
+    for c in DEMO_CLASSES:  # each class has its own place, and a flipped tag is nearest its own class
+        for other in DEMO_CLASSES:
+            if other != c:
+                for x, y in (centres[c], mirrored[c]):
+                    assert np.hypot(x - centres[other][0], y - centres[other][1]) > 24, (c, other)
     assert json.loads((root / "demo.json").read_text())["shortcut"] == 0.75
 
 
@@ -359,6 +364,6 @@ def test_shortcut_zero_tags_nothing_and_bad_values_are_clear_errors(tmp_path: Pa
     small = render_demo_case("Normal", 3, 64, seed=0, shortcut=1.0)  # too small for text: a blank sticker
     x0, y0, x1, y1 = small.tag_box
     assert y0 >= 64 - int(0.1 * 64) and y1 <= 64 and x1 > x0
-    for bad in (1.5, -0.1, "most", True):
+    for bad in (1.5, -0.1, "most", True):  # a share, not a count or a word
         with pytest.raises(LungclsError, match=r"dataset.demo.shortcut must be a share in \[0, 1\]"):
             ensure_demo_dataset(tmp_path / "d", images_per_class=1, image_size=64, shortcut=bad)

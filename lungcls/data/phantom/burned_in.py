@@ -29,22 +29,29 @@ GLYPHS: dict[str, tuple[str, ...]] = {
     "V": ("10001", "10001", "10001", "10001", "10001", "01010", "00100"),
 }
 
-# The planted shortcut of each demo class: its tag's text and where along the bottom border band
-# the tag's centre sits (a share of the width), like the label positions of different hospitals.
-SHORTCUT_TAGS: dict[str, tuple[str, float]] = {
-    "COVID": ("CVD", 0.14),
-    "Lung_Opacity": ("OPC", 0.38),
-    "Normal": ("NRM", 0.62),
-    "Viral Pneumonia": ("VPN", 0.86),
+# The planted shortcut of each demo class: its tag's text, the border it sits on and where along
+# that border its centre is (a share of the side), like the label positions of different
+# hospitals. The places stay apart under the default horizontal flip: COVID's corner mirrors to
+# the other bottom corner, Lung_Opacity's left side to the right side, the centred ones to
+# themselves, so a flipped tag still names its class.
+SHORTCUT_TAGS: dict[str, tuple[str, str, float]] = {
+    "COVID": ("CVD", "bottom", 0.14),
+    "Lung_Opacity": ("OPC", "left", 0.5),
+    "Normal": ("NRM", "bottom", 0.5),
+    "Viral Pneumonia": ("VPN", "top", 0.5),
 }
 
 TAG_BAND = 0.1  # the tag lies inside this outer share of the image side
 _GOLDEN = 0.6180339887498949  # low-discrepancy sequence: any run of indices gets share p tagged
 
 
-def text_bitmap(text: str, cell: int) -> np.ndarray:
-    """Bool bitmap of `text` (5x7 glyphs, one blank column between them), each dot cell x cell px."""
-    rows = ["0".join(GLYPHS[ch][r] for ch in text) for r in range(7)]
+def text_bitmap(text: str, cell: int, vertical: bool = False) -> np.ndarray:
+    """Bool bitmap of `text` (5x7 glyphs, one blank column between them, or stacked with one blank
+    row when `vertical`), each dot cell x cell px."""
+    if vertical:
+        rows = [row for k, ch in enumerate(text) for row in ((["00000"] if k else []) + list(GLYPHS[ch]))]
+    else:
+        rows = ["0".join(GLYPHS[ch][r] for ch in text) for r in range(7)]
     dots = np.array([[c == "1" for c in row] for row in rows])
     return np.repeat(np.repeat(dots, cell, axis=0), cell, axis=1)
 
@@ -60,21 +67,23 @@ def is_tagged(class_name: str, index: int, seed: int, share: float) -> bool:
 
 
 def burn_in_tag(image: np.ndarray, class_name: str, rng: np.random.Generator) -> tuple[str, tuple[int, int, int, int]]:
-    """Draw the class's tag into the uint8 `image` (in place) inside the bottom border band: dark
-    text on a white sticker. Returns its text and box (x0, y0, x1, y1, exclusive end)."""
+    """Draw the class's tag into the uint8 `image` (in place) inside its border band: dark text on a
+    white sticker. Returns its text and box (x0, y0, x1, y1, exclusive end)."""
     n = image.shape[0]
-    text, centre = SHORTCUT_TAGS[class_name]
+    text, side, centre = SHORTCUT_TAGS[class_name]
     cell = max(1, round(n / 128))
-    dots = text_bitmap(text, cell)
-    band = int(TAG_BAND * n)  # rows n - band .. n - 1 are in the band whatever the rounding
-    pad = cell if dots.shape[0] + 2 * cell <= band else 0
-    if dots.shape[0] > band:  # too small to print legible text: a blank sticker of the band's height
-        dots = np.zeros((max(1, band), dots.shape[1]), dtype=bool)
+    dots = text_bitmap(text, cell, vertical=side in ("left", "right"))
+    band = int(TAG_BAND * n)  # the outer `band` pixels are inside the band whatever the rounding
+    across = 0 if side in ("top", "bottom") else 1  # the axis that crosses the band
+    pad = cell if dots.shape[across] + 2 * cell <= band else 0
+    if dots.shape[across] > band:  # too small to print legible text: a blank sticker as deep as the band
+        dots = np.zeros((max(1, band), dots.shape[1]) if across == 0 else (dots.shape[0], max(1, band)), dtype=bool)
     h, w = dots.shape[0] + 2 * pad, dots.shape[1] + 2 * pad
-    x0 = int(round((centre + 0.04 * (rng.random() - 0.5)) * n - w / 2))
-    x0 = min(max(x0, 0), n - w)
-    y1 = n - int(rng.random() * (band - h + 1))  # exclusive end, anywhere in the band
-    y0 = y1 - h
-    image[y0:y1, x0 : x0 + w] = 235  # the white sticker
+    along, depth = (w, h) if across == 0 else (h, w)
+    start = min(max(int(round((centre + 0.04 * (rng.random() - 0.5)) * n - along / 2)), 0), n - along)
+    inset = int(rng.random() * (band - depth + 1))  # anywhere inside the band
+    edge = inset if side in ("top", "left") else n - inset - depth
+    x0, y0 = (start, edge) if across == 0 else (edge, start)
+    image[y0 : y0 + h, x0 : x0 + w] = 235  # the white sticker
     image[y0 + pad : y0 + pad + dots.shape[0], x0 + pad : x0 + pad + dots.shape[1]][dots] = 15
-    return text, (x0, y0, x0 + w, y1)
+    return text, (x0, y0, x0 + w, y0 + h)
