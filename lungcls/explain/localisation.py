@@ -183,8 +183,10 @@ def localisation_lines(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
             )
         else:
             lesion = "lesion share n/a (no lesion masks)"
+        lung_times = ratio(s["lung_share_mean"], s["lung_uniform_mean"])
         lung = (
             f"lung share {_fmt(s['lung_share_mean'])} vs uniform {_fmt(s['lung_uniform_mean'])}"
+            + (f" ({_fmt(lung_times)}x: the maps avoid the lungs)" if lung_times is not None and lung_times < 1 else "")
             if s.get("n_lung")
             else "lung share n/a (no lung masks)"
         )
