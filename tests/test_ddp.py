@@ -78,7 +78,7 @@ def test_ddp_run_exits_cleanly_and_leaves_one_standard_run_folder(runs, ddp_run)
         assert (ddp_run / name).is_file(), name
     assert _files(ddp_run) == _files(runs["single_dir"])
     # the demo was generated once, in place, with no leftover temporary copy
-    assert [p.name for p in runs["data"].iterdir() if p.is_dir()] == ["demo-12x64"]
+    assert [p.name for p in runs["data"].iterdir() if p.is_dir()] == ["demo-12x64-seed0-shortcut0"]
 
 
 def test_only_rank_zero_writes_and_scores(runs, ddp_run):

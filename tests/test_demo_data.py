@@ -312,3 +312,58 @@ def test_findings_are_learnable_but_not_from_mean_brightness(demo60: Path) -> No
     assert pixel_acc > 0.5, f"pixel logistic regression only reaches {pixel_acc:.2f} (chance 0.25)"
     assert mean_acc < 0.4, f"mean brightness alone predicts the class ({mean_acc:.2f})"
     assert pixel_acc - mean_acc > 0.2
+
+
+# ------------------------------------------------------------------------------------------------
+# The planted shortcut (dataset.demo.shortcut)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_shortcut_tags_a_share_of_each_class_inside_the_border_band(tmp_path: Path) -> None:
+    from lungcls.data.phantom.burned_in import SHORTCUT_TAGS
+    from lungcls.explain.localisation import border_band
+
+    n = 40
+    root = ensure_demo_dataset(tmp_path / "tagged", images_per_class=n, image_size=128, seed=0, shortcut=0.75)
+    clean = ensure_demo_dataset(tmp_path / "clean", images_per_class=n, image_size=128, seed=0)
+    with open(root / "demo_annotations.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    band = border_band((128, 128), 0.1)
+    places: dict[str, set[int]] = {}
+    for c in DEMO_CLASSES:
+        mine = [r for r in rows if r["label"] == c]
+        tagged = [r for r in mine if r["tag"]]
+        assert abs(len(tagged) - 0.75 * n) <= 2, f"{c}: {len(tagged)} of {n} tagged"
+        assert {r["tag"] for r in tagged} == {SHORTCUT_TAGS[c][0]}  # one text per class
+        for r in mine:
+            img, twin = _load(root / r["path"]), _load(clean / r["path"])
+            changed = img != twin
+            if not r["tag"]:
+                assert not changed.any(), f"{r['path']}: an untagged image must equal its clean twin"
+                continue
+            x0, y0, x1, y1 = (int(r[k]) for k in ("tag_x0", "tag_y0", "tag_x1", "tag_y1"))
+            box = np.zeros_like(changed)
+            box[y0:y1, x0:x1] = True
+            assert changed.any() and not (changed & ~box).any(), "the tag changes only its own box"
+            assert band[box].all(), f"{r['path']}: the tag leaves the outer 10% border band"
+            assert img[box].max() >= 230 and img[box].min() <= 20  # a white sticker with dark text
+            places.setdefault(c, []).append(((x0 + x1) / 2, (y0 + y1) / 2))
+    centres = {c: np.mean(v, axis=0) for c, v in places.items()}
+    mirrored = {c: (128 - x, y) for c, (x, y) in centres.items()}  # what a horizontal flip makes of it
+    for c in DEMO_CLASSES:  # each class has its own place, and a flipped tag is nearest its own class
+        for other in DEMO_CLASSES:
+            if other != c:
+                for x, y in (centres[c], mirrored[c]):
+                    assert np.hypot(x - centres[other][0], y - centres[other][1]) > 24, (c, other)
+    assert json.loads((root / "demo.json").read_text())["shortcut"] == 0.75
+
+
+def test_shortcut_zero_tags_nothing_and_bad_values_are_clear_errors(tmp_path: Path) -> None:
+    assert render_demo_case("COVID", 3, 64, seed=0, shortcut=0.0).tag == ""
+    assert render_demo_case("COVID", 3, 64, seed=0, shortcut=1.0).tag == "CVD"
+    small = render_demo_case("Normal", 3, 64, seed=0, shortcut=1.0)  # too small for text: a blank sticker
+    x0, y0, x1, y1 = small.tag_box
+    assert y0 >= 64 - int(0.1 * 64) and y1 <= 64 and x1 > x0
+    for bad in (1.5, -0.1, "most", True):  # a share, not a count or a word
+        with pytest.raises(LungclsError, match=r"dataset.demo.shortcut must be a share in \[0, 1\]"):
+            ensure_demo_dataset(tmp_path / "d", images_per_class=1, image_size=64, shortcut=bad)

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from lungcls.errors import LungclsError
-from lungcls.explain.figures import plot_cam_grid
+from lungcls.explain.figures import PAGE_WIDTH_IN, figure_parts, images_per_row, plot_cam_grid
 from lungcls.explain.gradcam import (
     CamResult,
     grad_cam,
@@ -396,31 +396,46 @@ def test_summarize_localisation_beats_uniform():
 # --------------------------------------------------------------------------- figures and HTML
 
 
-def _grid(tmp_path, n_images: int, n_models: int, name: str):
+def _grid(tmp_path, n_images: int, n_models: int, name: str, formats=("png",)):
     rng = np.random.default_rng(n_images)
     images = [rng.integers(0, 255, (40, 40), dtype=np.uint8) for _ in range(n_images)]
-    cams = {f"Model{j}": rng.random((n_images, 5, 5)).astype(np.float32) for j in range(n_models)}
-    cells = [[f"Model{j}: COVID 0.9{i}" for i in range(n_images)] for j in range(n_models)]
-    rows = [f"COVID — COVID-{i}.png" for i in range(n_images)]
-    return plot_cam_grid(images, cams, rows, None, cells, tmp_path / name, dpi=60)
+    cams = [rng.random((n_images, 5, 5)).astype(np.float32) for _ in range(n_models)]
+    cells = [[f"COVID 0.9{i}" for i in range(n_images)] for _ in range(n_models)]
+    titles = [f"COVID\nCOVID-{i}.png" for i in range(n_images)]
+    names = [f"model{j}/full" for j in range(n_models)]
+    return plot_cam_grid(images, cams, titles, names, cells, tmp_path / name, dpi=60, formats=formats)
 
 
-def test_plot_cam_grid_writes_png_with_expected_aspect(tmp_path):
-    one = _grid(tmp_path, 2, 1, "one.png")
-    tall = _grid(tmp_path, 8, 4, "tall.png")
-    with Image.open(one) as a, Image.open(tall) as b:
-        assert a.format == "PNG" and b.format == "PNG"
-        (w1, h1), (w4, h4) = a.size, b.size
-    assert w4 > w1 and h4 > 3 * h1  # more models = wider, more images = taller
-    assert h4 > w4  # 8 rows x 5 columns is portrait
+def test_cam_grid_fits_a_page_with_several_images_per_row(tmp_path):
+    """Page width at 300 dpi whatever the count; images share rows; at most six rows per figure."""
+    one = plot_cam_grid([np.zeros((40, 40))], [np.ones((1, 4, 4))], ["COVID\na.png"], ["m/full"], None,
+                        tmp_path / "one.png")
+    with Image.open(one) as im:
+        assert im.size[0] == round(PAGE_WIDTH_IN * 300)  # 300 dpi, page wide
+    assert images_per_row(1) == 3 and images_per_row(2) == 2 and images_per_row(5) == 1
+    six_rows = _grid(tmp_path, 12, 2, "six.png")  # 2 per row -> 6 rows
+    three_rows = _grid(tmp_path, 6, 2, "three.png")
+    with Image.open(six_rows) as a, Image.open(three_rows) as b:
+        assert a.size[0] == b.size[0]
+        assert 1.6 < a.size[1] / b.size[1] < 2.0  # rows, not images, set the height
+    parts = figure_parts(40, 1)
+    assert [len(p) for p in parts] == [18, 18, 4] and parts[0].start == 0 and parts[-1].stop == 40
+
+
+def test_cam_grid_writes_png_and_pdf(tmp_path):
+    png = _grid(tmp_path, 3, 2, "both.png", formats=("png", "pdf"))
+    assert png.suffix == ".png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_plot_cam_grid_validates_titles(tmp_path):
     images = [np.zeros((8, 8))]
     with pytest.raises(LungclsError, match="cell_titles"):
-        plot_cam_grid(images, {"A": np.zeros((1, 2, 2))}, ["x"], None, [["a", "b"]], tmp_path / "a")
+        plot_cam_grid(images, [np.zeros((1, 2, 2))], ["x"], ["A"], [["a", "b"]], tmp_path / "a.png")
     with pytest.raises(LungclsError, match="one map per image"):
-        plot_cam_grid(images, {"A": np.zeros((2, 2, 2))}, ["x"], None, None, tmp_path / "x.png")
+        plot_cam_grid(images, [np.zeros((2, 2, 2))], ["x"], ["A"], None, tmp_path / "x.png")
+    with pytest.raises(LungclsError, match="one name per model"):
+        plot_cam_grid(images, [np.zeros((1, 2, 2))], ["x"], ["A", "B"], None, tmp_path / "x.png")
 
 
 def test_write_report_html_is_self_contained_and_escaped(tmp_path):

@@ -174,3 +174,30 @@ def test_every_backbone_trains_a_step_under_every_policy(name):
         trainable, total = apply_finetune(model.net, spec, {"name": policy, "fraction": 0.5})
         assert 0 < trainable <= total
         assert all(p.requires_grad for p in model.net.get_submodule(spec.head).parameters()), policy
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_each_backbone_brings_its_learning_rate_and_the_command_line_wins(name):
+    """optimizer=adam uses the backbone's own lr; optimizer.lr=... and the paper experiments override it."""
+    from hydra import compose, initialize_config_dir
+
+    from lungcls.cli import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        default = compose(config_name="train", overrides=[f"backbone={name}"])
+        given = compose(config_name="train", overrides=[f"backbone={name}", "optimizer.lr=0.02"])
+        other = compose(config_name="train", overrides=[f"backbone={name}", "optimizer=sgd"])
+    assert default.optimizer.lr == get_backbone(name).config["lr"] == default.backbone.lr
+    assert given.optimizer.lr == 0.02 and other.optimizer.lr == 1e-3
+
+
+def test_paper_experiments_keep_the_study_learning_rate():
+    from hydra import compose, initialize_config_dir
+
+    from lungcls.cli import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        for backbone in ("alexnet", "vgg19_bn", "resnet50"):
+            cfg = compose(config_name="train", overrides=[f"experiment=paper_{backbone}"])
+            assert cfg.backbone.name == backbone and cfg.optimizer.lr == 1e-4
+    assert get_backbone("alexnet").config["lr"] == 1e-4 and get_backbone("resnet18").config["lr"] == 1e-3

@@ -3,7 +3,9 @@
 It is written to disk in the layout of the COVID-19 Radiography Database
 (`<Class>/images/<Class>-<n>.png`, lung masks in `<Class>/masks/`), so the demo exercises the same
 file-loading path as the real data. Each disease class has its finding at a known place, written to
-`<Class>/lesion_masks/`, so Grad-CAM localisation can be scored against ground truth.
+`<Class>/lesion_masks/`, so Grad-CAM localisation can be scored against ground truth. With
+``shortcut=p`` a share p of each class's images also carries a class-specific tag in the border
+band (a planted shortcut, recorded in `demo_annotations.csv`), so shortcut learning can be shown.
 
 Determinism: every image is drawn from its own `numpy.random.Generator(PCG64)` seeded from
 (seed, class, index), and the pixel maths uses only IEEE-exact operations (+, -, *, /, sqrt, no
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 # Bump whenever the pixels change, so existing demo folders are regenerated.
-GENERATOR_VERSION = "lungcls-demo-phantom/1"
+GENERATOR_VERSION = "lungcls-demo-phantom/2"
 DEMO_CLASSES: tuple[str, ...] = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 META_FILE = "demo.json"
 ANNOTATIONS_FILE = "demo_annotations.csv"
@@ -79,11 +81,13 @@ def ensure_demo_dataset(
     seed: int = 0,
     classes: Sequence[str] = DEMO_CLASSES,
     workers: int = 1,
+    shortcut: float = 0.0,
 ) -> Path:
     """Make sure `root` holds the demo data set for these parameters, generating it if needed.
 
     `images_per_class` is one count for every class or a count per class (the benchmark uses the
-    database's proportions). Returns at once when `root/demo.json` already matches. Otherwise the
+    database's proportions). `shortcut` is the share of each class's images that carry the
+    class's planted tag in the border band (0: none; see `lungcls.data.phantom.burned_in`). Returns at once when `root/demo.json` already matches. Otherwise the
     data set is generated (by `workers` processes) into a temporary sibling folder and renamed into
     place, under a file lock next to `root`, so a crash never leaves a half-written data set and
     concurrent callers generate it only once. A non-empty `root` that is not a demo data set is
@@ -91,12 +95,13 @@ def ensure_demo_dataset(
     """
     root = Path(root).expanduser()
     classes = tuple(classes)
-    _validate(images_per_class, image_size, seed, classes)
+    _validate(images_per_class, image_size, seed, classes, shortcut)
     params = {
         "images_per_class": images_per_class if isinstance(images_per_class, (int, np.integer)) else dict(images_per_class),
         "image_size": int(image_size),
         "seed": int(seed),
         "classes": list(classes),
+        "shortcut": float(shortcut),
     }
     if isinstance(params["images_per_class"], np.integer):
         params["images_per_class"] = int(params["images_per_class"])
@@ -132,10 +137,10 @@ def class_count(params: Mapping, class_name: str) -> int:
     return int(n[class_name]) if isinstance(n, Mapping) else int(n)
 
 
-def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: int = 0) -> DemoCase:
+def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: int = 0, shortcut: float = 0.0) -> DemoCase:
     """Render one phantom in memory; exactly the pixels `ensure_demo_dataset` writes for it."""
-    _validate(1, image_size, seed, (class_name,))
-    return _render_case(class_name, index, image_size, seed)
+    _validate(1, image_size, seed, (class_name,), shortcut)
+    return _render_case(class_name, index, image_size, seed, shortcut)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +148,7 @@ def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: i
 # --------------------------------------------------------------------------------------------
 
 
-def _validate(images_per_class: int, image_size: int, seed: int, classes: tuple[str, ...]) -> None:
+def _validate(images_per_class: int, image_size: int, seed: int, classes: tuple[str, ...], shortcut: float = 0.0) -> None:
     """Reject bad parameters with a message that says what is allowed."""
     counts = images_per_class.values() if isinstance(images_per_class, Mapping) else [images_per_class]
     if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in counts):
@@ -154,6 +159,8 @@ def _validate(images_per_class: int, image_size: int, seed: int, classes: tuple[
         raise LungclsError(f"dataset.demo.source_size must be an integer in [32, 2048], got {image_size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise LungclsError(f"dataset.demo.seed must be a non-negative integer, got {seed!r}")
+    if isinstance(shortcut, bool) or not isinstance(shortcut, (int, float, np.number)) or not 0.0 <= shortcut <= 1.0:
+        raise LungclsError(f"dataset.demo.shortcut must be a share in [0, 1] (e.g. 0.9), got {shortcut!r}")
     if not classes or len(set(classes)) != len(classes):
         raise LungclsError(f"the demo classes must be a non-empty list without repeats, got {list(classes)}")
     unknown = [c for c in classes if c not in FINDINGS]
@@ -235,14 +242,14 @@ def _locked(lock_path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _write_images(job: tuple[str, str, int, int, int, int]) -> list[tuple[dict, str]]:
+def _write_images(job: tuple[str, str, int, int, int, int, float]) -> list[tuple[dict, str]]:
     """Render and write images `start..stop-1` of one class; returns (annotation row, pixel digest)
     per image. Runs in worker processes too, so it takes and returns plain data."""
-    out, class_name, start, stop, size, seed = job
+    out, class_name, start, stop, size, seed, shortcut = job
     dirs = {k: Path(out) / class_name / k for k in ("images", "masks", "lesion_masks")}
     done = []
     for i in range(start, stop):
-        case = _render_case(class_name, i, size, seed)
+        case = _render_case(class_name, i, size, seed, shortcut)
         name = _image_name(class_name, i)
         digest = hashlib.sha256()
         for key, arr in {"images": case.image, "masks": case.lung_mask, "lesion_masks": case.lesion_mask}.items():
@@ -258,6 +265,11 @@ def _write_images(job: tuple[str, str, int, int, int, int]) -> list[tuple[dict, 
             "marker_y1": case.marker_box[3],
             "border_sides": case.border_sides,
             "lesion_pixels": int(np.count_nonzero(case.lesion_mask)),
+            "tag": case.tag,
+            "tag_x0": case.tag_box[0],
+            "tag_y0": case.tag_box[1],
+            "tag_x1": case.tag_box[2],
+            "tag_y1": case.tag_box[3],
         }
         done.append((row, digest.hexdigest()))
     return done
@@ -266,13 +278,13 @@ def _write_images(job: tuple[str, str, int, int, int, int]) -> list[tuple[dict, 
 def _write_dataset(out: Path, params: dict, workers: int = 1) -> str:
     """Write all images, masks and the annotation table; return a SHA-256 over every image's
     pixel digest, in class and index order (the same however many workers wrote them)."""
-    size, seed = params["image_size"], params["seed"]
+    size, seed, shortcut = params["image_size"], params["seed"], params["shortcut"]
     jobs = []
     for class_name in params["classes"]:
         for k in ("images", "masks", "lesion_masks"):
             (out / class_name / k).mkdir(parents=True)
         n = class_count(params, class_name)
-        jobs += [(str(out), class_name, s, min(s + 256, n + 1), size, seed) for s in range(1, n + 1, 256)]
+        jobs += [(str(out), class_name, s, min(s + 256, n + 1), size, seed, shortcut) for s in range(1, n + 1, 256)]
     if workers > 1 and len(jobs) > 1:
         # spawn: workers need only numpy and PIL, never the parent's threads or CUDA state
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:

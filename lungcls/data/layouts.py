@@ -152,7 +152,16 @@ class DemoLayout(RadiographyLayout):
             image_size=int(demo.get("source_size", 128)),
             seed=int(demo.get("seed", 0)),
             classes=tuple(self.cfg["classes"]),
+            shortcut=_share(demo.get("shortcut", 0.0)),
         )
+
+
+def _share(value: Any) -> float:
+    """``dataset.demo.shortcut`` as a float; anything else is a one-line error."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise LungclsError(f"dataset.demo.shortcut must be a share in [0, 1] (e.g. 0.9), got {value!r}") from None
 
 
 @LAYOUTS.register("manifest")

@@ -22,6 +22,7 @@ from lungcls.explain.gradcam import (
     prepare_for_cam,
     resolve_layer,
 )
+from lungcls.explain.layers import AUTO, DEFAULT_MIN_CELLS, CamLayer, choose_layer
 from lungcls.prediction import predict_batches
 
 if TYPE_CHECKING:
@@ -39,12 +40,20 @@ class ReportModel:
     run_dir: Path
     model: Any  # LungClassifier, eval mode, on the report's device
     _cam_model: Any = field(default=None, repr=False)
+    _layers: dict = field(default_factory=dict, repr=False)
 
     def cam_model(self) -> Any:
         """The frozen, out-of-place copy Grad-CAM runs on (made once, reused by every batch)."""
         if self._cam_model is None:
             self._cam_model = prepare_for_cam(self.model)
         return self._cam_model
+
+    def cam_layer(self, requested: str = AUTO, min_cells: int = DEFAULT_MIN_CELLS) -> CamLayer:
+        """The layer its maps explain for ``report.layer=requested`` (chosen once per request)."""
+        key = (str(requested), int(min_cells))
+        if key not in self._layers:
+            self._layers[key] = choose_layer(self.model, requested, min_cells, self.name)
+        return self._layers[key]
 
     @property
     def image_size(self) -> int:
@@ -159,32 +168,35 @@ def class_targets(target: str, model: ReportModel, images: Sequence[ReportImage]
 
 
 def explain_images(
-    model: ReportModel, images: Sequence[ReportImage], target: str = "predicted", batch_size: int = 16
+    model: ReportModel, images: Sequence[ReportImage], target: str = "predicted", batch_size: int = 16,
+    layer: str | CamLayer = AUTO,
 ) -> CamResult:
     """CAMs [N, S, S] of report images at the model's own image size (see ``explain_batch``)."""
     targets = class_targets(target, model, images)
-    return explain_batch(model, image_batch(images, model.image_size), targets, batch_size)
+    return explain_batch(model, image_batch(images, model.image_size), targets, batch_size, layer)
 
 
-def explain_batch(model: ReportModel, x: torch.Tensor, targets: Sequence[int] | None = None, batch_size: int = 16) -> CamResult:
+def explain_batch(model: ReportModel, x: torch.Tensor, targets: Sequence[int] | None = None, batch_size: int = 16,
+                  layer: str | CamLayer = AUTO) -> CamResult:
     """CAMs [N, S, S] of decoded images ``x`` ([N, 1, S, S] in [0, 1] or uint8 at the model's size),
     with the probabilities of the same pass; ``targets`` None explains each prediction.
 
-    CNNs: Captum `LayerGradCam` on the registry's target layer, run through the whole
-    `LungClassifier` (so its own normalisation applies) on a frozen copy. The logistic baseline:
-    its weight-map evidence (`logistic_cam`) on the grayscale values it actually sees.
+    CNNs: Captum `LayerGradCam` on `layer` (``auto``: see `lungcls.explain.layers`; a layer path;
+    or a `CamLayer` from `choose_layer`), run through the whole `LungClassifier` (so its own
+    normalisation applies) on a frozen copy. The logistic baseline: its weight-map evidence
+    (`logistic_cam`) on the grayscale values it actually sees.
     """
     x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
     net = model.model
-    if model.explained_by_weights:
+    chosen = layer if isinstance(layer, CamLayer) else model.cam_layer(layer)
+    if chosen.path is None:
         probs = torch.cat([p for p, _ in predict_batches(net, [(x, None)])]) if len(x) else torch.zeros(0, len(model.class_names))
         gray = (x - net.input_mean.cpu()) / net.input_std.cpu()  # the model-space values it weighs
         return logistic_cam(
             net.net.weight_maps().cpu(), gray, target=targets, probs=probs, size=(model.image_size, model.image_size)
         )
     cam_model = model.cam_model()
-    layer = resolve_layer(cam_model, "net." + model.model.spec.gradcam_layer)
-    return grad_cam(cam_model, layer, x, target=targets, batch_size=batch_size)
+    return grad_cam(cam_model, resolve_layer(cam_model, "net." + chosen.path), x, target=targets, batch_size=batch_size)
 
 
 def to_display(cams: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,13 +1,19 @@
-"""The report's CAM grid: rows = images, columns = the original then one overlay per model.
+"""The report's Grad-CAM figures, laid out to drop into a paper.
+
+Each X-ray is a block of panels: the image, then one overlay per model (one column per model), and
+several blocks share a row, at most ``MAX_PANELS_PER_ROW`` panels across a page-wide figure
+(``PAGE_WIDTH_IN``) and at most ``MAX_ROWS`` rows per figure; longer selections are split into
+parts by the caller (`figure_parts`). One slim horizontal colour bar sits under the grid. Figures
+are written as PNG at 300 dpi and as PDF (vector text and layout).
 
 Overlays keep the X-ray readable: the grayscale image is drawn underneath at full contrast and the
-heat map goes on top with partial alpha, transparent where the CAM is tiny, so the anatomy under
-weak evidence stays visible and strong evidence stands out. All maps share one 0-1 colour scale.
+heat map goes on top with partial alpha, transparent where the CAM is tiny. All maps share one
+0-1 colour scale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +27,14 @@ from PIL import Image  # noqa: E402
 
 from lungcls.errors import LungclsError  # noqa: E402
 
-__all__ = ["plot_cam_grid", "to_display_gray"]
+__all__ = ["figure_parts", "images_per_row", "plot_cam_grid", "to_display_gray"]
 
-CELL_INCHES = 2.3
+PAGE_WIDTH_IN = 7.0  # the text width of a journal page (two-column spread) or A4 with margins
+MAX_PANELS_PER_ROW = 6
+MAX_ROWS = 6
+DPI = 300
+FONT_PT = 6.0
+_MARGIN, _BLOCK_GAP, _ROW_GAP, _BAR_STRIP = 0.05, 0.12, 0.05, 0.42  # inches
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -66,102 +77,111 @@ def _resize_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float64)
 
 
-def _check_grid(n: int, names: Sequence[str], cam_sets: Sequence[np.ndarray], row_titles: Sequence[str],
-                col_titles: Sequence[str] | None, cell_titles: Sequence[Sequence[str]] | None, alpha: float) -> list[str]:
-    """Check the grid's parts fit together; returns the column titles (default: Image + names)."""
-    m = len(cam_sets)
+def images_per_row(n_models: int, max_panels: int = MAX_PANELS_PER_ROW) -> int:
+    """How many X-rays (each: the image + one panel per model) share a row."""
+    return max(1, max_panels // (n_models + 1))
+
+
+def figure_parts(n_images: int, n_models: int, max_rows: int = MAX_ROWS) -> list[range]:
+    """Index ranges of the images of each figure, at most `max_rows` rows each."""
+    per_figure = images_per_row(n_models) * max_rows
+    return [range(i, min(i + per_figure, n_images)) for i in range(0, n_images, per_figure)]
+
+
+def _check(n: int, cam_sets: list[np.ndarray], model_names: Sequence[str], image_titles: Sequence[str],
+           cell_titles: Sequence[Sequence[str]] | None, alpha: float) -> None:
     if n == 0:
         raise LungclsError("no images to plot; select at least one image for the figure")
-    for name, cams in zip(names, cam_sets):
+    if len(model_names) != len(cam_sets):
+        raise LungclsError(f"{len(model_names)} model names for {len(cam_sets)} sets of CAMs; give one name per model")
+    for name, cams in zip(model_names, cam_sets):
         if cams.ndim != 3 or cams.shape[0] != n:
             raise LungclsError(f"CAMs of {name} have shape {cams.shape}, expected [{n}, h, w] (one map per image)")
-    col_titles = ["Image", *names] if col_titles is None else list(col_titles)
-    if len(col_titles) != m + 1:
-        raise LungclsError(f"{len(col_titles)} column titles for {m + 1} columns; give the original's title then one per model")
-    if len(row_titles) != n:
-        raise LungclsError(f"{len(row_titles)} row titles for {n} images; give one per image")
-    if cell_titles is not None and (len(cell_titles) != m or any(len(titles) != n for titles in cell_titles)):
-        raise LungclsError(f"cell_titles must be {m} lists (one per model) of {n} titles (one per image)")
+    if len(image_titles) != n:
+        raise LungclsError(f"{len(image_titles)} image titles for {n} images; give one per image")
+    if cell_titles is not None and (len(cell_titles) != len(cam_sets) or any(len(t) != n for t in cell_titles)):
+        raise LungclsError(f"cell_titles must be {len(cam_sets)} lists (one per model) of {n} titles (one per image)")
     if not 0.0 <= alpha <= 1.0:
         raise LungclsError(f"alpha must be in [0, 1], got {alpha}")
-    return col_titles
 
 
 def plot_cam_grid(
-    images: Sequence[Any] | Any,
-    cams_by_model: Mapping[str, Any] | Sequence[Any],
-    row_titles: Sequence[str],
-    col_titles: Sequence[str] | None,
+    images: Sequence[Any],
+    cams_by_model: Sequence[Any],
+    image_titles: Sequence[str],
+    model_names: Sequence[str],
     cell_titles: Sequence[Sequence[str]] | None,
     path: str | Path,
     alpha: float = 0.45,
     cmap: str = "jet",
     min_cam: float = 0.05,
-    dpi: int = 110,
+    dpi: int = DPI,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> Path:
-    """Write a PNG grid of CAM overlays and return its path.
+    """Write the figure as `path` (PNG) plus its siblings in `formats`; returns the PNG's path.
 
-    images: N display images (un-normalised; see `to_display_gray`). cams_by_model: model name ->
-    [N, h, w] maps in [0, 1] (or a list of such, in column order). row_titles[i]: the true label
-    and file name. col_titles: 1 + M titles (default "Image" then the model names).
-    cell_titles[m][i]: e.g. "ResNet50: COVID 0.93". Pixels with cam < min_cam are left uncoloured.
+    images: N display images (un-normalised; see `to_display_gray`). cams_by_model: M sets of
+    [N, h, w] maps in [0, 1], in column order. image_titles[i]: true class and file (two lines).
+    model_names: M short names heading each model's panel; cell_titles[m][i]: the model's
+    prediction and probability. Pixels with cam < min_cam are left uncoloured.
     """
     imgs = [to_display_gray(im) for im in images]
-    if isinstance(cams_by_model, Mapping):
-        names = [str(k) for k in cams_by_model]
-        cam_sets = [_numpy(v) for v in cams_by_model.values()]
-    else:
-        cam_sets = [_numpy(v) for v in cams_by_model]
-        names = [f"model {j + 1}" for j in range(len(cam_sets))]
+    cam_sets = [_numpy(c) for c in cams_by_model]
     n, m = len(imgs), len(cam_sets)
-    col_titles = _check_grid(n, names, cam_sets, row_titles, col_titles, cell_titles, alpha)
-    aspect = float(np.mean([im.shape[0] / im.shape[1] for im in imgs]))
-    width = CELL_INCHES * (m + 1) + 0.9
-    height = CELL_INCHES * aspect * n + 0.6 + 0.25 * (cell_titles is not None) * n
-    fig, axes = plt.subplots(
-        n, m + 1, figsize=(width, height), squeeze=False, layout="constrained"
-    )
-    heat = None
+    _check(n, cam_sets, model_names, image_titles, cell_titles, alpha)
+    per_row = min(n, images_per_row(m))
+    rows = -(-n // per_row)
+    panels = per_row * (m + 1)
+    pw = (PAGE_WIDTH_IN - 2 * _MARGIN - (per_row - 1) * _BLOCK_GAP) / panels
+    ph = pw * float(np.mean([im.shape[0] / im.shape[1] for im in imgs]))
+    title_h = 2.3 * FONT_PT * 1.25 / 72
+    row_h = title_h + ph + _ROW_GAP
+    width, height = PAGE_WIDTH_IN, 2 * _MARGIN + rows * row_h + _BAR_STRIP
+    fig = plt.figure(figsize=(width, height))
     try:
         for i, gray in enumerate(imgs):
+            r, b = divmod(i, per_row)
+            top = height - _MARGIN - r * row_h - title_h
             for j in range(m + 1):
-                ax = axes[i, j]
-                ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+                left = _MARGIN + b * ((m + 1) * pw + _BLOCK_GAP) + j * pw
+                ax = fig.add_axes((left / width, (top - ph) / height, pw / width, ph / height))
+                ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if j > 0:
-                    cam = _resize_map(cam_sets[j - 1][i].astype(np.float64), gray.shape)
-                    cam = np.clip(cam, 0.0, 1.0)
-                    shown = np.ma.masked_less(cam, min_cam)
-                    heat = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha)
-                    if cell_titles is not None:
-                        ax.set_title(str(cell_titles[j - 1][i]), fontsize=8)
-                elif cell_titles is not None:
-                    ax.set_title(" ", fontsize=8)  # keep the row's cells aligned
-                if i == 0:
-                    # above the cell titles, however many lines they have
-                    lines = max((str(t).count("\n") + 1 for ts in cell_titles for t in ts), default=1) if cell_titles is not None else 0
-                    lift = 4 + 12 * lines
-                    ax.annotate(
-                        str(col_titles[j]),
-                        xy=(0.5, 1.0),
-                        xycoords="axes fraction",
-                        xytext=(0, lift),
-                        textcoords="offset points",
-                        ha="center",
-                        va="bottom",
-                        fontsize=10,
-                        fontweight="bold",
-                    )
-            axes[i, 0].set_ylabel(str(row_titles[i]), fontsize=8)
-        if heat is not None:  # the scale at full opacity, so the colours read clearly
-            scale = plt.cm.ScalarMappable(norm=plt.Normalize(0.0, 1.0), cmap=cmap)
-            bar = fig.colorbar(scale, ax=axes, shrink=min(0.6, 3.0 / n + 0.2), pad=0.01)
-            bar.set_label("Grad-CAM (max = 1)", fontsize=8)
-            bar.ax.tick_params(labelsize=7)
+                for spine in ax.spines.values():
+                    spine.set_linewidth(0.3)
+                if j == 0:
+                    title = str(image_titles[i])
+                else:
+                    cam = np.clip(_resize_map(cam_sets[j - 1][i].astype(np.float64), gray.shape), 0.0, 1.0)
+                    ax.imshow(np.ma.masked_less(cam, min_cam), cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha)
+                    title = str(model_names[j - 1]) + ("" if cell_titles is None else f"\n{cell_titles[j - 1][i]}")
+                ax.set_title(_fit(title, pw), fontsize=FONT_PT, pad=1.5, linespacing=1.1)
+        _colour_bar(fig, width, cmap)
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=dpi, format="png")
+        for fmt in formats:
+            fig.savefig(out.with_suffix(f".{fmt}"), dpi=dpi, format=fmt)
     finally:
         plt.close(fig)
-    return out
+    return out.with_suffix(".png")
+
+
+def _fit(title: str, panel_inches: float) -> str:
+    """Shorten each line of a panel title (in the middle) so it stays above its own panel."""
+    width = max(6, int(panel_inches * 72 / (0.56 * FONT_PT)))
+    return "\n".join(
+        line if len(line) <= width else line[: width // 2 - 1] + "\u2026" + line[len(line) - (width - width // 2) :]
+        for line in title.split("\n")
+    )
+
+
+def _colour_bar(fig: Any, width: float, cmap: str) -> None:
+    """A slim horizontal scale under the grid, at full opacity so the colours read clearly."""
+    bar_w = 0.4 * width
+    ax = fig.add_axes(((width - bar_w) / 2 / width, 0.27 / fig.get_figheight(), bar_w / width, 0.07 / fig.get_figheight()))
+    scale = plt.cm.ScalarMappable(norm=plt.Normalize(0.0, 1.0), cmap=cmap)
+    bar = fig.colorbar(scale, cax=ax, orientation="horizontal")
+    bar.set_label("Grad-CAM (each map scaled to max = 1)", fontsize=FONT_PT, labelpad=1.5)
+    bar.ax.tick_params(labelsize=FONT_PT - 0.5, length=2, width=0.4, pad=1)
+    bar.outline.set_linewidth(0.4)

@@ -20,7 +20,7 @@ import numpy as np
 
 from lungcls.errors import LungclsError
 
-__all__ = ["FigureSection", "write_report_html"]
+__all__ = ["FigureSection", "TableSection", "write_report_html"]
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -39,6 +39,7 @@ th { background: #f3f3f3; position: sticky; top: 0; }
 tr:nth-child(even) td { background: #fafafa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .tablewrap { overflow-x: auto; }
+.legend { color: #444; font-size: 0.92em; }
 """
 
 
@@ -113,6 +114,22 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class TableSection:
+    """A table of the report: heading, rows (dicts; columns in first-seen order), a short legend."""
+
+    title: str
+    rows: Sequence[Mapping[str, Any]]
+    caption: str = ""
+    anchor: str = ""
+
+
+def _table_section(table: TableSection, k: int) -> list[str]:
+    anchor = html.escape(table.anchor or f"table-{k}", quote=True)
+    caption = f'<p class="legend">{html.escape(table.caption)}</p>' if table.caption else ""
+    return [f'<section id="{anchor}">', f"<h2>{html.escape(table.title)}</h2>", caption, _table(table.rows), "</section>"]
+
+
 def write_report_html(
     out_dir: str | Path,
     title: str,
@@ -120,12 +137,16 @@ def write_report_html(
     table_rows: Sequence[Mapping[str, Any]],
     summary_lines: Sequence[str],
     table_title: str = "Per-image numbers",
+    tables: Sequence[TableSection] = (),
+    legend: Sequence[str] = (),
+    table_caption: str = "",
 ) -> Path:
     """Write `out_dir/report.html` and return its path.
 
     sections: figures in display order (FigureSection, or dicts with title/image/caption).
-    table_rows: the per-image CSV rows (dicts; columns in first-seen order). summary_lines: short
-    statements for the top of the page (localisation check, models and checkpoints, ...).
+    table_rows: the per-image CSV rows (dicts; columns in first-seen order), shown last.
+    summary_lines: short statements for the top of the page. tables: more tables (per model, the
+    sanity cascade), shown after the summary. legend: how to read the numbers, one line each.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,8 +170,12 @@ def write_report_html(
     ]
     if summary_lines:
         items = "\n".join(f"<li>{html.escape(str(line))}</li>" for line in summary_lines)
-        parts += ['<section id="summary">', "<h2>Summary</h2>", f"<ul>\n{items}\n</ul>"]
-        parts += ["</section>"]
+        parts += ['<section id="summary">', "<h2>Summary</h2>", f"<ul>\n{items}\n</ul>", "</section>"]
+    if legend:
+        items = "\n".join(f"<li>{html.escape(str(line))}</li>" for line in legend)
+        parts += ['<section id="legend">', "<h2>How to read the numbers</h2>", f'<ul class="legend">\n{items}\n</ul>', "</section>"]
+    for k, table in enumerate(tables, start=1):
+        parts += _table_section(table, k)
     for k, fig in enumerate(figures, start=1):
         alt = html.escape(fig.title, quote=True)
         caption = f"<figcaption>{html.escape(fig.caption)}</figcaption>" if fig.caption else ""
@@ -161,8 +186,7 @@ def write_report_html(
             "</section>",
         ]
     if table_rows:
-        parts += ['<section id="table">', f"<h2>{html.escape(table_title)}</h2>"]
-        parts += [_table(table_rows), "</section>"]
+        parts += _table_section(TableSection(table_title, table_rows, table_caption, "table"), 0)
     parts += ["</body>", "</html>", ""]
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")

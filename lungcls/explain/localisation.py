@@ -16,7 +16,7 @@ import numpy as np
 
 from lungcls.errors import LungclsError
 
-__all__ = ["energy_shares", "border_band", "summarize_localisation", "localisation_lines"]
+__all__ = ["energy_shares", "border_band", "summarize_localisation", "localisation_lines", "ratio"]
 
 SHARE_KEYS = ("lung", "lesion", "border")
 
@@ -161,27 +161,41 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def ratio(share: float | None, uniform: float | None) -> float | None:
+    """How many times the uniform share a mean share is (None when undefined)."""
+    return None if share is None or not uniform else share / uniform
+
+
+BORDER_ALERT = 1.5  # a border share this many times the uniform one points at burned-in labels
+
+
 def localisation_lines(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One readable line per model for the report's summary list."""
     lines = []
     for model, s in summary.items():
         if s.get("n_lesion"):
             verdict = "beats" if s["lesion_beats_uniform"] else "does NOT beat"
+            times = ratio(s["lesion_share_mean"], s["lesion_uniform_mean"])
             lesion = (
                 f"lesion share {_fmt(s['lesion_share_mean'])} vs uniform "
-                f"{_fmt(s['lesion_uniform_mean'])} ({verdict} uniform; better on "
+                f"{_fmt(s['lesion_uniform_mean'])} ({verdict} uniform, {_fmt(times)}x; better on "
                 f"{s['lesion_beats_frac']:.0%} of {s['n_lesion']} images)"
             )
         else:
             lesion = "lesion share n/a (no lesion masks)"
+        lung_times = ratio(s["lung_share_mean"], s["lung_uniform_mean"])
         lung = (
             f"lung share {_fmt(s['lung_share_mean'])} vs uniform {_fmt(s['lung_uniform_mean'])}"
+            + (f" ({_fmt(lung_times)}x: the maps avoid the lungs)" if lung_times is not None and lung_times < 1 else "")
             if s.get("n_lung")
             else "lung share n/a (no lung masks)"
         )
+        times = ratio(s["border_share_mean"], s["border_uniform_mean"])
         border = (
             f"border share {_fmt(s['border_share_mean'])} vs uniform "
-            f"{_fmt(s['border_uniform_mean'])}"
+            f"{_fmt(s['border_uniform_mean'])} ({_fmt(times)}x"
+            + (": attention on the border band, where burned-in labels sit; suspect a shortcut)"
+               if times is not None and times >= BORDER_ALERT else ")")
         )
         lines.append(f"{model}: {lesion}; {lung}; {border}")
     return lines

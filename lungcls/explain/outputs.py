@@ -15,9 +15,11 @@ import torch
 from lungcls.data.images import load_image
 from lungcls.data.splits import read_splits_csv
 from lungcls.explain.cams import ReportModel
-from lungcls.explain.figures import plot_cam_grid
+from lungcls.explain.figures import figure_parts, plot_cam_grid
 from lungcls.explain.gradcam import CamResult
 from lungcls.explain.html import FigureSection
+from lungcls.explain.layers import CamLayer
+from lungcls.explain.sanity import SanityResult
 from lungcls.explain.selection import ReportImage
 
 log = logging.getLogger(__name__)
@@ -31,15 +33,17 @@ CSV_COLUMNS = (
     "probability",
     "target",
     "target_probability",
+    "layer",
     "lung_share",
     "lung_uniform",
     "lesion_share",
     "lesion_uniform",
     "border_share",
     "border_uniform",
+    "sanity_spearman",
+    "sanity_flag",
 )
-SHARE_COLUMNS = CSV_COLUMNS[-6:]
-MAX_ROWS_PER_FIGURE = 24  # taller figures get unwieldy in a browser; larger selections are split
+SHARE_COLUMNS = ("lung_share", "lung_uniform", "lesion_share", "lesion_uniform", "border_share", "border_uniform")
 TARGET_TEXT = {"predicted": "the predicted class", "true": "the true class"}
 SELECTION_TITLES = {
     "per_class": "Per class",
@@ -59,6 +63,8 @@ class Explained:
     result: CamResult
     display_cams: torch.Tensor
     rows: list[dict[str, Any]] = field(default_factory=list)
+    layer: CamLayer | None = None
+    sanity: SanityResult | None = None
 
 
 def _fmt(value: Any) -> str:
@@ -78,26 +84,26 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     return path
 
 
-def _wrap_name(name: str) -> str:
-    """Column titles: the model on one line, its run folder on the next."""
-    base, _, rest = name.partition(" (")
-    return f"{base}\n({rest}" if rest else base
+def short_names(explained: Sequence[Explained]) -> list[str]:
+    """Panel headings: ``backbone/finetune``, numbered where two models share one."""
+    bases = [e.model.name.partition(" (")[0] for e in explained]
+    return [f"{b} #{i + 1}" if bases.count(b) > 1 else b for i, b in enumerate(bases)]
 
 
 def _cell_title(row: Mapping[str, Any]) -> str:
-    """One line (the column title sits right above it): prediction, probability, a mark if wrong."""
+    """The model's prediction and probability, a mark if wrong, and a flag if the map failed the
+    sanity check."""
     title = f"{row['prediction']} {row['probability']:.2f}"
     if row["label"] is not None and row["prediction"] != row["label"]:
         title += " \u2717"
+    if row.get("sanity_flag"):
+        title += " (!)"
     return title
 
 
-def _row_title(image: ReportImage) -> str:
-    return f"true: {image.label or '?'}\n{_short(Path(image.path).name, 28)}"
-
-
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width // 2 - 1] + "\u2026" + text[-(width - width // 2) :]
+def _image_title(image: ReportImage) -> str:
+    """True class, then the file name (the figure shortens long lines in the middle)."""
+    return f"{image.label or 'class unknown'}\n{Path(image.path).name}"
 
 
 def write_figures(
@@ -108,20 +114,22 @@ def write_figures(
     display_size: int,
     target_text: str,
 ) -> list[tuple[str, FigureSection]]:
-    """One PNG per selection (split into parts when very long); returns (key, section) pairs."""
+    """One figure (PNG at 300 dpi + PDF) per selection, split into parts of at most six rows;
+    returns (key, section) pairs in display order."""
     out: list[tuple[str, FigureSection]] = []
-    col_titles = ["Image", *(_wrap_name(e.model.name) for e in explained)]
+    names = short_names(explained)
+    legend = "; ".join(f"{short} = {e.model.name}" for short, e in zip(names, explained) if short != e.model.name)
     for key, images in selections.items():
-        parts = [images[i : i + MAX_ROWS_PER_FIGURE] for i in range(0, len(images), MAX_ROWS_PER_FIGURE)]
+        parts = figure_parts(len(images), len(explained))
         for k, part in enumerate(parts, start=1):
+            chosen = [images[i] for i in part]
             suffix = f"_{k}" if len(parts) > 1 else ""
-            rows = [index[im.path] for im in part]
-            displays = [load_image(im.path, display_size)[0] for im in part]
+            rows = [index[im.path] for im in chosen]
             png = plot_cam_grid(
-                displays,
+                [load_image(im.path, display_size)[0] for im in chosen],
                 [e.display_cams[rows] for e in explained],
-                row_titles=[_row_title(im) for im in part],
-                col_titles=col_titles,
+                image_titles=[_image_title(im) for im in chosen],
+                model_names=names,
                 cell_titles=[[_cell_title(e.rows[r]) for r in rows] for e in explained],
                 path=out_dir / f"gradcam_{key}{suffix}.png",
             )
@@ -129,9 +137,10 @@ def write_figures(
             if len(parts) > 1:
                 title += f" (part {k} of {len(parts)})"
             caption = (
-                f"{len(part)} images; rows: true class and file; columns: the image, then each "
-                f"model's Grad-CAM of {target_text}, titled with the model's prediction and its "
-                "probability (\u2717 = wrong)."
+                f"{len(chosen)} X-rays. Each shows the image (headed by its true class and file), then each model's Grad-CAM of "
+                f"{target_text} over it, headed by the model's prediction and probability (\u2717 = wrong, "
+                "(!) = the map failed the sanity check). Also as PDF: "
+                f"{png.with_suffix('.pdf').name}." + (f" Models: {legend}." if legend else "")
             )
             out.append((f"{key}{suffix}", FigureSection(title, png, caption)))
     return out
@@ -168,6 +177,24 @@ def summary_lines(
     for e in explained:
         labelled = [r for r in e.rows if r["label"] is not None]
         right = sum(r["prediction"] == r["label"] for r in labelled)
-        lines.append(f"{e.model.name}: right on {right} of the {len(labelled)} labelled images shown ({e.model.checkpoint})")
+        where = f"; maps of {e.layer.describe()} at {e.model.image_size} px" if e.layer is not None else ""
+        lines.append(f"{e.model.name}: right on {right} of the {len(labelled)} labelled images shown{where} ({e.model.checkpoint})")
     lines += [f"Localisation, {line}" for line in loc_lines]
+    lines += [line for e in explained if (line := sanity_line(e))]
     return lines + _train_overlap([e.model for e in explained], [r["path"] for r in explained[0].rows])
+
+
+def sanity_line(e: Explained) -> str:
+    """What the model-randomisation check found for one model, in one sentence."""
+    if e.sanity is None:
+        return ""
+    rhos = [r for r in e.sanity.spearman if r is not None]
+    flagged = sum(bool(f) for f in e.sanity.flagged)
+    last = e.sanity.stages[-1][0] if e.sanity.stages else "?"
+    mean = f"{sum(rhos) / len(rhos):.2f}" if rhos else "n/a"
+    verdict = "maps follow the learned weights" if not flagged else "flagged maps show the image more than the model"
+    return (
+        f"Sanity check, {e.model.name}: with the layers from the classifier down to {last} re-initialised, the maps' "
+        f"rank correlation with the trained maps is {mean} on average; {flagged} of {len(e.sanity.spearman)} maps "
+        f"flagged (>= {e.sanity.threshold:.2f}): {verdict}."
+    )

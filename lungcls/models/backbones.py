@@ -2,11 +2,12 @@
 
 A builder returns the network with its original classifier; the decorator records what the rest of
 lungcls needs to know about it: where the classifier head is, the ordered feature blocks that
-partial fine-tuning unfreezes from the top, the reference study's ("paper") recipe, and the layer
-Grad-CAM explains. ImageNet weights and the smallest input size come from torchvision's weights
+partial fine-tuning unfreezes from the top, the reference study's ("paper") recipe, the layer
+Grad-CAM explains by default and the layers a report may explain instead (``report.layer``). ImageNet weights and the smallest input size come from torchvision's weights
 enum of the same name. Every registered backbone is selectable as ``backbone=<name>`` at once: its
-config node is the common keys (``BACKBONE_DEFAULTS``) plus the builder's keyword arguments, so a
-``conf/backbone/<name>.yaml`` is only needed for non-default settings.
+config node is the common keys (``BACKBONE_DEFAULTS``) plus the builder's keyword arguments plus
+the decorator's ``config`` (per-backbone defaults such as the learning rate ``lr`` that
+``optimizer=adam`` reads), so a ``conf/backbone/<name>.yaml`` is only needed for other settings.
 
 Adding a backbone::
 
@@ -36,6 +37,7 @@ BACKBONE_DEFAULTS: dict[str, Any] = {
     "weights": "${dataset.pretrained}",  # imagenet | auto | /path/to/state_dict.pt | null
     "imagenet_weights": "IMAGENET1K_V1",  # which torchvision weights 'imagenet' means
     "dropout": None,  # override the head's dropout probability
+    "lr": 1.0e-3,  # the learning rate optimizer=adam uses with this backbone (optimizer.lr=... wins)
 }
 
 
@@ -49,6 +51,7 @@ class BackboneSpec:
     feature_blocks: FeatureBlocks  # ordered bottom -> top, for finetune=partial
     paper: tuple[str, ...]  # module paths the reference study trained (besides the head)
     gradcam_layer: str | None  # module path Grad-CAM explains; None: explained by its weights
+    cam_layers: Callable[[nn.Module], list[str]] | None = None  # layers report.layer accepts, bottom -> top
     weights_enum: type | None = None  # torchvision weights, for backbone.weights=imagenet
     in_channels: int = 3
     min_input_size: int = 16  # smallest image side the network accepts
@@ -58,6 +61,13 @@ class BackboneSpec:
     def explained_by_weights(self) -> bool:
         """True for linear models, whose evidence map is their weight map (no conv layer)."""
         return self.gradcam_layer is None
+
+    def explainable_layers(self, model: nn.Module) -> list[str]:
+        """The module paths a Grad-CAM report may explain (``report.layer``), bottom -> top."""
+        if self.gradcam_layer is None:
+            return []
+        layers = self.cam_layers(model) if self.cam_layers is not None else []
+        return layers if self.gradcam_layer in layers else [*layers, self.gradcam_layer]
 
     def build(self, options: Mapping[str, Any]) -> nn.Module:
         """The network, built with the backbone config's keys that its builder accepts."""
@@ -126,22 +136,53 @@ def children_blocks(model: nn.Module) -> list[list[str]]:
     return [[f"features.{name}"] for name, _ in model.features.named_children()]
 
 
+# -- layers a Grad-CAM report may explain, bottom -> top ------------------------------------------
+
+
+def resnet_cam_layers(model: nn.Module) -> list[str]:
+    """Every residual block, each stage's name right after its last block (same output)."""
+    out: list[str] = []
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        out += [f"{stage}.{i}" for i in range(len(getattr(model, stage)))] + [stage]
+    return out
+
+
+def rectified_conv_layers(model: nn.Module) -> list[str]:
+    """VGG/AlexNet: the ReLU after each conv (with its BatchNorm): rectified feature maps."""
+    out, after_conv = [], False
+    for i, layer in enumerate(model.features):
+        if isinstance(layer, nn.Conv2d):
+            after_conv = True
+        elif isinstance(layer, nn.ReLU) and after_conv:
+            out.append(f"features.{i}")
+            after_conv = False
+    return out
+
+
+def children_cam_layers(model: nn.Module) -> list[str]:
+    return [block[0] for block in children_blocks(model)]
+
+
 # -- the registered backbones --------------------------------------------------------------------
 
 
 @register_backbone(head="classifier.6", feature_blocks=conv_blocks, paper=("features.10", "classifier"),
-                   gradcam_layer="features.11")  # the ReLU after the last conv: rectified maps
+                   gradcam_layer="features.11",  # the ReLU after the last conv: rectified maps
+                   cam_layers=rectified_conv_layers,
+                   config={"lr": 1.0e-4})  # no BatchNorm: the rate AlexNet is usually trained at with Adam
 def alexnet() -> nn.Module:
     return tvm.alexnet()
 
 
 @register_backbone(head="classifier.6", feature_blocks=conv_blocks,
-                   paper=("features.24", "features.26", "features.28", "classifier"), gradcam_layer="features.29")
+                   paper=("features.24", "features.26", "features.28", "classifier"), gradcam_layer="features.29",
+                   cam_layers=rectified_conv_layers)
 def vgg16() -> nn.Module:
     return tvm.vgg16()
 
 
 @register_backbone(head="classifier.6", feature_blocks=conv_blocks, gradcam_layer="features.51",
+                   cam_layers=rectified_conv_layers,
                    # the last three conv layers (with their BatchNorm) and the whole classifier
                    paper=("features.43", "features.44", "features.46", "features.47", "features.49", "features.50",
                           "classifier"))
@@ -149,24 +190,27 @@ def vgg19_bn() -> nn.Module:
     return tvm.vgg19_bn()
 
 
-@register_backbone(head="fc", feature_blocks=resnet_blocks, paper=("layer3", "layer4", "fc"), gradcam_layer="layer4.1")
+@register_backbone(head="fc", feature_blocks=resnet_blocks, paper=("layer3", "layer4", "fc"), gradcam_layer="layer4",
+                   cam_layers=resnet_cam_layers)
 def resnet18() -> nn.Module:
     return tvm.resnet18()
 
 
-@register_backbone(head="fc", feature_blocks=resnet_blocks, paper=("layer3", "layer4", "fc"), gradcam_layer="layer4.2")
+@register_backbone(head="fc", feature_blocks=resnet_blocks, paper=("layer3", "layer4", "fc"), gradcam_layer="layer4",
+                   cam_layers=resnet_cam_layers)
 def resnet50() -> nn.Module:
     return tvm.resnet50()
 
 
 @register_backbone(head="classifier", feature_blocks=children_blocks,
-                   paper=("features.denseblock4", "features.norm5", "classifier"), gradcam_layer="features.denseblock4")
+                   paper=("features.denseblock4", "features.norm5", "classifier"), gradcam_layer="features.denseblock4",
+                   cam_layers=children_cam_layers)
 def densenet121() -> nn.Module:
     return tvm.densenet121()
 
 
 @register_backbone(head="classifier.1", feature_blocks=children_blocks, paper=("features.7", "features.8", "classifier"),
-                   gradcam_layer="features.8")
+                   gradcam_layer="features.8", cam_layers=children_cam_layers)
 def efficientnet_b0() -> nn.Module:
     return tvm.efficientnet_b0()
 

@@ -198,8 +198,8 @@ class LungClassifier(pl.LightningModule):
             support = cm.sum(axis=1)
             with warnings.catch_warnings():  # a class without images has no AUROC: it is left out below, not 0
                 warnings.filterwarnings("ignore", message=".*(positive|negative) samples.*")
-                values = auroc.compute().tolist()
-            for k, (name, v) in enumerate(zip(self.class_names, values)):
+                aurocs = auroc.compute().tolist()
+            for k, (name, v) in enumerate(zip(self.class_names, aurocs)):
                 if v == v and 0 < support[k] < support.sum():
                     values[metric_key(stage, "auroc", name)] = float(v)
         if auroc is not None:

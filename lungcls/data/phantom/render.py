@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from lungcls.data.phantom.anatomy import Anatomy, Pose, draw_anatomy, organs
+from lungcls.data.phantom.burned_in import burn_in_tag, is_tagged, text_bitmap
 from lungcls.data.phantom.findings import finding as draw_finding
 from lungcls.data.phantom.shapes import blob, blur, clip01, ridges, smoothstep, value_noise
 
@@ -30,11 +31,8 @@ FINDINGS: dict[str, str | None] = {
 # Stream key of the class-independent confounders (ASCII "MARK"), in place of a class key.
 _CONFOUNDER_STREAM = 0x4D41524B
 
-# 5x7 bitmaps of the burned-in laterality markers.
-_GLYPHS: dict[str, tuple[str, ...]] = {
-    "L": ("10000", "10000", "10000", "10000", "10000", "10000", "11111"),
-    "R": ("11110", "10001", "10001", "11110", "10100", "10010", "10001"),
-}
+# Stream key of the planted shortcut tag (ASCII "TAGS"): tagging changes no other pixel.
+_TAG_STREAM = 0x54414753
 
 
 @dataclass(frozen=True)
@@ -47,16 +45,26 @@ class DemoCase:
     marker: str  # "L", "R" or "" (no marker)
     marker_box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels (exclusive end); zeros if none
     border_sides: str  # subset of "tblr": sides with a bright collimation edge
+    tag: str = ""  # the planted class-specific shortcut tag's text ("" = none)
+    tag_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # x0, y0, x1, y1 (exclusive end); zeros if none
 
 
-def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: int = 0) -> DemoCase:
-    """Render one phantom in memory; exactly the pixels the demo data set writes for it."""
+def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: int = 0, shortcut: float = 0.0) -> DemoCase:
+    """Render one phantom in memory; exactly the pixels the demo data set writes for it.
+
+    `shortcut` is the share of the class's images that carry its planted tag (see `burned_in`)."""
     class_key = zlib.crc32(class_name.encode("utf-8"))
     # Anatomy, exposure and finding depend on the class; confounders only on (seed, index), so
     # markers and borders are identical across classes and carry no label signal at all.
     anatomy = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, class_key, index])))
     confound = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _CONFOUNDER_STREAM, index])))
-    return _render(int(image_size), anatomy, confound, FINDINGS[class_name])
+    case = _render(int(image_size), anatomy, confound, FINDINGS[class_name])
+    if not is_tagged(class_name, index, seed, shortcut):
+        return case
+    tags = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _TAG_STREAM, class_key, index])))
+    image = case.image.copy()
+    tag, box = burn_in_tag(image, class_name, tags)
+    return replace(case, image=image, tag=tag, tag_box=box)
 
 
 @dataclass
@@ -203,9 +211,7 @@ def _burn_in_confounders(A: np.ndarray, rng: np.random.Generator) -> tuple[str, 
     marker, box, sides = "", (0, 0, 0, 0), ""
     if rng.random() < 0.9:
         marker = "L" if rng.random() < 0.5 else "R"
-        cell = max(1, round(n / 80))
-        glyph = np.array([[ch == "1" for ch in row] for row in _GLYPHS[marker]])
-        glyph = np.repeat(np.repeat(glyph, cell, axis=0), cell, axis=1)
+        glyph = text_bitmap(marker, max(1, round(n / 80)))
         gh, gw = glyph.shape
         mx = int(n * (0.04 + 0.06 * rng.random()))
         my = int(n * (0.03 + 0.05 * rng.random()))
