@@ -90,6 +90,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_cpu_run_writes_all_five_measurements(tmp_path, capsys):
     out = tmp_path / "out"
     start = time.perf_counter()

@@ -160,6 +160,7 @@ def test_report_of_three_models_writes_figures_csv_and_self_contained_html(runs,
     assert "border_share" in html and "Adebayo" in html
 
 
+@pytest.mark.slow
 def test_report_is_deterministic_and_batch_independent(runs, tmp_path, data_dir):
     ckpts = [runs["resnet18"], runs["logistic"]]
     common = ["report.split=all", "report.per_class=2", "report.misses=false"]
@@ -307,6 +308,7 @@ def test_a_planted_shortcut_fails_elsewhere_and_shows_in_the_report(default_runs
 
 
 @requires_shared
+@pytest.mark.slow
 def test_report_on_real_xrays_without_masks(runs, tmp_path, data_dir):
     ckpts = [runs["resnet18"], runs["logistic"]]
     out = tmp_path / "real"
@@ -456,6 +458,7 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", s
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+@pytest.mark.slow
 def test_report_page_in_a_real_browser(runs, tmp_path, data_dir):
     """Every figure decodes and shows, every table is there with its legend, nothing fails."""
     playwright = pytest.importorskip("playwright.sync_api")

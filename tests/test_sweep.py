@@ -712,6 +712,7 @@ def test_wandb_agent_arguments_compose_with_the_repo_config(path):
             assert OmegaConf.select(cfg, name, throw_on_missing=False) == value, name
 
 
+@pytest.mark.slow
 def test_optuna_study_in_sqlite_storage_resumes(toy_app, tmp_path):
     """A Bayesian sweep with persistent storage: a second launch continues the same study (its
     sampler sees the earlier trials) instead of starting over."""

@@ -110,6 +110,7 @@ def test_every_backbone_and_finetune_trains(train_cfg, tmp_path, backbone, finet
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_the_composed_config():
     out = run_cli("lungcls.train", "--cfg", "job", "backbone=vgg19_bn", "finetune=partial", "finetune.fraction=0.5")
     assert out.returncode == 0, out.stderr

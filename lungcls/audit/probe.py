@@ -108,7 +108,7 @@ def check_probe_settings(settings: dict[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "C" and value == 0):
             raise LungclsError(f"audit.probe.{key}={value} must be a {'positive' if key == 'C' else 'non-negative'} number")
     if settings.get("region", "auto") not in ("auto", "border", "outside_lungs"):
-        raise LungclsError(f"audit.probe.region={settings.get('region')} must be auto, border or outside_lungs")
+        raise LungclsError(f"audit.probe.region={settings.get('region')} is not one of auto, border, outside_lungs")
 
 
 def _unfit(region: str, note: str) -> dict[str, Any]:
