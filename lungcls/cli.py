@@ -35,9 +35,14 @@ def register_configs() -> None:
     backbone without its own yaml) and the resolvers the configs use (``claim_dir``: a fresh run
     folder; ``safe_name``: a run name that is one folder); runs when this module is imported,
     before Hydra composes."""
-    from lungcls.models.backbones import register_backbone_configs
+    from hydra.core.config_store import ConfigStore
 
-    register_backbone_configs()
+    from lungcls.models.backbones import BACKBONES
+
+    store = ConfigStore.instance()
+    for name in BACKBONES:  # a backbone with its own conf/backbone/<name>.yaml keeps it
+        if not (Path(CONF_DIR) / "backbone" / f"{name}.yaml").is_file():
+            store.store(group="backbone", name=name, node=dict(BACKBONES.get(name).config))
     OmegaConf.register_new_resolver("claim_dir", claim_dir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +25,19 @@ from lungcls.explain.gradcam import (
 from lungcls.explain.layers import AUTO, DEFAULT_MIN_CELLS, CamLayer, choose_layer
 from lungcls.prediction import predict_batches
 
-if TYPE_CHECKING:
-    from lungcls.explain.selection import ReportImage
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportImage:
+    """One X-ray of the report; `label` is a class name (None when unknown), masks are paths."""
+
+    path: str
+    label: str | None = None
+    mask: str | None = None
+    lesion_mask: str | None = None
+
 
 
 @dataclass

@@ -8,7 +8,6 @@ import csv
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,13 @@ from lungcls.data.layouts import discover_samples, sibling_mask
 from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.data.splits import SPLITS, read_splits_csv
 from lungcls.errors import LungclsError
-from lungcls.explain.cams import ReportModel, batch_size_of
+from lungcls.explain.cams import ReportImage, ReportModel, batch_size_of
 from lungcls.prediction import predict_files
 
 log = logging.getLogger(__name__)
 
 
 DEFAULT_PER_CLASS = 4
-
-
-@dataclass(frozen=True)
-class ReportImage:
-    """One X-ray of the report; `label` is a class name (None when unknown), masks are paths."""
-
-    path: str
-    label: str | None = None
-    mask: str | None = None
-    lesion_mask: str | None = None
 
 
 def _image(path: str | Path, label: str | None) -> ReportImage:

@@ -237,18 +237,3 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, child, new)
-
-
-def register_backbone_configs() -> None:
-    """Make every registered backbone selectable as ``backbone=<name>`` (Hydra's ConfigStore),
-    except those that have their own ``conf/backbone/<name>.yaml``."""
-    from pathlib import Path
-
-    from hydra.core.config_store import ConfigStore
-
-    from lungcls.cli import CONF_DIR
-
-    store = ConfigStore.instance()
-    for name in BACKBONES:
-        if not (Path(CONF_DIR) / "backbone" / f"{name}.yaml").is_file():
-            store.store(group="backbone", name=name, node=dict(BACKBONES.get(name).config))
