@@ -3,6 +3,7 @@ training and evaluation like PNGs. Every file is written here with pydicom."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 
@@ -149,5 +150,15 @@ def test_training_and_evaluation_read_dicom_folders(train_cfg, tmp_path):
     out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}", "dataset=folder",
                   f"dataset.root={root}", "dataset.classes=[COVID,Normal,Viral Pneumonia]", "dataset.split=all")
     assert out.returncode == 0, out.stderr
+    # scoring the whole folder leaves out the images the checkpoint was trained on
+    with (run / "splits.csv").open() as f:
+        held_out = sum(r["split"] != "train" for r in csv.DictReader(f))
     got = json.loads((ev / "metrics.json").read_text())["all"]
+    assert 0 < held_out < 31 and sum(v["support"] for v in got["per_class"].values()) == held_out
+    ev_all = tmp_path / "ev_all"
+    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev_all}", "dataset=folder",
+                  f"dataset.root={root}", "dataset.classes=[COVID,Normal,Viral Pneumonia]", "dataset.split=all",
+                  "evaluate.exclude_training_images=false")
+    assert out.returncode == 0, out.stderr
+    got = json.loads((ev_all / "metrics.json").read_text())["all"]
     assert sum(v["support"] for v in got["per_class"].values()) == 31
