@@ -56,7 +56,6 @@ def absolute_paths(data: dict) -> dict:
 
 
 # What decides which images a run trains on and how they are split: a resumed run must match.
-# What decides which images a run trains on and how they are split: a resumed run must match.
 SPLIT_KEYS = ("layout", "root", "manifest", "classes", "val_fraction", "test_fraction", "split_seed",
               "splits_csv", "max_per_class", "image_size", "demo", "folds", "fold", "duplicates",
               "near_duplicate_bits", "on_label_conflict")

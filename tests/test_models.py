@@ -201,3 +201,30 @@ def test_paper_experiments_keep_the_study_learning_rate():
             cfg = compose(config_name="train", overrides=[f"experiment=paper_{backbone}"])
             assert cfg.backbone.name == backbone and cfg.optimizer.lr == 1e-4
     assert get_backbone("alexnet").config["lr"] == 1e-4 and get_backbone("resnet18").config["lr"] == 1e-3
+
+
+def test_kaiming_init_keeps_a_random_alexnet_from_starting_as_a_constant_function():
+    """backbone.init=kaiming: under PyTorch's default initialisation a random AlexNet (no BatchNorm)
+    gives nearly the same logits for every image; He initialisation keeps them apart. Pretrained
+    weights are never re-drawn."""
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 128, 128) * torch.linspace(-1, 1, 8).view(8, 1, 1, 1)  # eight clearly different images
+
+    def spread(init: str) -> float:
+        torch.manual_seed(1)
+        net, source = build_network(get_backbone("alexnet"), {"name": "alexnet", "weights": None, "init": init}, 4)
+        assert source == "random"
+        with torch.no_grad():
+            logits = net.eval()(x)
+        return float(logits.std(0).mean())  # how much the logits differ between the images
+
+    assert spread("kaiming") > 20 * spread("default")  # measured: over 100x
+    with pytest.raises(LungclsError, match="backbone.init"):
+        build_network(get_backbone("alexnet"), {"name": "alexnet", "weights": None, "init": "xavier_typo"}, 4)
+
+
+def test_imagenet_weights_are_not_redrawn_by_init(tmp_path):
+    reference = tvm.alexnet(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "a.pt")
+    net, _ = build_network(get_backbone("alexnet"), {"name": "alexnet", "weights": str(tmp_path / "a.pt"), "init": "kaiming"}, 4)
+    assert torch.equal(net.features[0].weight, reference.features[0].weight)

@@ -1,5 +1,5 @@
 """Initial weights for a backbone: ImageNet (downloaded or from the torch hub cache), a local
-state-dict file, or random.
+state-dict file, or random, drawn by the initialisation ``backbone.init`` names (``INITIALIZATIONS``).
 
 ImageNet weights go through torchvision's own weights enums and ``torch.hub``'s cache
 (``$TORCH_HOME/hub/checkpoints``), so a file fetched once, or copied there by hand on an offline
@@ -18,8 +18,38 @@ from torch import nn
 
 from lungcls.errors import LungclsError
 from lungcls.models.backbones import BackboneSpec
+from lungcls.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# How random weights are drawn (``backbone.init``); pretrained weights replace them anyway.
+INITIALIZATIONS: Registry = Registry("initialisation", "backbone.init=<name>")
+
+
+@INITIALIZATIONS.register("default")
+def builder_init(model: nn.Module) -> None:
+    """Keep the weights the builder drew (torchvision's own initialisation)."""
+
+
+@INITIALIZATIONS.register("kaiming")
+def kaiming_init(model: nn.Module) -> None:
+    """He et al. (2015) for every conv (normal, variance 2 / fan_in: the signal keeps its size
+    through each ReLU layer) and N(0, 0.01) for linear layers (torchvision's VGG scheme: small
+    logits at the start), biases 0; normalisation layers keep the builder's values. Under PyTorch's
+    default (variance 1 / (3 fan_in)) a deep ReLU network without BatchNorm (AlexNet) loses about
+    a factor six in signal power per layer and starts as a constant function."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def initialize(model: nn.Module, name: str | None) -> None:
+    """Draw ``model``'s random weights as ``backbone.init`` says (None: the builder's own)."""
+    INITIALIZATIONS.get(name or "default")(model)
 
 
 def hub_checkpoint_dir() -> Path:
