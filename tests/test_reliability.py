@@ -153,6 +153,7 @@ def test_files_that_are_not_lungcls_checkpoints_are_one_line_errors(tmp_path):
     assert not marker.exists()  # nothing in the crafted file was executed
 
 
+@pytest.mark.slow
 def test_checkpoint_paths_are_read_only_for_evaluation(train_cfg, tmp_path):
     run = tmp_path / "run"
     cache = tmp_path / "cache-named-at-training"

@@ -408,6 +408,7 @@ def test_target_true_needs_labels(runs, tmp_path, data_dir):
 # --------------------------------------------------------------------------- report.layer and the sanity check
 
 
+@pytest.mark.slow
 def test_report_layer_per_checkpoint_and_its_errors(runs, tmp_path, data_dir):
     ckpts = [runs["resnet18"], runs["alexnet"]]
     base = ["report.split=all", "report.per_class=1", "report.misses=false"]

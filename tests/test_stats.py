@@ -173,6 +173,7 @@ def test_compare_paired_on_two_runs_of_the_same_images(train_cfg, tmp_path, caps
     assert "[" in text.split("| test/acc |")[0] or " [" in text  # accuracy shown with its interval
 
 
+@pytest.mark.slow
 def test_evaluate_with_test_time_augmentation_and_temperature_scaling(train_cfg, tmp_path):
     run = tmp_path / "run"
     train(train_cfg("backbone=logistic", "trainer.max_epochs=2", "stats.resamples=100", out=run))
