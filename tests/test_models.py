@@ -228,3 +228,20 @@ def test_imagenet_weights_are_not_redrawn_by_init(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "a.pt")
     net, _ = build_network(get_backbone("alexnet"), {"name": "alexnet", "weights": str(tmp_path / "a.pt"), "init": "kaiming"}, 4)
     assert torch.equal(net.features[0].weight, reference.features[0].weight)
+
+
+def test_each_backbone_brings_its_epochs_and_the_command_line_wins():
+    """trainer.max_epochs follows backbone.epochs (AlexNet and ResNet50 need more from scratch);
+    trainer.max_epochs=... and the paper experiments override it."""
+    from hydra import compose, initialize_config_dir
+
+    from lungcls.cli import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        epochs = {name: compose(config_name="train", overrides=[f"backbone={name}"]).trainer.max_epochs
+                  for name in ("resnet18", "resnet50", "alexnet")}
+        given = compose(config_name="train", overrides=["backbone=alexnet", "trainer.max_epochs=3"])
+        paper = compose(config_name="train", overrides=["experiment=paper_alexnet"])
+    assert epochs == {name: get_backbone(name).config.get("epochs", 8) for name in epochs}
+    assert epochs["resnet18"] < epochs["resnet50"] < epochs["alexnet"]
+    assert given.trainer.max_epochs == 3 and paper.trainer.max_epochs == 20 and paper.backbone.dropout == 0.5
