@@ -228,6 +228,8 @@ def test_imagenet_weights_are_not_redrawn_by_init(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "a.pt")
     net, _ = build_network(get_backbone("alexnet"), {"name": "alexnet", "weights": str(tmp_path / "a.pt"), "init": "kaiming"}, 4)
     assert torch.equal(net.features[0].weight, reference.features[0].weight)
+    with pytest.raises(LungclsError, match="backbone.init"):  # a misspelt name is caught with any weights
+        build_network(get_backbone("alexnet"), {"name": "alexnet", "weights": str(tmp_path / "a.pt"), "init": "kaimnig"}, 4)
 
 
 def test_each_backbone_brings_its_epochs_and_the_command_line_wins():

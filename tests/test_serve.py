@@ -40,7 +40,7 @@ def server(tmp_path_factory, logistic_run):
     spool.mkdir()
     env = dict(os.environ, TMPDIR=str(spool), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "lungcls.serve", f"ckpt={run}/checkpoints/best.ckpt", "serve.port=0", "serve.max_upload_mb=3",
-           "serve.max_pixels=3000000", f"hydra.run.dir={base}/served"]
+           "serve.max_pixels=3000000", "serve.max_files=4", f"hydra.run.dir={base}/served"]
     proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, lines, deadline = None, [], time.monotonic() + 120
     while url is None and time.monotonic() < deadline and proc.poll() is None:
@@ -156,6 +156,8 @@ def test_limits_refuse_big_bodies_non_images_pixel_bombs_and_leave_no_upload_on_
     assert status == 400 and "more than serve.max_pixels=3,000,000" in body["error"] and "\n" not in body["error"]
     status, body = upload(server, [("../../etc/passwd", b"x")])
     assert status == 400 and body["error"].startswith("passwd ")  # the name is echoed, never used as a path
+    status, body = upload(server, [(f"x{i}.png", b"x") for i in range(5)])
+    assert status == 400 and body["error"] == "5 files in one request, more than 4; send them in several requests"
     status, data = request(server["host"], server["port"], "POST", "/api/predict", b"", {"Content-Type": "multipart/form-data; boundary=x"})
     assert status == 400 and "no file sent" in json.loads(data)["error"]
     # a 2 MB upload is spooled to disk by the multipart parser: only inside the server's own temporary folder

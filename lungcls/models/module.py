@@ -24,7 +24,7 @@ from lungcls.errors import LungclsError
 from lungcls.metrics import ConfusionCounts, flat_metrics, metric_key, summarize_confusion
 from lungcls.models.backbones import BackboneSpec, get_backbone, get_module, replace_module
 from lungcls.models.finetune import apply_finetune, freeze_batchnorm_stats
-from lungcls.models.weights import initialize, load_initial_weights
+from lungcls.models.weights import init_function, load_initial_weights
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ _SCHEDULER_NAMES = {"none": "constant", "step": "step", "cosine": "cosine", "war
 def build_network(spec: BackboneSpec, backbone: Mapping[str, Any], num_classes: int, load_weights: bool = True) -> tuple[nn.Module, str]:
     """The backbone with its initial weights loaded (random ones drawn as ``backbone.init`` says)
     and its head replaced for our classes; also says which initial weights it got."""
+    draw = init_function(backbone.get("init"))  # checked first: a misspelt name fails whatever the weights
     net = spec.build({**backbone, "num_classes": num_classes})  # builders that take num_classes get it
     source = "from checkpoint"
     if load_weights:
@@ -47,7 +48,7 @@ def build_network(spec: BackboneSpec, backbone: Mapping[str, Any], num_classes: 
     if old.out_features != num_classes:  # torchvision's 1000-class head
         replace_module(net, spec.head, nn.Linear(old.in_features, num_classes))
     if source.startswith("random"):  # the head too: it is new whatever the weights
-        initialize(net, backbone.get("init"))
+        draw(net)
     dropout = backbone.get("dropout")
     if dropout is not None:
         for m in net.modules():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,9 +48,9 @@ def kaiming_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def initialize(model: nn.Module, name: str | None) -> None:
-    """Draw ``model``'s random weights as ``backbone.init`` says (None: the builder's own)."""
-    INITIALIZATIONS.get(name or "default")(model)
+def init_function(name: str | None) -> Callable[[nn.Module], None]:
+    """What draws a model's random weights as ``backbone.init`` says (None: the builder's own)."""
+    return INITIALIZATIONS.get(name or "default")
 
 
 def hub_checkpoint_dir() -> Path:
