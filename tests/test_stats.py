@@ -14,7 +14,8 @@ import pytest
 from scipy import stats as sps
 
 from lungcls.compare import main as compare_main
-from lungcls.metrics.bootstrap import bootstrap_ci, paired_difference_ci
+from lungcls.metrics import summarize_confusion
+from lungcls.metrics.bootstrap import bootstrap_ci, confusion_statistics, paired_difference_ci
 from lungcls.metrics.calibration import brier_score, calibration, fit_temperature, scale_temperature
 from lungcls.paired import mcnemar_exact
 from lungcls.train import train
@@ -268,3 +269,25 @@ def test_test_time_augmentation_is_the_same_on_every_prediction_path(logistic_ru
     assert tta_copies("none") == 1 and tta_copies("flip") == 2 and tta_copies("8") == 8
     with pytest.raises(Exception, match="tta=sideways must be none, flip or a number"):
         tta_copies("sideways")
+
+
+def test_resampled_statistics_use_the_summary_definitions():
+    """The bootstrap computes its metrics on stacks of confusion matrices; on each matrix they must
+    equal metrics.json's (None there is NaN here), absent and never-predicted classes included."""
+    rng = np.random.default_rng(0)
+    names = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    cms = rng.integers(0, 6, (40, 4, 4))
+    cms[::3, 1, :] = 0  # a class with no images
+    cms[::4, :, 3] = 0  # a class never predicted
+    stacked = confusion_statistics(cms, names, "Normal")
+    for r, cm in enumerate(cms):
+        summary = summarize_confusion(cm, names, "Normal")
+        expected = {"accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"]}
+        for name, per in summary["per_class"].items():
+            expected.update({f"{m}/{name}": per[m] for m in ("precision", "recall", "f1", "specificity")})
+        for name, missed in summary["fn_to_normal"].items():
+            support = cm[names.index(name)].sum()
+            expected[f"fn_to_normal_rate/{name}"] = missed / support if support else None
+        for key, want in expected.items():
+            got = stacked[key][r]
+            assert (np.isnan(got) if want is None else got == pytest.approx(want)), (r, key, got, want)
