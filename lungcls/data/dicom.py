@@ -41,7 +41,9 @@ def _stored_range(ds) -> tuple[float, float]:
 
 def _apply_voi_lut_sequence(values: np.ndarray, ds) -> tuple[np.ndarray, tuple[float, float]]:
     """The first VOI LUT of the file applied by table look-up, and the output range its entries'
-    bit depth can hold (values below the first mapped one take the first entry, above: the last)."""
+    bit depth can hold (values below the first mapped one take the first entry, above: the last).
+    Not pydicom's ``apply_voi``: for a LUT with 8-bit output whose LUT Data is written as US values
+    it maps every pixel to 255 (pydicom 3.0; ``test_a_voi_lut_sequence_is_applied``)."""
     item = ds.VOILUTSequence[0]
     entries, first, bits = (int(v) for v in item.LUTDescriptor)
     data = item.LUTData
