@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from lungcls.errors import LungclsError
-from lungcls.runs import claim_dir, safe_name, write_state
+from lungcls.runs.folders import claim_dir, safe_name, write_state
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 

@@ -1,8 +1,8 @@
 """``lungcls-compare DIR...``: rank finished runs side by side from their run folders.
 
-A sweep leaves one run folder per job. This reads them (``lungcls.runs``), builds one row per run
+A sweep leaves one run folder per job. This reads them (``lungcls.runs.folders``), builds one row per run
 with what set it apart, accuracy per split, per-class recall and missed disease
-(``lungcls.ranking``), and writes ``comparison.md``, ``comparison.csv`` and ``comparison.png``.
+(``lungcls.comparison.ranking``), and writes ``comparison.md``, ``comparison.csv`` and ``comparison.png``.
 
     lungcls-compare outputs/multirun/2026-01-31/10-00-00
     lungcls-compare runs_a/ runs_b/ --out report/ --rank-by val/macro_f1 --stage val
@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lungcls.errors import LungclsError
-from lungcls.paired import paired_rows
-from lungcls.plots import plot_comparison
-from lungcls.ranking import DEFAULT_MISSED, STAGES, rank_runs, to_csv, to_markdown
-from lungcls.runs import STATUS_OK, collect_runs, read_yaml
+from lungcls.comparison.paired import paired_rows
+from lungcls.comparison.chart import plot_comparison
+from lungcls.comparison.ranking import DEFAULT_MISSED, STAGES, rank_runs, to_csv, to_markdown
+from lungcls.runs.folders import STATUS_OK, collect_runs, read_yaml
 
 PROG = "lungcls-compare"
 OUTPUT_NAMES = ("comparison.md", "comparison.csv", "comparison.png")

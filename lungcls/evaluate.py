@@ -19,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from lungcls.cli import hydra_main
 from lungcls.data.datamodule import LungDataModule
 from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
-from lungcls.device import pick_device
+from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
-from lungcls.prediction import Predictions, predict_split, tta_copies
-from lungcls.results import check_stats, print_summary, write_results
-from lungcls.screening import checkpoint_sha256, screening_line
+from lungcls.inference.prediction import Predictions, predict_split, tta_copies
+from lungcls.runs.results import check_stats, print_summary, write_results
+from lungcls.inference.screening import checkpoint_sha256, screening_line
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def to_model_space(pred: Predictions, mapping: list[int | None]) -> Predictions:
 
 
 def _screening(cfg: DictConfig, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
-    from lungcls.screening import screening_report
+    from lungcls.inference.screening import screening_report
 
     ev = cfg.evaluate
     val = None

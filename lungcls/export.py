@@ -28,8 +28,8 @@ from lungcls.data.inputs import collect_inputs
 from lungcls.data.splits import read_splits_csv
 from lungcls.errors import LungclsError
 from lungcls.models.packaged import INPUT_NAME, METADATA_NAME, OUTPUT_NAME, PackagedClassifier, metadata
-from lungcls.prediction import predict_files
-from lungcls.screening import checkpoint_sha256
+from lungcls.inference.prediction import predict_files
+from lungcls.inference.screening import checkpoint_sha256
 
 log = logging.getLogger(__name__)
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}

@@ -24,13 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from lungcls.cli import hydra_main
 from lungcls.data.images import read_gray
 from lungcls.data.inputs import InputImage, collect_inputs
-from lungcls.device import pick_device
+from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import load_models
 from lungcls.explain.overlays import safe_stem
-from lungcls.inference import UsedModel, check_margin, model_card, score_images
-from lungcls.prediction import tta_copies
-from lungcls.screening import load_screening_thresholds
+from lungcls.inference.scoring import UsedModel, check_margin, model_card, score_images
+from lungcls.inference.prediction import tta_copies
+from lungcls.inference.screening import load_screening_thresholds
 
 log = logging.getLogger(__name__)
 

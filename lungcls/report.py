@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
 from lungcls.data.images import load_mask
-from lungcls.device import pick_device
+from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import ReportModel, batch_size_of, class_targets, explain_batch, image_batch, load_models, to_display
 from lungcls.explain.html import TableSection, write_report_html
@@ -32,7 +32,7 @@ from lungcls.explain.outputs import CSV_COLUMNS, TARGET_TEXT, Explained, sanity_
 from lungcls.explain.sanity import DEFAULT_THRESHOLD, sanity_check
 from lungcls.explain.tables import cascade_rows, legend_lines, model_rows, write_summary_csv
 from lungcls.explain.selection import ReportImage, select_images
-from lungcls.loggers import log_report_to_wandb
+from lungcls.training.loggers import log_report_to_wandb
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``lungcls-sweep FILE [overrides]``: run a W&B sweep file locally as one Hydra multirun.
 
-The same file runs on a W&B server (``wandb sweep`` + ``wandb agent``); here ``lungcls.sweepfile``
+The same file runs on a W&B server (``wandb sweep`` + ``wandb agent``); here ``lungcls.sweeps.sweepfile``
 turns it into ``python -m lungcls.train --multirun ...`` (grid: Hydra's basic sweeper; random /
 bayes: the Optuna sweeper), and the multirun folder to compare is printed at the end.
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lungcls.errors import LungclsError
-from lungcls.sweepfile import continue_study, load_sweep, merge_overrides, sweep_arguments, train_command
+from lungcls.sweeps.sweepfile import continue_study, load_sweep, merge_overrides, sweep_arguments, train_command
 
 PROG = "lungcls-sweep"
 

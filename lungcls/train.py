@@ -19,81 +19,16 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from lungcls.cli import hydra_main
 from lungcls.data.datamodule import LungDataModule
-from lungcls.errors import LungclsError
-from lungcls.loggers import build_loggers, finish_wandb, log_results_to_wandb
+from lungcls.training.loggers import build_loggers, finish_wandb, log_results_to_wandb
 from lungcls.metrics import flat_metrics, loss_and_auroc
 from lungcls.models.module import LungClassifier, load_classifier
-from lungcls.prediction import predict_split
-from lungcls.results import check_stats, print_summary, write_results
-from lungcls.trainer import build_callbacks, build_trainer, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
+from lungcls.inference.prediction import predict_split
+from lungcls.runs.results import check_stats, print_summary, write_results
+from lungcls.training.resume import check_resume
+from lungcls.training.setup import absolute_paths, make_datamodule, make_model
+from lungcls.training.trainer import build_callbacks, build_trainer, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
 
 log = logging.getLogger(__name__)
-
-
-def make_datamodule(cfg: DictConfig) -> LungDataModule:
-    return LungDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), OmegaConf.to_container(cfg.augment, resolve=True), seed=int(cfg.seed))
-
-
-def make_model(cfg: DictConfig, dm: LungDataModule) -> LungClassifier:
-    def plain(node) -> Any:
-        return OmegaConf.to_container(node, resolve=True)
-
-    return LungClassifier(
-        backbone=plain(cfg.backbone), finetune=plain(cfg.finetune), class_names=dm.class_names,
-        normal_class=dm.normal_class, optimizer=plain(cfg.optimizer), scheduler=plain(cfg.scheduler),
-        loss=plain(cfg.loss), mean=dm.mean, std=dm.std, image_size=dm.image_size,
-        class_counts=dm.class_counts("train"), compile=bool(cfg.get("compile", False)),
-        data=absolute_paths(plain(cfg.dataset)),  # lets lungcls-evaluate find the run's data from anywhere
-    )
-
-
-def absolute_paths(data: dict) -> dict:
-    """The data config with its paths made absolute, so it stays valid from any working folder."""
-    for key in ("root", "manifest", "splits_csv", "cache_dir"):
-        if data.get(key):
-            data[key] = str(Path(data[key]).expanduser().resolve())
-    return data
-
-
-# What decides which images a run trains on and how they are split: a resumed run must match.
-SPLIT_KEYS = ("layout", "root", "manifest", "classes", "val_fraction", "test_fraction", "split_seed",
-              "splits_csv", "max_per_class", "image_size", "demo", "folds", "fold", "duplicates",
-              "near_duplicate_bits", "on_label_conflict")
-
-
-def _resume_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(config key, checkpoint's value, current value) for every setting a resume must keep."""
-    data_saved, data_now = dict(saved.get("data") or {}), dict(current["data"])
-    for d in (data_saved, data_now):  # the fold only matters in a k-fold run
-        if not d.get("folds"):
-            d["fold"] = None
-    out = [(f"dataset.{k}", data_saved.get(k), data_now.get(k)) for k in SPLIT_KEYS if data_saved.get(k) != data_now.get(k)]
-    model_keys = (("backbone.name", ("backbone", "name")), ("finetune.name", ("finetune", "name")),
-                  ("finetune.fraction", ("finetune", "fraction")), ("optimizer._target_", ("optimizer", "_target_")))
-    for key, (group, field) in model_keys:
-        was, now = (saved.get(group) or {}).get(field), (current.get(group) or {}).get(field)
-        if was != now:
-            out.append((key, was, now))
-    return out
-
-
-def check_resume(ckpt_path: str, current: dict) -> None:
-    """Refuse to resume a checkpoint with other data or split settings (the continued run would train
-    on images the checkpoint held out, or score images it trained on) or another model, fine-tune
-    or optimizer (its weights and optimizer state would not fit)."""
-    import torch
-
-    if not Path(ckpt_path).is_file():
-        raise LungclsError(f"ckpt_path={ckpt_path} does not exist; give a run's checkpoints/last.ckpt to resume")
-    try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise LungclsError(f"ckpt_path={ckpt_path} is not a readable lungcls checkpoint ({type(e).__name__}); give a run's checkpoints/last.ckpt") from None
-    for key, was, now in _resume_differences(saved, current)[:1]:
-        raise LungclsError(
-            f"ckpt_path={ckpt_path} was trained with {key}={was}, not {now}; resume with the checkpoint's settings, "
-            "or start a new run without ckpt_path"
-        )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from lungcls.compare import main
-from lungcls.ranking import rank_runs
-from lungcls.runs import collect_runs
+from lungcls.comparison.ranking import rank_runs
+from lungcls.runs.folders import collect_runs
 from lungcls.errors import LungclsError
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]

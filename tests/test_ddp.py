@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lungcls.data.datamodule import LungDataModule
-from lungcls.prediction import predict_split
+from lungcls.inference.prediction import predict_split
 from lungcls.metrics import flat_metrics
 from lungcls.models.module import load_classifier
 

@@ -14,7 +14,7 @@ from lungcls.data.images import load_image
 from lungcls.errors import LungclsError
 from lungcls.export import FORMATS, export, run_exported
 from lungcls.models.module import load_classifier
-from lungcls.prediction import predict_files
+from lungcls.inference.prediction import predict_files
 
 
 def export_cfg(run, out, *overrides):

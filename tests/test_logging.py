@@ -41,9 +41,9 @@ def test_wandb_offline_run_holds_per_class_keys_and_tables(train_cfg, tmp_path, 
 
 def test_wandb_disabled_degrades_to_csv_with_one_warning(train_cfg, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    with caplog.at_level(logging.WARNING, logger="lungcls.loggers"):
+    with caplog.at_level(logging.WARNING, logger="lungcls.training.loggers"):
         train(train_cfg("logger=wandb", "backbone=logistic", "trainer.max_epochs=1"))
-    warnings = [r for r in caplog.records if r.name == "lungcls.loggers" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "lungcls.training.loggers" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "WANDB_MODE=disabled" in warnings[0].getMessage()
     assert not (tmp_path / "wandb").exists()
     assert (tmp_path / "csv" / "metrics.csv").is_file() and (tmp_path / "metrics.json").is_file()

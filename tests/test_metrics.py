@@ -17,7 +17,7 @@ from sklearn.metrics import (
 
 from lungcls.errors import LungclsError
 from lungcls.metrics import class_probability_ci, flat_metrics, summarize_confusion
-from lungcls.plots import plot_confusion_matrix
+from lungcls.runs.figures import plot_confusion_matrix
 
 THREE = ["COVID", "Normal", "Viral Pneumonia"]
 # rows = true, columns = predicted

@@ -107,7 +107,7 @@ def test_a_threshold_chosen_for_another_checkpoint_is_refused(trained, tmp_path)
 
 
 def test_possible_missed_disease_flags_only_narrow_normal_wins():
-    from lungcls.screening import possible_missed_disease
+    from lungcls.inference.screening import possible_missed_disease
 
     classes = ["COVID", "Normal", "Viral Pneumonia"]
     probs = np.array([

@@ -19,8 +19,8 @@ from PIL import Image
 from lungcls.data.images import read_gray
 from lungcls.errors import LungclsError
 from lungcls.models.module import load_classifier
-from lungcls.ranking import rank_runs
-from lungcls.runs import collect_runs, read_state, safe_name
+from lungcls.comparison.ranking import rank_runs
+from lungcls.runs.folders import collect_runs, read_state, safe_name
 from lungcls.train import train
 
 from conftest import REPO, TINY, make_class_tree, run_cli
@@ -28,7 +28,7 @@ from conftest import REPO, TINY, make_class_tree, run_cli
 
 def test_claims_of_one_name_by_many_processes_get_distinct_folders(tmp_path):
     target = str(tmp_path / "runs" / "12-00-00_resnet18-full")
-    code = f"from lungcls.runs import claim_dir; print(claim_dir({target!r}))"
+    code = f"from lungcls.runs.folders import claim_dir; print(claim_dir({target!r}))"
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(8)]
     claimed = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert len(set(claimed)) == 8 and all(Path(p).is_dir() for p in claimed)

@@ -349,7 +349,7 @@ def test_cli_writes_the_run_folder_and_logs_to_wandb_offline(runs, tmp_path):
 
     # a second report resumes that run (same id) instead of starting another
     from lungcls.explain.outputs import CSV_COLUMNS
-    from lungcls.loggers import log_report_to_wandb
+    from lungcls.training.loggers import log_report_to_wandb
 
     log_report_to_wandb(run_dir, [], read_rows(out / "gradcam.csv"), CSV_COLUMNS)
     runs_now = sorted((run_dir / "wandb").glob("offline-run-*"))

@@ -1,4 +1,4 @@
-"""Tests for lungcls.screening: hand-checked operating points, the val-chosen threshold, errors."""
+"""Tests for lungcls.inference.screening: hand-checked operating points, the val-chosen threshold, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lungcls.errors import LungclsError
-from lungcls.screening import screening_report
+from lungcls.inference.screening import screening_report
 
 NAMES = ["COVID", "Normal", "Viral Pneumonia"]
 # COVID scores (column 0): positives 0.7, 0.4, 0.3; negatives 0.1, 0.5, 0.2.

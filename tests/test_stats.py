@@ -17,7 +17,7 @@ from lungcls.compare import main as compare_main
 from lungcls.metrics import summarize_confusion
 from lungcls.metrics.bootstrap import bootstrap_ci, confusion_statistics, paired_difference_ci
 from lungcls.metrics.calibration import brier_score, calibration, fit_temperature, scale_temperature
-from lungcls.paired import mcnemar_exact
+from lungcls.comparison.paired import mcnemar_exact
 from lungcls.train import train
 
 from conftest import run_cli
@@ -254,7 +254,7 @@ def test_test_time_augmentation_is_the_same_on_every_prediction_path(logistic_ru
     image and its mirror and agree; without it they agree too, and the two settings differ."""
     from lungcls.data.images import read_gray
     from lungcls.models.module import load_classifier
-    from lungcls.prediction import predict_arrays, predict_files, tta_copies
+    from lungcls.inference.prediction import predict_arrays, predict_files, tta_copies
 
     model = load_classifier(str(logistic_run / "checkpoints" / "best.ckpt"))
     with (logistic_run / "predictions.csv").open() as f:

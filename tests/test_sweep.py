@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungcls import sweepfile as sweep_mod
+from lungcls.sweeps import sweepfile as sweep_mod
 from lungcls.errors import LungclsError
 from lungcls.sweep import main
-from lungcls.sweepfile import continue_study, hydra_value, sweep_to_hydra_args
+from lungcls.sweeps.sweepfile import continue_study, hydra_value, sweep_to_hydra_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))

@@ -234,7 +234,7 @@ def test_head_dropout_override_reaches_the_network():
 def test_an_undefined_monitored_value_counts_as_the_worst():
     from types import SimpleNamespace
 
-    from lungcls.trainer import KeptModelCheckpoint
+    from lungcls.training.trainer import KeptModelCheckpoint
 
     trainer = SimpleNamespace(callback_metrics={"val/acc": torch.tensor(0.5)}, current_epoch=3, global_step=7)
     for mode, worst in (("max", float("-inf")), ("min", float("inf"))):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lungcls.errors import LungclsError
-from lungcls.results import write_atomic
+from lungcls.runs.results import write_atomic
 
 FAILABLE = ("unreadable", "exact_duplicates", "near_duplicates", "label_conflicts", "cross_split", "shortcut")
 

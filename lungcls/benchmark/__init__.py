@@ -6,7 +6,7 @@ five measurements in images/s:
 (a) ``ceiling``: the model's training step alone (forward, cross-entropy, backward, optimizer step)
     on tensors already on the device, already normalised, channels_last on CUDA;
 (b) ``end_to_end``: the project's Lightning loop (``LungDataModule`` + ``LungClassifier`` +
-    ``pl.Trainer`` from ``lungcls.train``) in steady state, warm-up excluded, no validation;
+    ``pl.Trainer`` as ``lungcls.training`` builds them) in steady state, warm-up excluded, no validation;
 (c) ``epoch``: one whole ``trainer.fit`` epoch including validation, after a warm-up epoch;
 (d) ``naive``: the usual ImageFolder-style loop on the same PNG files (PIL decode and torchvision
     transforms in DataLoader workers, fp32);

@@ -17,9 +17,9 @@ from PIL import Image
 from lungcls.benchmark.settings import Settings
 from lungcls.benchmark.timing import free_memory, make_epoch_clock, make_steady_state_clock, summarize_windows, time_steps, window_edges
 from lungcls.data.datamodule import LungDataModule
-from lungcls.device import autocast_for
-from lungcls.trainer import build_callbacks, build_trainer
-from lungcls.train import make_model
+from lungcls.models.device import autocast_for
+from lungcls.training.trainer import build_callbacks, build_trainer
+from lungcls.training.setup import make_model
 
 
 def frees_memory(measure: Callable) -> Callable:

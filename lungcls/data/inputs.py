@@ -17,7 +17,7 @@ from pathlib import Path
 from lungcls.data.images import is_image_file
 from lungcls.data.layouts import MASK_FOLDERS
 from lungcls.errors import LungclsError
-from lungcls.runs import natural_key
+from lungcls.runs.folders import natural_key
 
 MANIFEST_SUFFIXES = (".csv",)
 

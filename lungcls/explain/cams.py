@@ -23,7 +23,7 @@ from lungcls.explain.gradcam import (
     resolve_layer,
 )
 from lungcls.explain.layers import AUTO, DEFAULT_MIN_CELLS, CamLayer, choose_layer
-from lungcls.prediction import predict_batches
+from lungcls.inference.prediction import predict_batches
 
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from lungcls.data.leakage import match_training_images, overlap_message, overlap
 from lungcls.data.splits import SPLITS, read_splits_csv
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import ReportImage, ReportModel, batch_size_of
-from lungcls.prediction import predict_files
+from lungcls.inference.prediction import predict_files
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ def _ratio(num: int, den: int) -> float | None:
     return float(num) / float(den) if den > 0 else None
 
 
-def _check_class_names(class_names: Sequence[str]) -> list[str]:
+def check_class_names(class_names: Sequence[str]) -> list[str]:
     names = [str(c) for c in class_names]
     if len(set(names)) != len(names):
         dupes = sorted({c for c in names if names.count(c) > 1})
@@ -55,7 +55,7 @@ def _check_class_names(class_names: Sequence[str]) -> list[str]:
     return names
 
 
-def _as_confusion(confusion: Any, n_classes: int) -> np.ndarray:
+def as_confusion(confusion: Any, n_classes: int) -> np.ndarray:
     """Validate a confusion matrix and return it as an int64 [K, K] array."""
     arr = np.asarray(confusion)
     if arr.size == 0 and n_classes == 0:
@@ -108,8 +108,8 @@ def summarize_confusion(
     - accuracy is None when the matrix holds no images.
     All numbers are plain Python floats/ints, so `json.dumps` works on the result.
     """
-    names = _check_class_names(class_names)
-    cm = _as_confusion(confusion, len(names))
+    names = check_class_names(class_names)
+    cm = as_confusion(confusion, len(names))
     if normal_class is not None and normal_class not in names:
         raise LungclsError(
             f"normal class {normal_class!r} is not one of the classes {names}; set "

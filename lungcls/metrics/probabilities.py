@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungcls.metrics.confusion import _check_class_names, metric_key
+from lungcls.metrics.confusion import check_class_names, metric_key
 
 __all__ = ["class_probability_ci", "auroc_per_class", "loss_and_auroc"]
 
@@ -68,7 +68,7 @@ def class_probability_ci(
     """
     from scipy import stats
 
-    names = _check_class_names(class_names)
+    names = check_class_names(class_names)
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     p = np.asarray(probs, dtype=np.float64)

@@ -16,11 +16,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
-from lungcls.device import pick_device
+from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import load_models
-from lungcls.inference import UsedModel, check_margin
-from lungcls.screening import load_screening_thresholds
+from lungcls.inference.scoring import UsedModel, check_margin
+from lungcls.inference.screening import load_screening_thresholds
 
 log = logging.getLogger("lungcls.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

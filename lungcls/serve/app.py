@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lungcls.data.images import read_gray
 from lungcls.errors import LungclsError
-from lungcls.inference import UsedModel, model_card
+from lungcls.inference.scoring import UsedModel, model_card
 from lungcls.serve.batching import Batcher
 from lungcls.serve.limits import BodyLimit
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lungcls.inference import UsedModel, overlays, score_images
+from lungcls.inference.scoring import UsedModel, overlays, score_images
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
-from lungcls.device import resolve_precision
+from lungcls.models.device import resolve_precision
 from lungcls.errors import LungclsError
 from lungcls.metrics import metric_direction, metric_key
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lungcls.data.images import gray_to_input, load_image, to_unit_float
-from lungcls.device import autocast_for
+from lungcls.models.device import autocast_for
 from lungcls.errors import LungclsError
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lungcls.metrics import summarize_confusion
-from lungcls.runs import STATUS_OK
+from lungcls.runs.folders import STATUS_OK
 
 FOLD_KEY = "dataset.fold"
 COUNT_PARTS = ("fn_to_normal", "missed")  # columns that are counts: pooled, never averaged

@@ -1,7 +1,7 @@
 """Using trained models on new X-rays: the decisions ``lungcls-predict`` writes and ``lungcls-serve``
 shows, made in one place so both say the same thing for the same file.
 
-Per model and image: the class probabilities (from ``lungcls.prediction``, the loop evaluation
+Per model and image: the class probabilities (from ``lungcls.inference.prediction``, the loop evaluation
 uses), the predicted class, the "possible missed disease" flag (the normal class wins by less than
 ``normal_margin`` over the most likely disease), the screening flag at the threshold an evaluation
 of this checkpoint chose on val (when one is given), and optionally the Grad-CAM overlay PNG of the
@@ -22,8 +22,8 @@ from lungcls.data.images import gray_to_input
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import ReportModel, explain_batch
 from lungcls.explain.overlays import overlay_rgb, png_bytes
-from lungcls.prediction import predict_arrays
-from lungcls.screening import ScreeningThreshold, possible_missed_disease
+from lungcls.inference.prediction import predict_arrays
+from lungcls.inference.screening import ScreeningThreshold, possible_missed_disease
 
 
 @dataclass

@@ -20,8 +20,8 @@ from lungcls.errors import LungclsError
 from lungcls.metrics import class_probability_ci, source_lines, summarize_by_source, summarize_confusion
 from lungcls.metrics.bootstrap import bootstrap_ci
 from lungcls.metrics.calibration import calibration
-from lungcls.plots import plot_confusion_matrix, plot_reliability
-from lungcls.prediction import Predictions
+from lungcls.runs.figures import plot_confusion_matrix, plot_reliability
+from lungcls.inference.prediction import Predictions
 
 # stats.* defaults: bootstrap intervals and calibration bins of every split's summary
 DEFAULT_STATS = {"resamples": 1000, "level": 0.95, "seed": 0, "calibration_bins": 15}

@@ -1,0 +1,78 @@
+"""Typed settings: the one bridge from a composed Hydra config to the attributes code reads.
+
+Each command (and each config group that library code consumes) declares a dataclass of its keys
+and their types, with no default values: the defaults live in one place, the yaml under ``conf/``.
+``typed(node, Schema, "predict")`` merges the composed node into the schema, so a value of the wrong
+type (``seed=abc``), a key the schema does not know (a misspelling) or a key the yaml forgot is one
+line naming the key (with the closest known key), before any data are read. Code then reads
+attributes (``settings.batch_size``), never ``cfg.get("key", default)``.
+
+Range checks that a type cannot express (a positive batch size, a margin in [0, 1)) live in the
+dataclass's ``__post_init__``, so they run at the same moment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+from lungcls.errors import LungclsError
+
+T = TypeVar("T")
+
+
+def closest_key(key: str, known: list[str]) -> str:
+    """`` (did you mean <prefix>.<close>?)`` for a misspelt key, or nothing when none is close."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(sorted(known))}"
+
+
+def _prefixed(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def typed(node: Any, schema: type[T], prefix: str = "") -> T:
+    """``node`` (a DictConfig or mapping) as an instance of the dataclass ``schema``; a wrong type, an
+    unknown key or a missing key is a ``LungclsError`` naming ``prefix.key``."""
+    if node is None:
+        node = {}
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    names = [f.name for f in dataclasses.fields(schema)]
+    unknown = [k for k in plain if k not in names]
+    if unknown:
+        key = unknown[0]
+        raise LungclsError(f"{_prefixed(prefix, key)} is not a setting{closest_key(key, names)}".replace(
+            "did you mean ", f"did you mean {prefix + '.' if prefix else ''}"))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), plain)
+        return OmegaConf.to_object(merged)
+    except MissingMandatoryValue as e:
+        key = getattr(e, "full_key", "") or str(e)
+        raise LungclsError(f"{_prefixed(prefix, key)} has no value; set it in the yaml or on the command line ({_prefixed(prefix, key)}=...)") from None
+    except (ValidationError, ConfigKeyError) as e:
+        key = getattr(e, "full_key", "") or "?"
+        value = plain
+        for part in str(key).split("."):
+            value = value.get(part) if isinstance(value, Mapping) else value
+        field = {f.name: f for f in dataclasses.fields(schema)}.get(str(key).split(".")[0])
+        kind = getattr(field.type, "__name__", field.type) if field else "the documented type"
+        raise LungclsError(f"{_prefixed(prefix, key)}={value} is not a valid value (expected {kind}); see conf/ and the README's configuration tables") from None
+
+
+def check_range(value: float | int | None, key: str, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, high_open: bool = False) -> None:
+    """A ``LungclsError`` naming ``key`` when ``value`` lies outside [low, high] (or the open ends)."""
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise LungclsError(f"{key}={value} is outside {lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}; "
+                           f"give {key}=<a value in that range>")
