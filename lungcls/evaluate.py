@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
+from lungcls.settings import check_range, typed
+from lungcls.runs.layout import RunFolder, checkpoint_argument
 from lungcls.data.datamodule import LungDataModule
+from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
@@ -28,28 +32,45 @@ from lungcls.inference.screening import checkpoint_sha256, screening_line
 log = logging.getLogger(__name__)
 
 
-def data_config_for(cfg: DictConfig, model) -> tuple[dict[str, Any], str]:
+@dataclass
+class EvaluateSettings:
+    """``evaluate.*`` (defaults and meanings in conf/evaluate.yaml)."""
+
+    positive_class: Optional[str]
+    threshold: Optional[float]
+    target_sensitivity: float
+    tta: Any
+    temperature_scaling: bool
+    exclude_training_images: bool
+
+    def __post_init__(self) -> None:
+        check_range(self.threshold, "evaluate.threshold", 0, 1)
+        check_range(self.target_sensitivity, "evaluate.target_sensitivity", 0, 1, low_open=True)
+        tta_copies(self.tta)  # an unknown value fails here, before any loading
+
+
+def data_settings_for(given: dict[str, Any], ckpt: Path, model) -> tuple[DatasetSettings, str]:
     """The data to score: the run's own (with its splits.csv) unless a dataset is given."""
-    given = OmegaConf.to_container(cfg.dataset, resolve=True) if cfg.get("dataset") is not None else {}
-    split = str(given.get("split", "test"))
+    split = str(given["split"])
     if "name" in given:
-        data = dict(given)
+        data = dataset_settings(given)
     else:  # the checkpoint's own data: read only, never generated, no cache written where it says
-        data = dict(model.hparams.get("data") or {})
-        if not data:
+        saved = model.hparams.get("data")
+        if not saved:
             raise LungclsError("the checkpoint does not record its data set; pass one, e.g. dataset=folder dataset.root=...")
-        data["cache_dir"] = given.get("cache_dir")
-        run_dir = Path(cfg.ckpt_path).resolve().parent.parent
-        if (run_dir / "splits.csv").is_file() and split != "all":
-            data["splits_csv"] = str(run_dir / "splits.csv")
-        if data.get("splits_csv"):
-            data.pop("max_per_class", None)
-    data["image_size"] = int(model.hparams.image_size)  # the model's working size, whatever the data config says
-    data["allow_missing_classes"] = True  # reported below instead of refused: external sets often lack classes
-    if data.get("on_label_conflict", "error") == "error":
-        data["on_label_conflict"] = "keep"  # scored as labelled, and reported below: evaluation trains nothing
+        data = replace(dataset_settings(saved, stored=True), cache_dir=given["cache_dir"])
+        run = RunFolder.find(ckpt)
+        if run is not None and run.splits_csv.is_file() and split != "all":
+            data = replace(data, splits_csv=str(run.splits_csv))
+        if data.splits_csv:
+            data = replace(data, max_per_class=None)
+    # the model's working size, whatever the data config says; classes the data lack are reported
+    # below instead of refused (external sets often lack some); evaluation trains nothing, so label
+    # conflicts are scored as labelled and reported
+    data = replace(data, image_size=int(model.hparams.image_size), allow_missing_classes=True,
+                   on_label_conflict="keep" if data.on_label_conflict == "error" else data.on_label_conflict)
     if split == "all":
-        data["val_fraction"], data["test_fraction"], data["splits_csv"] = 0.0, 0.0, None
+        data = replace(data, val_fraction=0.0, test_fraction=0.0, splits_csv=None)
     return data, split
 
 
@@ -75,29 +96,27 @@ def to_model_space(pred: Predictions, mapping: list[int | None]) -> Predictions:
     return kept
 
 
-def _screening(cfg: DictConfig, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
+def _screening(ev: EvaluateSettings, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
     from lungcls.inference.screening import screening_report
 
-    ev = cfg.evaluate
     val = None
     if split != "val" and len(dm.split_rows("val")):
         val = to_model_space(predict_split(model, dm, "val", device), mapping)
     return screening_report(
         model.class_names, ev.positive_class, pred.probs, pred.labels,
         val.probs if val is not None else None, val.labels if val is not None else None,
-        threshold=ev.get("threshold"), target_sensitivity=float(ev.get("target_sensitivity", 0.95)),
+        threshold=ev.threshold, target_sensitivity=ev.target_sensitivity,
     )
 
 
-def _temperature_scaling(cfg: DictConfig, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
+def _temperature_scaling(ev: EvaluateSettings, bins: int, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
     """Fit a temperature on val, and report ``split``'s calibration before and after it (the
     predicted classes, hence every confusion-matrix number, do not change)."""
     from lungcls.metrics.calibration import calibration, fit_temperature, scale_temperature
 
-    bins = int((cfg.get("stats") or {}).get("calibration_bins", 15))
     if split == "val" or not len(dm.split_rows("val")):
         return {"temperature": None, "reason": "temperature scaling is fitted on the val split, and there is no other split to report it on"}
-    val = to_model_space(predict_split(model, dm, "val", device, tta=cfg.evaluate.get("tta", "none")), mapping)
+    val = to_model_space(predict_split(model, dm, "val", device, tta=ev.tta), mapping)
     t = fit_temperature(val.probs, val.labels)
     return {
         "temperature": t,
@@ -107,24 +126,24 @@ def _temperature_scaling(cfg: DictConfig, model, dm: LungDataModule, split: str,
     }
 
 
-def leave_out_training_images(cfg: DictConfig, dm: LungDataModule, split: str, own_data: bool,
+def leave_out_training_images(ckpt: Path, exclude: bool, dm: LungDataModule, split: str, own_data: bool,
                               pred: Predictions) -> tuple[Predictions, dict[str, Any] | None]:
     """Find the checkpoint's training images among the scored ones (same file, same pixels, near
     copies; recorded in its run's splits.csv) and, unless ``evaluate.exclude_training_images=false``,
     leave them out. Returns the predictions kept and what was found (None: nothing to check)."""
-    splits_file = Path(cfg.ckpt_path).resolve().parent.parent / "splits.csv"
+    run = RunFolder.find(ckpt)
     if own_data and split == "train":
         return pred, None  # the training split itself was asked for
-    if not splits_file.is_file():
-        log.warning("no splits.csv beside the checkpoint's run: cannot tell whether these images were trained on")
+    if run is None or not run.splits_csv.is_file():
+        log.warning("the checkpoint is not in a run folder with a splits.csv: cannot tell whether these images were trained on")
         return pred, None
-    exclude = bool((cfg.get("evaluate") or {}).get("exclude_training_images", True))
+    splits_file = run.splits_csv
     training = read_training_images([splits_file])
     fp = dm.fingerprints
     if fp is not None:
         index = {p: i for i, p in enumerate(fp.paths)}
         fp = fp.subset([index[p] for p in pred.paths])
-    matches = match_training_images(pred.paths, fp, training, dm.cfg.get("near_duplicate_bits", 12))
+    matches = match_training_images(pred.paths, fp, training, dm.cfg.near_duplicate_bits)
     record = overlap_record(matches, len(pred), exclude, training, [splits_file])
     message = overlap_message(record, "images", "evaluate.exclude_training_images")
     if message:
@@ -141,45 +160,46 @@ def leave_out_training_images(cfg: DictConfig, dm: LungDataModule, split: str, o
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.ckpt_path``; writes metrics.json, predictions.csv and confusion_matrix.png."""
+    """Score ``cfg.ckpt``; writes metrics.json, predictions.csv and confusion_matrix.png."""
     from lungcls.models.module import load_classifier
 
     run_dir = Path(cfg.paths.output_dir)
-    check_stats(OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None)
-    device = pick_device(str(cfg.get("device", "auto")))
-    model = load_classifier(str(cfg.ckpt_path), map_location=device)
-    data, split = data_config_for(cfg, model)
-    own_data = cfg.get("dataset") is None or "name" not in cfg.dataset
+    ckpt = checkpoint_argument(cfg.ckpt, cfg.ckpt_path)
+    ev = typed(cfg.evaluate, EvaluateSettings, "evaluate")
+    stats = check_stats(OmegaConf.to_container(cfg.stats, resolve=True))
+    device = pick_device(str(cfg.device))
+    model = load_classifier(str(ckpt), map_location=device)
+    given = OmegaConf.to_container(cfg.dataset, resolve=True)
+    data, split = data_settings_for(given, ckpt, model)
+    own_data = "name" not in given
     dm = LungDataModule(data, augment=None, seed=int(cfg.seed), prepare=not own_data)
     dm.setup("test")
     mapping, mismatch = class_alignment(model.class_names, dm.class_names, dm.class_counts(split))
     if mismatch:
         print(f"class mismatch: {mismatch}")  # metrics.json records it as class_mismatch
-    tta = (cfg.get("evaluate") or {}).get("tta", "none")
+    tta = ev.tta
     pred = to_model_space(predict_split(model, dm, split, device, tta=tta), mapping)
     if len(pred.labels) == 0:
         raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
-    own_data = "name" not in (OmegaConf.to_container(cfg.dataset) if cfg.get("dataset") is not None else {})
-    pred, overlap = leave_out_training_images(cfg, dm, split, own_data, pred)
+    pred, overlap = leave_out_training_images(ckpt, ev.exclude_training_images, dm, split, own_data, pred)
     if dm.duplicate_record.get("label_conflicts"):
         note = (f"WARNING: {dm.duplicate_record['label_conflicts']} group(s) of duplicate images carry different labels "
                 "in this data (lungcls-audit lists them); each copy is scored against its own label")
         print(note)
     extra: dict[str, Any] = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "checkpoint_sha256": checkpoint_sha256(cfg.ckpt_path),  # lets predict/serve match a chosen threshold to this file
-        "data_root": data.get("root") or data.get("manifest"),
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": checkpoint_sha256(ckpt),  # lets predict/serve match a chosen threshold to this file
+        "data_root": data.root or data.manifest,
         "split": split,
         "class_mismatch": mismatch,
         "tta": {"mode": str(tta), "copies": tta_copies(tta)},
         "training_overlap": overlap,
         "duplicates": dm.duplicate_record,
     }
-    if (cfg.get("evaluate") or {}).get("positive_class"):
-        extra["screening"] = _screening(cfg, model, dm, split, pred, mapping, device)
-    if (cfg.get("evaluate") or {}).get("temperature_scaling"):
-        extra["temperature_scaling"] = _temperature_scaling(cfg, model, dm, split, pred, mapping, device)
-    stats = OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None
+    if ev.positive_class:
+        extra["screening"] = _screening(ev, model, dm, split, pred, mapping, device)
+    if ev.temperature_scaling:
+        extra["temperature_scaling"] = _temperature_scaling(ev, stats["calibration_bins"], model, dm, split, pred, mapping, device)
     metrics = write_results(run_dir, {split: pred}, model.class_names, model.normal_class, report_split=split,
                             extra=extra, stats=stats, sources=dm.sources())
     print_summary(split, metrics[split], model.normal_class, images=len(pred.labels))

@@ -15,15 +15,27 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
 from lungcls.errors import LungclsError
 
 T = TypeVar("T")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@functools.lru_cache(maxsize=None)
+def yaml_defaults(relative: str) -> dict[str, Any]:
+    """The keys of ``conf/<relative>`` as written (interpolations unresolved): the defaults code uses
+    when it gets no composed config (a checkpoint's stored copy, a library call), from the one file
+    that also documents them."""
+    return yaml.safe_load((CONF_DIR / relative).read_text()) or {}
 
 
 def closest_key(key: str, known: list[str]) -> str:

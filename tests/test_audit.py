@@ -290,7 +290,7 @@ def test_external_evaluation_leaves_out_training_copies_and_reports_per_source(d
             jpeg(p, target.with_suffix(".jpg"), quality=90)  # re-encoded
         else:
             Image.open(p).resize((80, 80), Image.BILINEAR).save(target)  # resized
-    args = [f"ckpt_path={run}/checkpoints/best.ckpt", "dataset=folder", f"dataset.root={ext}", "dataset.split=all",
+    args = [f"ckpt={run}/checkpoints/best.ckpt", "dataset=folder", f"dataset.root={ext}", "dataset.split=all",
             "dataset.near_duplicate_bits=6"]
     evaluate(compose_cfg("evaluate", args, tmp_path / "ev", data_dir))
     overlap = json.loads((tmp_path / "ev" / "metrics.json").read_text())["training_overlap"]

@@ -147,7 +147,7 @@ def test_training_and_evaluation_read_dicom_folders(train_cfg, tmp_path):
     vp = load_image(root / "Viral Pneumonia" / "Viral Pneumonia-0.dcm", 40).float().mean()
     assert 150 < float(vp) < 190
     ev = tmp_path / "ev"
-    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}", "dataset=folder",
+    out = run_cli("lungcls.evaluate", f"ckpt={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}", "dataset=folder",
                   f"dataset.root={root}", "dataset.classes=[COVID,Normal,Viral Pneumonia]", "dataset.split=all")
     assert out.returncode == 0, out.stderr
     # scoring the whole folder leaves out the images the checkpoint was trained on
@@ -156,7 +156,7 @@ def test_training_and_evaluation_read_dicom_folders(train_cfg, tmp_path):
     got = json.loads((ev / "metrics.json").read_text())["all"]
     assert 0 < held_out < 31 and sum(v["support"] for v in got["per_class"].values()) == held_out
     ev_all = tmp_path / "ev_all"
-    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev_all}", "dataset=folder",
+    out = run_cli("lungcls.evaluate", f"ckpt={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev_all}", "dataset=folder",
                   f"dataset.root={root}", "dataset.classes=[COVID,Normal,Viral Pneumonia]", "dataset.split=all",
                   "evaluate.exclude_training_images=false")
     assert out.returncode == 0, out.stderr

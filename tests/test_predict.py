@@ -19,7 +19,7 @@ def trained(tmp_path_factory, logistic_run):
     """A tiny logistic run and its evaluation with a screening threshold chosen on val."""
     run = logistic_run
     ev = tmp_path_factory.mktemp("predict") / "ev"
-    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
+    out = run_cli("lungcls.evaluate", f"ckpt={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
                   "evaluate.positive_class=COVID", "evaluate.target_sensitivity=0.5")
     assert out.returncode == 0, out.stderr
     return run, ev

@@ -163,7 +163,7 @@ def test_checkpoint_paths_are_read_only_for_evaluation(train_cfg, tmp_path):
 
     shutil.rmtree(cache)
     ev = tmp_path / "ev"
-    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}")
+    out = run_cli("lungcls.evaluate", f"ckpt={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}")
     assert out.returncode == 0, out.stderr[-1500:]
     assert not cache.exists()  # the checkpoint named it, evaluation never writes there
     assert (ev / "metrics.json").is_file() and read_state(ev)["state"] == "complete"

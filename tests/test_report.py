@@ -288,7 +288,7 @@ def test_a_planted_shortcut_fails_elsewhere_and_shows_in_the_report(default_runs
 
     accuracy = {}
     for name, (ckpt, _) in default_runs.items():
-        overrides = [f"ckpt_path={ckpt}", "dataset=demo", "dataset.demo.seed=1", "dataset.split=all"]
+        overrides = [f"ckpt={ckpt}", "dataset=demo", "dataset.demo.seed=1", "dataset.split=all"]
         accuracy[name] = evaluate(compose_cfg("evaluate", overrides, tmp_path / f"eval_{name}", data_dir))["accuracy"]
     out = tmp_path / "report"
     ckpts = [default_runs["tagged"][0], default_runs["clean"][0]]  # the tagged run's test split

@@ -179,7 +179,7 @@ def test_evaluate_with_test_time_augmentation_and_temperature_scaling(train_cfg,
     run = tmp_path / "run"
     train(train_cfg("backbone=logistic", "trainer.max_epochs=2", "stats.resamples=100", out=run))
     ev = tmp_path / "ev"
-    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
+    out = run_cli("lungcls.evaluate", f"ckpt={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
                   "evaluate.tta=flip", "evaluate.temperature_scaling=true")
     assert out.returncode == 0, out.stderr[-1500:]
     metrics = json.loads((ev / "metrics.json").read_text())
@@ -216,13 +216,13 @@ def test_folds_partition_the_images_and_keep_copies_together(tmp_path):
     assert sum(len(t) for t in tests) == 28 and len(set().union(*tests)) == 28  # each image tested once
 
 
-@pytest.mark.parametrize("folds, fold, message", [(1, 0, "must be at least 2"), (3, 3, "must be in 0..2"), ("x", 0, "whole numbers")])
+@pytest.mark.parametrize("folds, fold, message", [(1, 0, "must be at least 2"), (3, 3, "must be in 0..2"), ("x", 0, "dataset.folds=x is not")])
 def test_fold_settings_are_one_line_errors(folds, fold, message):
-    from lungcls.data.checks import check_dataset_config
+    from lungcls.data.settings import dataset_settings
     from lungcls.errors import LungclsError
 
     with pytest.raises(LungclsError, match=message):
-        check_dataset_config({"classes": ["A", "B"], "image_size": 32, "folds": folds, "fold": fold})
+        dataset_settings({"classes": ["A", "B"], "image_size": 32, "folds": folds, "fold": fold})
 
 
 @pytest.mark.slow

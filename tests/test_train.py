@@ -152,20 +152,25 @@ def test_evaluate_a_checkpoint_on_its_test_split_and_an_external_folder(train_cf
     train(train_cfg("backbone=logistic", "trainer.max_epochs=1", out=run))
     expected = json.loads((run / "metrics.json").read_text())["test"]
     ev = tmp_path / "ev"
-    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
+    out = run_cli("lungcls.evaluate", f"ckpt={run}/checkpoints/best.ckpt", f"hydra.run.dir={ev}",
                   "evaluate.positive_class=COVID")
     assert out.returncode == 0, out.stderr
     got = json.loads((ev / "metrics.json").read_text())
     assert got["test"]["confusion_matrix"] == expected["confusion_matrix"]  # the same test split, same numbers
     assert got["screening"]["positive_class"] == "COVID"
     assert (ev / "predictions.csv").is_file() and (ev / "confusion_matrix.png").is_file()
+    # evaluate's old key still works for one release, with a one-line notice naming the new one
+    old = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={tmp_path / 'ev_old'}")
+    assert old.returncode == 0, old.stderr
+    assert "ckpt_path= is now ckpt=" in old.stderr + old.stdout
+    assert json.loads((tmp_path / "ev_old" / "metrics.json").read_text())["test"]["confusion_matrix"] == expected["confusion_matrix"]
     # an external folder with a class the model does not know and known classes missing
     (class_tree / "Tuberculosis" / "images").mkdir(parents=True)
     import shutil
 
     shutil.copy(next((class_tree / "COVID" / "images").iterdir()), class_tree / "Tuberculosis" / "images" / "t.png")
     ext = tmp_path / "ext"
-    out = run_cli("lungcls.evaluate", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={ext}", "dataset=folder",
+    out = run_cli("lungcls.evaluate", f"ckpt={run}/checkpoints/best.ckpt", f"hydra.run.dir={ext}", "dataset=folder",
                   f"dataset.root={class_tree}", "dataset.classes=[COVID,Normal,Viral Pneumonia,Tuberculosis]", "dataset.split=all")
     assert out.returncode == 0, out.stderr
     mismatch = [l for l in out.stdout.splitlines() if l.startswith("class mismatch:")]

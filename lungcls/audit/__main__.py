@@ -21,7 +21,7 @@ from lungcls.audit.probe import check_probe_settings, shortcut_probe
 from lungcls.audit.scan import scan
 from lungcls.cli import hydra_main
 from lungcls.data.duplicates import duplicate_groups, find_duplicates
-from lungcls.data.checks import check_dataset_config
+from lungcls.data.settings import dataset_settings
 from lungcls.data.layouts import cap_per_class, find_samples
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,12 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     settings = OmegaConf.to_container(cfg.audit, resolve=True)
     fail_on = check_fail_on(settings.get("fail_on"))
     check_probe_settings(settings.get("probe") or {})
-    data = check_dataset_config(OmegaConf.to_container(cfg.dataset, resolve=True))
-    class_names = list(data["classes"])
-    samples = cap_per_class(find_samples(data), data.get("max_per_class"), int(data.get("split_seed", 1)))
+    data = dataset_settings(OmegaConf.to_container(cfg.dataset, resolve=True))
+    class_names = list(data.classes)
+    samples = cap_per_class(find_samples(data), data.max_per_class, data.split_seed)
     border_frac = float(settings.get("border_frac", 0.1))
     scanned = scan(samples, str(settings["probe"].get("region", "auto")), border_frac)
-    near_bits = int(data.get("near_duplicate_bits", 12))
+    near_bits = data.near_duplicate_bits
     dups = find_duplicates(scanned.fingerprints, near_bits)
     root = data_root(data)
     readable = [i for i in range(len(samples)) if i not in scanned.errors]

@@ -4,6 +4,7 @@ class and per source."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -20,12 +21,13 @@ from lungcls.data.duplicates import (
     straddling,
 )
 from lungcls.data.layouts import LAYOUTS, Sample
+from lungcls.data.settings import DatasetSettings
 from lungcls.data.splits import apply_splits_csv, make_splits
 
 
-def data_root(cfg: Mapping[str, Any]) -> Path:
+def data_root(cfg: DatasetSettings) -> Path:
     """The folder paths are reported relative to: the layout's (``dataset.root``, or the manifest's folder)."""
-    return LAYOUTS.get(cfg.get("layout", "radiography"))(cfg).data_root()
+    return LAYOUTS.get(cfg.layout)(cfg).data_root()
 
 
 def relative(path: str, root: Path) -> str:
@@ -50,21 +52,20 @@ def duplicate_findings(samples: Sequence[Sample], dups: Duplicates, class_names:
     }
 
 
-def split_assignment(samples: Sequence[Sample], cfg: Mapping[str, Any], dups: Duplicates | None) -> dict[str, str]:
+def split_assignment(samples: Sequence[Sample], cfg: DatasetSettings, dups: Duplicates | None) -> dict[str, str]:
     """The split training would make with these settings (``dataset.splits_csv`` when given)."""
-    if cfg.get("splits_csv"):
-        return apply_splits_csv(samples, cfg["splits_csv"])
-    return make_splits(samples, float(cfg.get("val_fraction", 0.1)), float(cfg.get("test_fraction", 0.1)),
-                       int(cfg.get("split_seed", 1)), groups=duplicate_groups(samples, dups))
+    if cfg.splits_csv:
+        return apply_splits_csv(samples, cfg.splits_csv)
+    return make_splits(samples, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, groups=duplicate_groups(samples, dups))
 
 
-def cross_split(samples: Sequence[Sample], cfg: Mapping[str, Any], dups: Duplicates) -> dict[str, Any]:
+def cross_split(samples: Sequence[Sample], cfg: DatasetSettings, dups: Duplicates) -> dict[str, Any]:
     """Duplicate groups straddling train/val/test under the current settings (``exact``, ``near``),
     and under a split that ignores duplicates (what a plain random split would do)."""
-    grouped = dups if str(cfg.get("duplicates", "near")) != "none" else None
+    grouped = dups if cfg.duplicates != "none" else None
     current = straddling(dups, samples, split_assignment(samples, cfg, grouped))
-    plain = straddling(dups, samples, split_assignment(samples, {**cfg, "splits_csv": None}, None))
-    return {**current, "duplicates_setting": str(cfg.get("duplicates", "near")), "if_ignored": plain}
+    plain = straddling(dups, samples, split_assignment(samples, dataclasses.replace(cfg, splits_csv=None), None))
+    return {**current, "duplicates_setting": cfg.duplicates, "if_ignored": plain}
 
 
 def _spread(values: Sequence[float]) -> dict[str, float | None]:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungcls.data.cache import cache_key, choose_cache_device, load_or_decode
-from lungcls.data.checks import check_dataset_config
+from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
 from lungcls.data.folds import fold_splits
 from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
@@ -88,16 +88,16 @@ class LazyImages(Dataset):
 class LungDataModule(pl.LightningDataModule):
     """Builds the label space, the split and the image cache from a ``dataset`` config."""
 
-    def __init__(self, dataset: Mapping[str, Any], augment: Mapping[str, Any] | None = None, seed: int = 1,
+    def __init__(self, dataset: Mapping[str, Any] | DatasetSettings, augment: Mapping[str, Any] | None = None, seed: int = 1,
                  prepare: bool = True):
         super().__init__()
-        self.cfg = check_dataset_config(dataset)
+        self.cfg = dataset_settings(dataset)
         self.augment_cfg = dict(augment) if augment else None
         self.seed = seed
         self.prepare = prepare  # False: data named by a checkpoint is read, never generated
-        self.class_names: list[str] = list(self.cfg["classes"])
-        self.normal_class: str | None = self.cfg.get("normal_class")
-        self.image_size = int(self.cfg["image_size"])
+        self.class_names: list[str] = list(self.cfg.classes)
+        self.normal_class: str | None = self.cfg.normal_class
+        self.image_size = self.cfg.image_size
         self.samples: list[Sample] = []
         self.assignment: dict[str, str] = {}
         self.fingerprints: Fingerprints | None = None
@@ -113,26 +113,25 @@ class LungDataModule(pl.LightningDataModule):
     # -- preparation -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Let the layout create its data (the demo phantom: once, under a file lock)."""
-        LAYOUTS.get(self.cfg.get("layout", "radiography"))(self.cfg).prepare()
+        LAYOUTS.get(self.cfg.layout)(self.cfg).prepare()
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
         samples = find_samples(self.cfg, prepare=self.prepare)  # prepares the layout too (idempotent)
-        samples = cap_per_class(samples, self.cfg.get("max_per_class"), int(self.cfg.get("split_seed", 1)))
-        if self.cfg.get("splits_csv"):
-            assignment = apply_splits_csv(samples, self.cfg["splits_csv"])
+        samples = cap_per_class(samples, self.cfg.max_per_class, self.cfg.split_seed)
+        if self.cfg.splits_csv:
+            assignment = apply_splits_csv(samples, self.cfg.splits_csv)
             samples = [s for s in samples if s.path in assignment]
         samples = self._find_duplicates(samples)
-        if not self.cfg.get("splits_csv"):
+        if not self.cfg.splits_csv:
             groups = duplicate_groups(samples, self.duplicates)
-            seed = int(self.cfg.get("split_seed", 1))
-            if self.cfg.get("folds"):
-                assignment = fold_splits(samples, groups, self.cfg["folds"], self.cfg.get("fold", 0),
-                                         float(self.cfg.get("val_fraction", 0.1)), seed)
+            seed = self.cfg.split_seed
+            if self.cfg.folds:
+                assignment = fold_splits(samples, groups, self.cfg.folds, self.cfg.fold, self.cfg.val_fraction, seed)
             else:
-                assignment = make_splits(samples, val_fraction=float(self.cfg.get("val_fraction", 0.1)),
-                                         test_fraction=float(self.cfg.get("test_fraction", 0.1)), seed=seed, groups=groups)
+                assignment = make_splits(samples, val_fraction=self.cfg.val_fraction,
+                                         test_fraction=self.cfg.test_fraction, seed=seed, groups=groups)
         self.samples, self.assignment = samples, assignment
         if self.duplicates is not None:
             self.duplicate_record["straddling_splits"] = straddling(self.duplicates, samples, assignment)
@@ -146,7 +145,7 @@ class LungDataModule(pl.LightningDataModule):
         used = {split: c for split, c in counts.items() if c}
         log.info("images per split and class: %s", used if len(used) > 1 else next(iter(used.values()), {}))
         self._decode()
-        self.mean, self.std = normalization_stats(self.cfg.get("normalization", "imagenet"), self._train_images_for_stats())
+        self.mean, self.std = normalization_stats(self.cfg.normalization, self._train_images_for_stats())
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
 
@@ -154,9 +153,9 @@ class LungDataModule(pl.LightningDataModule):
         """Fingerprint every image (pixel and perceptual hashes), then find duplicates and apply
         ``dataset.on_label_conflict``. An unreadable image stops here, before any training."""
         paths = [s.path for s in samples]
-        cache_dir = self.cfg.get("cache_dir")
+        cache_dir = self.cfg.cache_dir
         fingerprints = load_or_compute(paths, cache_dir, cache_key(paths, 0) if cache_dir else None,
-                                       self.cfg["max_image_pixels"])
+                                       self.cfg.max_image_pixels)
         if fingerprints.errors:
             first = next(iter(fingerprints.errors.values()))
             more = f" ({len(fingerprints.errors)} unreadable images in all)" if len(fingerprints.errors) > 1 else ""
@@ -167,18 +166,18 @@ class LungDataModule(pl.LightningDataModule):
 
     def _decode(self) -> None:
         """Decode every image once into the uint8 cache (unless ``dataset.cache=none``)."""
-        mode = self.cfg.get("cache", "auto")
+        mode = self.cfg.cache
         if mode == "none":  # decoded batch by batch later; every file was read once by the fingerprints
             return
-        images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.get("cache_dir"),
-                                self.cfg["max_image_pixels"])
+        images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.cache_dir,
+                                self.cfg.max_image_pixels)
         self._cache_where = choose_cache_device(mode, images.numel())
         self.images = images
         log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self._cache_where.upper())
 
     def _train_images_for_stats(self) -> torch.Tensor | None:
         """The train images ``normalization=dataset`` measures (at most 512 when decoding lazily)."""
-        if self.cfg.get("normalization") != "dataset":
+        if self.cfg.normalization != "dataset":
             return None
         rows = self._rows["train"]
         if self.images is not None:
@@ -239,13 +238,13 @@ class LungDataModule(pl.LightningDataModule):
         self._place_cache()
         if self.images is not None:
             return CachedImages(self.images, self.labels, rows)
-        return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg["max_image_pixels"])
+        return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg.max_image_pixels)
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
         ds = self._dataset(split)
-        bs = int(batch_size or self.cfg.get("batch_size", 32))
+        bs = int(batch_size or self.cfg.batch_size)
         cached = isinstance(ds, CachedImages)
-        workers = 0 if cached else int(self.cfg.get("num_workers", 0))
+        workers = 0 if cached else self.cfg.num_workers
         return DataLoader(
             ds,
             batch_size=bs,

@@ -17,12 +17,11 @@ from typing import Any
 
 from lungcls.data.fingerprints import Fingerprints, near_pairs
 from lungcls.data.layouts import Sample
+from lungcls.data.settings import DatasetSettings
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_MODES = ("none", "exact", "near")
-CONFLICT_POLICIES = ("error", "drop", "keep")
 
 
 class _UnionFind:
@@ -134,18 +133,13 @@ def conflict_message(groups: Sequence[Sequence[int]], samples: Sequence[Sample],
     )
 
 
-def resolve_duplicates(samples: list[Sample], fingerprints: Fingerprints, cfg: Mapping[str, Any],
+def resolve_duplicates(samples: list[Sample], fingerprints: Fingerprints, cfg: DatasetSettings,
                        class_names: Sequence[str]) -> tuple[list[Sample], Fingerprints, Duplicates | None, dict[str, Any]]:
     """Find duplicates as ``dataset.duplicates`` asks, apply ``dataset.on_label_conflict``, and say
     what was done (for metrics.json). Returns the kept samples and fingerprints, their duplicates
     (None when ``duplicates=none``) and the record."""
-    mode = str(cfg.get("duplicates", "near"))
-    policy = str(cfg.get("on_label_conflict", "error"))
-    if mode not in DUPLICATE_MODES:
-        raise LungclsError(f"dataset.duplicates={mode} is not one of {', '.join(DUPLICATE_MODES)}")
-    if policy not in CONFLICT_POLICIES:
-        raise LungclsError(f"dataset.on_label_conflict={policy} is not one of {', '.join(CONFLICT_POLICIES)}")
-    near_bits = int(cfg.get("near_duplicate_bits", 12)) if mode == "near" else None
+    mode, policy = cfg.duplicates, cfg.on_label_conflict
+    near_bits = cfg.near_duplicate_bits if mode == "near" else None
     record: dict[str, Any] = {"mode": mode, "near_duplicate_bits": near_bits, "on_label_conflict": policy}
     if mode == "none":
         return samples, fingerprints, None, record

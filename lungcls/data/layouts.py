@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lungcls.data.images import is_image_file
+from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.errors import LungclsError
 from lungcls.registry import Registry
 
@@ -64,7 +65,7 @@ def _with_masks(path: Path, label: int, **extra: Any) -> Sample:
 class Layout:
     """A way of finding labelled images. ``cfg`` is the ``dataset`` config (root, manifest...)."""
 
-    def __init__(self, cfg: Mapping[str, Any]):
+    def __init__(self, cfg: DatasetSettings):
         self.cfg = cfg
 
     def prepare(self) -> None:
@@ -75,11 +76,11 @@ class Layout:
 
     def where(self) -> str:
         """The folder or file the images come from, for messages."""
-        return str(self.cfg.get("root"))
+        return str(self.cfg.root)
 
     def data_root(self) -> Path:
         """The folder image paths are reported relative to (audits, reports)."""
-        return Path(str(self.cfg.get("root") or ".")).expanduser().resolve()
+        return Path(str(self.cfg.root or ".")).expanduser().resolve()
 
 
 LAYOUTS: Registry[type[Layout]] = Registry("dataset layout", "dataset.layout=<name>")
@@ -92,7 +93,7 @@ class RadiographyLayout(Layout):
     images_folder_only = True
 
     def _root(self) -> Path:
-        root = self.cfg.get("root")
+        root = self.cfg.root
         if root is None:
             raise LungclsError(
                 "dataset.root is not set; pass dataset.root=/path/to/data (or set LUNGCLS_DATA for dataset=covid_radiography)"
@@ -143,25 +144,18 @@ class DemoLayout(RadiographyLayout):
     def prepare(self) -> None:
         from lungcls.data.demo import ensure_demo_dataset
 
-        demo = self.cfg.get("demo") or {}
-        if self.cfg.get("root") is None:
+        demo = self.cfg.demo
+        if self.cfg.root is None:
             raise LungclsError("dataset.root is not set; the demo needs a folder to generate its images into")
         ensure_demo_dataset(
-            Path(str(self.cfg["root"])),
-            images_per_class=int(demo.get("images_per_class", 150)),
-            image_size=int(demo.get("source_size", 128)),
-            seed=int(demo.get("seed", 0)),
-            classes=tuple(self.cfg["classes"]),
-            shortcut=_share(demo.get("shortcut", 0.0)),
+            Path(str(self.cfg.root)),
+            images_per_class=demo.images_per_class,
+            image_size=demo.source_size,
+            seed=demo.seed,
+            classes=tuple(self.cfg.classes),
+            shortcut=demo.shortcut,
         )
 
-
-def _share(value: Any) -> float:
-    """``dataset.demo.shortcut`` as a float; anything else is a one-line error."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise LungclsError(f"dataset.demo.shortcut must be a share in [0, 1] (e.g. 0.9), got {value!r}") from None
 
 
 @LAYOUTS.register("manifest")
@@ -169,10 +163,10 @@ class ManifestLayout(Layout):
     """A CSV with ``path,label[,split][,patient]``; relative paths are relative to the CSV."""
 
     def where(self) -> str:
-        return str(self.cfg.get("manifest"))
+        return str(self.cfg.manifest)
 
     def data_root(self) -> Path:
-        return Path(str(self.cfg["manifest"])).expanduser().resolve().parent if self.cfg.get("manifest") else super().data_root()
+        return Path(str(self.cfg.manifest)).expanduser().resolve().parent if self.cfg.manifest else super().data_root()
 
     def find(self, classes: Sequence[str]) -> list[Sample]:
         rows, manifest = self._rows()
@@ -182,7 +176,7 @@ class ManifestLayout(Layout):
         if unknown:
             listed = ", ".join(f"{k!r} ({v})" for k, v in unknown.most_common())
             log.warning("manifest %s: skipped rows with labels not in dataset.classes: %s", manifest, listed)
-        source = self.cfg.get("source_column")
+        source = self.cfg.source_column
         samples = [self._sample(manifest, r, index, source) for r in rows if r["label"].strip() in index]
         absent = [s.path for s in samples if not Path(s.path).is_file()]
         if absent:
@@ -193,9 +187,9 @@ class ManifestLayout(Layout):
         return samples
 
     def _rows(self) -> tuple[list[dict[str, str]], Path]:
-        if self.cfg.get("manifest") is None:
+        if self.cfg.manifest is None:
             raise LungclsError("dataset.layout=manifest needs dataset.manifest=/path/to/manifest.csv")
-        manifest = Path(str(self.cfg["manifest"])).expanduser().resolve()
+        manifest = Path(str(self.cfg.manifest)).expanduser().resolve()
         if not manifest.is_file():
             raise LungclsError(f"manifest {manifest} does not exist; set dataset.manifest=/path/to/manifest.csv")
         with manifest.open(newline="") as f:
@@ -206,7 +200,7 @@ class ManifestLayout(Layout):
                     f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; "
                     "it needs a header with path,label[,split][,patient]"
                 )
-            source = self.cfg.get("source_column")
+            source = self.cfg.source_column
             if source and source not in (reader.fieldnames or []):
                 raise LungclsError(
                     f"manifest {manifest} has no column {source!r} (dataset.source_column); "
@@ -259,22 +253,16 @@ def cap_per_class(samples: list[Sample], max_per_class: int | None, seed: int) -
     return sorted(kept, key=lambda s: (s.label, s.path))
 
 
-def _check_classes(classes: Sequence[str]) -> None:
-    if not classes:
-        raise LungclsError("dataset.classes is empty; list the class names, e.g. dataset.classes=[COVID,Normal]")
-    if len(set(classes)) != len(classes):
-        raise LungclsError(f"dataset.classes has duplicates: {list(classes)}")
 
-
-def find_samples(cfg: Mapping[str, Any], prepare: bool = True) -> list[Sample]:
-    """All labelled images of the ``dataset`` config ``cfg`` through its layout. A configured class
+def find_samples(data: Mapping[str, Any] | DatasetSettings, prepare: bool = True) -> list[Sample]:
+    """All labelled images of the ``dataset`` config through its layout. A configured class
     with no images is an error unless ``allow_missing_classes`` (it then stays in the label space)."""
-    classes = list(cfg.get("classes") or [])
-    _check_classes(classes)
-    layout = LAYOUTS.get(cfg.get("layout", "radiography"))(cfg)
-    if cfg.get("source_column") and not isinstance(layout, ManifestLayout):
+    cfg = dataset_settings(data)
+    classes = list(cfg.classes)
+    layout = LAYOUTS.get(cfg.layout)(cfg)
+    if cfg.source_column and not isinstance(layout, ManifestLayout):
         raise LungclsError(
-            f"dataset.source_column={cfg.get('source_column')} needs a manifest (dataset=manifest "
+            f"dataset.source_column={cfg.source_column} needs a manifest (dataset=manifest "
             "dataset.manifest=...); the other layouts have no source column"
         )
     if prepare:
@@ -284,10 +272,10 @@ def find_samples(cfg: Mapping[str, Any], prepare: bool = True) -> list[Sample]:
     empty = [name for i, name in enumerate(classes) if counts[i] == 0]
     if empty and len(empty) == len(classes):
         raise LungclsError(
-            f"no images found for any of {classes} in {layout.where()} (layout={cfg.get('layout')}); "
+            f"no images found for any of {classes} in {layout.where()} (layout={cfg.layout}); "
             "check dataset.root, dataset.layout and dataset.classes"
         )
-    if empty and not cfg.get("allow_missing_classes", False):
+    if empty and not cfg.allow_missing_classes:
         raise LungclsError(
             f"class(es) {', '.join(empty)} have no images in {layout.where()}; remove them from dataset.classes "
             "or set dataset.allow_missing_classes=true"

@@ -8,6 +8,7 @@ written ``metrics.json`` that a comparison would read as a result.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -20,28 +21,13 @@ from lungcls.errors import LungclsError
 from lungcls.metrics import class_probability_ci, source_lines, summarize_by_source, summarize_confusion
 from lungcls.metrics.bootstrap import bootstrap_ci
 from lungcls.metrics.calibration import calibration
+from lungcls.metrics.settings import StatsSettings, stats_settings
 from lungcls.runs.figures import plot_confusion_matrix, plot_reliability
 from lungcls.inference.prediction import Predictions
 
-# stats.* defaults: bootstrap intervals and calibration bins of every split's summary
-DEFAULT_STATS = {"resamples": 1000, "level": 0.95, "seed": 0, "calibration_bins": 15}
-
-
-def check_stats(stats: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``stats.*`` with defaults, checked before any training (one line naming the key)."""
-    st = {**DEFAULT_STATS, **(stats or {})}
-
-    def whole(key: str, minimum: int) -> None:
-        if isinstance(st[key], bool) or not isinstance(st[key], int) or st[key] < minimum:
-            raise LungclsError(f"stats.{key}={st[key]} must be a whole number of at least {minimum}")
-
-    whole("resamples", 0)
-    whole("seed", 0)
-    whole("calibration_bins", 1)
-    level = st["level"]
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise LungclsError(f"stats.level={level} must be a coverage between 0 and 1, e.g. stats.level=0.95")
-    return st
+def check_stats(stats: Mapping[str, Any] | StatsSettings | None) -> dict[str, Any]:
+    """``stats.*`` (defaults from conf/stats/default.yaml), checked before any training (one line naming the key)."""
+    return dataclasses.asdict(stats_settings(stats))
 
 
 def confusion_from(pred: Predictions, n_classes: int) -> np.ndarray:
@@ -106,7 +92,7 @@ def write_results(
         write_predictions_csv(run_dir / "predictions.csv", pred, class_names)
         title = f"{report_split} split ({len(pred.labels)} images)"
         plot_confusion_matrix(metrics[report_split]["confusion_matrix"], class_names, run_dir / "confusion_matrix.png", title=title)
-        bins = int({**DEFAULT_STATS, **(stats or {})}["calibration_bins"])
+        bins = check_stats(stats)["calibration_bins"]
         plot_reliability(pred.probs, pred.labels, run_dir / "reliability.png", bins=bins, title=title)
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
     return metrics
