@@ -16,14 +16,16 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
+from lungcls.settings import check_range, typed
 from lungcls.data.images import read_gray
-from lungcls.data.inputs import InputImage, collect_inputs
+from lungcls.data.inputs import InputImage, Inputs, collect_inputs, inputs_from_dataset
 from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import load_models
@@ -35,18 +37,34 @@ from lungcls.inference.screening import load_screening_thresholds
 log = logging.getLogger(__name__)
 
 
-def predict_settings(cfg: DictConfig) -> dict[str, Any]:
-    """``predict.*`` checked before any model is loaded."""
-    s = OmegaConf.to_container(cfg.predict, resolve=True)
-    s["batch_size"] = int(s.get("batch_size", 32))
-    if s["batch_size"] < 1:
-        raise LungclsError(f"predict.batch_size={s['batch_size']} must be a positive integer")
-    s["normal_margin"] = check_margin(s.get("normal_margin", 0.1), "predict.normal_margin")
-    s["tta_copies"] = tta_copies(s.get("tta", "none"))  # an unknown value fails here, before any loading
-    s["cam_size"] = int(s.get("cam_size", 512))
-    if s["cam_size"] < 16:
-        raise LungclsError(f"predict.cam_size={s['cam_size']} is too small; use 16 or more pixels")
-    return s
+@dataclass
+class PredictSettings:
+    """``predict.*`` (defaults and meanings in conf/predict.yaml), checked before any model is loaded."""
+
+    batch_size: int
+    device: str
+    cam: bool
+    cam_size: int
+    normal_margin: float
+    screening: Any
+    tta: Any
+    skip_unreadable: bool
+
+    def __post_init__(self) -> None:
+        check_range(self.batch_size, "predict.batch_size", 1)
+        check_range(self.cam_size, "predict.cam_size", 16)
+        self.normal_margin = check_margin(self.normal_margin, "predict.normal_margin")
+        self.tta_copies = tta_copies(self.tta)  # an unknown value fails here, before any loading
+
+
+def images_to_score(cfg: DictConfig, classes: Sequence[str]) -> Inputs:
+    """``input=`` (a file, folder or manifest) or a ``dataset=`` config, exactly one of them."""
+    data = OmegaConf.to_container(cfg.dataset, resolve=True)
+    from_dataset = "name" in data
+    if from_dataset == (cfg.input is not None):
+        raise LungclsError("give the images with input=<file|folder|manifest.csv> or with dataset=<name> dataset.root=..., "
+                           "one of the two")
+    return inputs_from_dataset(data) if from_dataset else collect_inputs(cfg.input, classes)
 
 
 def columns(models: Sequence[UsedModel], cam: bool, with_errors: bool) -> list[str]:
@@ -96,15 +114,15 @@ def _write_overlay(out_dir: Path, index: int, image: InputImage, model_index: in
     return f"overlays/{name}"
 
 
-def predict_chunk(models: Sequence[UsedModel], chunk: Sequence[InputImage], start: int, s: dict[str, Any],
+def predict_chunk(models: Sequence[UsedModel], chunk: Sequence[InputImage], start: int, s: PredictSettings,
                   out_dir: Path, tally: list[Counter]) -> list[list[Any]]:
     """CSV rows of one chunk of images (every model on the same decoded images)."""
-    grays, errors = _decode(chunk, bool(s.get("skip_unreadable")))
+    grays, errors = _decode(chunk, s.skip_unreadable)
     ok = [i for i, g in enumerate(grays) if g is not None]
-    cam = bool(s.get("cam"))
+    cam = s.cam
     per_model = []
     for m in models:
-        scored = score_images(m, [grays[i] for i in ok], s["batch_size"], cam, s["cam_size"], s.get("tta"))
+        scored = score_images(m, [grays[i] for i in ok], s.batch_size, cam, s.cam_size, s.tta)
         per_model.append(dict(zip(ok, scored)))
     rows = []
     for i, im in enumerate(chunk):
@@ -118,7 +136,7 @@ def predict_chunk(models: Sequence[UsedModel], chunk: Sequence[InputImage], star
                 tally[k].update(["scored", f"pred:{item['prediction']}"] + ["missed"] * item["possible_missed_disease"]
                                 + ["screened"] * bool(item["screening"] and item["screening"]["flagged"]))
             row += _model_cells(m, item, overlay)
-        rows.append(row + ([errors[i] or ""] if s.get("skip_unreadable") else []))
+        rows.append(row + ([errors[i] or ""] if s.skip_unreadable else []))
     return rows
 
 
@@ -142,28 +160,28 @@ def summary(models: Sequence[UsedModel], tally: Sequence[Counter]) -> tuple[list
 
 def predict(cfg: DictConfig) -> Path:
     """Write predictions.csv (and overlays/, predict.json) into ``cfg.paths.output_dir``."""
-    s = predict_settings(cfg)
+    s = typed(cfg.predict, PredictSettings, "predict")
     out_dir = Path(cfg.paths.output_dir)
-    refs = load_models(cfg.ckpt, pick_device(str(s.get("device", "auto"))))
-    thresholds = load_screening_thresholds(s.get("screening"), [r.checkpoint for r in refs])
-    models = [UsedModel(r, thresholds.get(r.checkpoint), s["normal_margin"]) for r in refs]
+    refs = load_models(cfg.ckpt, pick_device(s.device))
+    thresholds = load_screening_thresholds(s.screening, [r.checkpoint for r in refs])
+    models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin) for r in refs]
     classes = sorted({c for m in models for c in m.class_names})
-    inputs = collect_inputs(cfg.input, classes)
+    inputs = images_to_score(cfg, classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     tally = [Counter() for _ in models]
     csv_path = out_dir / "predictions.csv"
     tmp = out_dir / f".predictions.csv.tmp{os.getpid()}"
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns(models, bool(s.get("cam")), bool(s.get("skip_unreadable"))))
-        for start in range(0, len(inputs.images), s["batch_size"]):
-            chunk = inputs.images[start : start + s["batch_size"]]
+        writer.writerow(columns(models, s.cam, s.skip_unreadable))
+        for start in range(0, len(inputs.images), s.batch_size):
+            chunk = inputs.images[start : start + s.batch_size]
             writer.writerows(predict_chunk(models, chunk, start, s, out_dir, tally))
     os.replace(tmp, csv_path)
     unreadable = len(inputs.images) - tally[0]["scored"]
     lines, cards = summary(models, tally)
     record = {"input": inputs.where, "images": len(inputs.images), "unreadable": unreadable,
-              "skipped_files": len(inputs.skipped), "tta": {"mode": str(s.get("tta", "none")), "copies": s["tta_copies"]},
+              "skipped_files": len(inputs.skipped), "tta": {"mode": str(s.tta), "copies": s.tta_copies},
               "models": cards}
     (out_dir / "predict.json").write_text(json.dumps(record, indent=2, allow_nan=False))
     print(f"{len(inputs.images)} images from {inputs.where}" + (f" ({len(inputs.skipped)} other files skipped)" if inputs.skipped else "")

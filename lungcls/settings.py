@@ -76,6 +76,16 @@ def typed(node: Any, schema: type[T], prefix: str = "") -> T:
         raise LungclsError(f"{_prefixed(prefix, key)}={value} is not a valid value (expected {kind}); see conf/ and the README's configuration tables") from None
 
 
+def typed_keys(cfg: Any, schema: type[T]) -> T:
+    """``typed`` over the top-level keys of a composed config that ``schema`` declares (a primary
+    config also holds the config groups, each typed by its own schema)."""
+    names = [f.name for f in dataclasses.fields(schema)]
+    missing = [n for n in names if n not in cfg]
+    if missing:
+        raise LungclsError(f"{missing[0]} has no value; set it in the yaml or on the command line ({missing[0]}=...)")
+    return typed({n: cfg[n] for n in names}, schema)
+
+
 def check_range(value: float | int | None, key: str, low: float | None = None, high: float | None = None,
                 *, low_open: bool = False, high_open: bool = False) -> None:
     """A ``LungclsError`` naming ``key`` when ``value`` lies outside [low, high] (or the open ends)."""

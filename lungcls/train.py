@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from lungcls.cli import hydra_main
+from lungcls.settings import typed_keys
 from lungcls.data.datamodule import LungDataModule
 from lungcls.training.loggers import build_loggers, finish_wandb, log_results_to_wandb
 from lungcls.metrics import flat_metrics, loss_and_auroc
@@ -31,24 +33,37 @@ from lungcls.training.trainer import build_callbacks, build_trainer, leave_run_f
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class TrainSettings:
+    """The top-level keys of conf/train.yaml (the groups have their own settings)."""
+
+    seed: int
+    train: bool
+    test: bool
+    ckpt_path: Optional[str]
+    compile: bool
+    optimized_metric: Optional[str]
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and evaluate; returns the final metrics (logged keys such as ``val/macro_f1``, ``test/acc``)."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank != 0:
         leave_run_folder_to_rank_zero(run_dir)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    run = typed_keys(cfg, TrainSettings)
+    pl.seed_everything(run.seed, workers=True, verbose=False)
     refuse_ddp_in_local_multirun(cfg)
-    check_stats(OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None)  # before, not after, training
-    if cfg.get("ckpt_path"):
+    check_stats(OmegaConf.to_container(cfg.stats, resolve=True))  # before, not after, training
+    if run.ckpt_path:
         plain = OmegaConf.to_container(cfg, resolve=True)
-        check_resume(str(cfg.ckpt_path), {"data": absolute_paths(plain["dataset"]), "backbone": plain["backbone"],
+        check_resume(run.ckpt_path, {"data": absolute_paths(plain["dataset"]), "backbone": plain["backbone"],
                                           "finetune": plain["finetune"], "optimizer": plain["optimizer"]})
     dm = make_datamodule(cfg)
     dm.setup("fit")
     model = make_model(cfg, dm)
     log.info("%s with finetune=%s: %d of %d parameters trainable", cfg.backbone.name, cfg.finetune.name, model.trainable_params, model.total_params)
-    loggers = build_loggers(cfg.get("logger"), run_dir, run_name=run_dir.name, config=OmegaConf.to_container(cfg, resolve=True))
+    loggers = build_loggers(cfg.logger, run_dir, run_name=run_dir.name, config=OmegaConf.to_container(cfg, resolve=True))
     callbacks = build_callbacks(cfg.callbacks, has_val=len(dm.split_rows("val")) > 0, has_logger=bool(loggers),
                                 class_names=dm.class_names)
     trainer = build_trainer(cfg, list(callbacks.values()), loggers)
@@ -56,10 +71,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dm.write_splits(run_dir / "splits.csv")
     for lg in loggers:
         lg.log_hyperparams({"trainable_params": model.trainable_params, "total_params": model.total_params})
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    if run.train:
+        trainer.fit(model, datamodule=dm, ckpt_path=run.ckpt_path)
     results: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if cfg.get("test", True) and trainer.is_global_zero:
+    if run.test and trainer.is_global_zero:
         # a sweeper optimises the kept (best) model's score, as metrics.json reports it, never a
         # last-epoch value
         results = {k: v for k, v in results.items() if not k.startswith(("val/", "test/"))}
@@ -95,7 +110,7 @@ def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: 
         "finetune": cfg.finetune.name,
         "duplicates": dm.duplicate_record,
     }
-    stats = OmegaConf.to_container(cfg.stats, resolve=True) if cfg.get("stats") else None
+    stats = OmegaConf.to_container(cfg.stats, resolve=True)
     metrics = write_results(run_dir, predictions, dm.class_names, dm.normal_class, report_split="test", extra=extra,
                             stats=stats, sources=dm.sources())
     values = {}
@@ -113,7 +128,7 @@ def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: 
 
 def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
     """The value a Hydra sweeper optimises (``optimized_metric``), NaN when the run did not log it."""
-    name = cfg.get("optimized_metric")
+    name = typed_keys(cfg, TrainSettings).optimized_metric
     if not name:
         return None
     value = results.get(name)

@@ -10,9 +10,10 @@ are skipped and counted, never silently.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lungcls.data.images import is_image_file
 from lungcls.data.layouts import MASK_FOLDERS
@@ -92,3 +93,16 @@ def collect_inputs(source: str | Path, classes: Sequence[str] = ()) -> Inputs:
     if not found.images:
         raise LungclsError(f"no PNG, JPEG or DICOM image found in {found.where}; check input=")
     return found
+
+
+def inputs_from_dataset(data: Mapping[str, Any]) -> Inputs:
+    """The images a ``dataset=`` config finds (every one, with its labelled class), for commands
+    that score images rather than train (``lungcls-predict dataset=folder dataset.root=...``)."""
+    from lungcls.data.layouts import LAYOUTS, find_samples
+    from lungcls.data.settings import dataset_settings
+
+    settings = dataset_settings(data)
+    samples = find_samples(settings)
+    layout = LAYOUTS.get(settings.layout)(settings)
+    images = [InputImage(s.path, settings.classes[s.label]) for s in samples]
+    return Inputs(images=sorted(images, key=lambda im: natural_key(im.path)), skipped=[], where=layout.where())

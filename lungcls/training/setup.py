@@ -27,7 +27,7 @@ def make_model(cfg: DictConfig, dm: LungDataModule) -> LungClassifier:
         backbone=plain(cfg.backbone), finetune=plain(cfg.finetune), class_names=dm.class_names,
         normal_class=dm.normal_class, optimizer=plain(cfg.optimizer), scheduler=plain(cfg.scheduler),
         loss=plain(cfg.loss), mean=dm.mean, std=dm.std, image_size=dm.image_size,
-        class_counts=dm.class_counts("train"), compile=bool(cfg.get("compile", False)),
+        class_counts=dm.class_counts("train"), compile=bool(cfg.compile),
         data=absolute_paths(plain(cfg.dataset)),  # lets lungcls-evaluate find the run's data from anywhere
     )
 
