@@ -67,23 +67,34 @@ def typed(node: Any, schema: type[T], prefix: str = "") -> T:
         key = getattr(e, "full_key", "") or str(e)
         raise LungclsError(f"{_prefixed(prefix, key)} has no value; set it in the yaml or on the command line ({_prefixed(prefix, key)}=...)") from None
     except (ValidationError, ConfigKeyError) as e:
-        key = getattr(e, "full_key", "") or "?"
+        key = str(getattr(e, "full_key", "") or "?")
         value = plain
-        for part in str(key).split("."):
+        for part in key.split("."):
             value = value.get(part) if isinstance(value, Mapping) else value
-        field = {f.name: f for f in dataclasses.fields(schema)}.get(str(key).split(".")[0])
-        kind = getattr(field.type, "__name__", field.type) if field else "the documented type"
-        raise LungclsError(f"{_prefixed(prefix, key)}={value} is not a valid value (expected {kind}); see conf/ and the README's configuration tables") from None
+        field = {f.name: f for f in dataclasses.fields(schema)}.get(key.split(".")[0])
+        raise LungclsError(f"{_prefixed(prefix, key)}={value} {expected(field.type if field else None)}") from None
 
 
-def typed_keys(cfg: Any, schema: type[T]) -> T:
+KINDS = (("bool", "must be true or false"), ("int", "must be a whole number"), ("float", "must be a number"),
+         ("list", "must be a list, e.g. [a,b]"), ("str", "must be text"))
+
+
+def expected(annotation: Any) -> str:
+    """What a field's type asks for, in words (``Optional[int]`` -> must be a whole number or null)."""
+    text = str(getattr(annotation, "__name__", annotation))
+    kind = next((words for name, words in KINDS if name in text), "has the wrong type; see conf/ and the README")
+    return kind + (" (or null)" if "Optional" in text or "None" in text else "")
+
+
+def typed_keys(cfg: Any, schema: type[T], prefix: str = "") -> T:
     """``typed`` over the top-level keys of a composed config that ``schema`` declares (a primary
     config also holds the config groups, each typed by its own schema)."""
     names = [f.name for f in dataclasses.fields(schema)]
     missing = [n for n in names if n not in cfg]
     if missing:
-        raise LungclsError(f"{missing[0]} has no value; set it in the yaml or on the command line ({missing[0]}=...)")
-    return typed({n: cfg[n] for n in names}, schema)
+        key = _prefixed(prefix, missing[0])
+        raise LungclsError(f"{key} has no value; set it in the yaml or on the command line ({key}=...)")
+    return typed({n: cfg[n] for n in names}, schema, prefix)
 
 
 def check_range(value: float | int | None, key: str, low: float | None = None, high: float | None = None,
@@ -93,8 +104,9 @@ def check_range(value: float | int | None, key: str, low: float | None = None, h
         return
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise LungclsError(f"{key}={value} is outside {lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}; "
-                           f"give {key}=<a value in that range>")
+    if not (too_low or too_high):
+        return
+    if high is None:
+        raise LungclsError(f"{key}={value} must be {'more than' if low_open else 'at least'} {low}")
+    lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+    raise LungclsError(f"{key}={value} must be in {lo}{low}, {high}{hi}")

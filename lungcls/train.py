@@ -28,7 +28,7 @@ from lungcls.inference.prediction import predict_split
 from lungcls.runs.results import check_stats, print_summary, write_results
 from lungcls.training.resume import check_resume
 from lungcls.training.setup import absolute_paths, make_datamodule, make_model
-from lungcls.training.trainer import build_callbacks, build_trainer, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
+from lungcls.training.trainer import build_callbacks, build_trainer, trainer_settings, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         leave_run_folder_to_rank_zero(run_dir)
     run = typed_keys(cfg, TrainSettings)
     pl.seed_everything(run.seed, workers=True, verbose=False)
+    trainer_settings(cfg)  # trainer.* typed and checked before any image is decoded
     refuse_ddp_in_local_multirun(cfg)
     check_stats(OmegaConf.to_container(cfg.stats, resolve=True))  # before, not after, training
     if run.ckpt_path:

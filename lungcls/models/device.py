@@ -40,12 +40,10 @@ def autocast_for(device: torch.device | str, enabled: bool = True) -> contextlib
     return contextlib.nullcontext()
 
 
-def resolve_precision(trainer_cfg: Mapping[str, Any]) -> str:
+def resolve_precision(precision: str, accelerator: str) -> str:
     """Lightning's ``precision`` for ``trainer.precision=auto``: bf16-mixed on GPUs that support
     it, full precision elsewhere; any other value is kept."""
-    precision = str(trainer_cfg.get("precision", "auto"))
     if precision != "auto":
         return precision
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if on_gpu and bf16_available("cuda") else "32-true"

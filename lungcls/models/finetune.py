@@ -42,7 +42,7 @@ def paper(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str]:
 
 @POLICIES.register("partial")
 def partial(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str]:
-    raw = finetune.get("fraction")
+    raw = finetune["fraction"] if "fraction" in finetune else None
     try:
         fraction = float(raw)
     except (TypeError, ValueError):
@@ -56,7 +56,7 @@ def partial(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str
 
 def trainable_prefixes(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> list[str]:
     """Module paths whose parameters train under the configured policy ("" means the whole model)."""
-    return POLICIES.get(finetune.get("name"))(model, spec, finetune)
+    return POLICIES.get(finetune["name"])(model, spec, finetune)
 
 
 def apply_finetune(model: nn.Module, spec: BackboneSpec, finetune: Mapping) -> tuple[int, int]:

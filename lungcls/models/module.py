@@ -39,17 +39,19 @@ _SCHEDULER_NAMES = {"none": "constant", "step": "step", "cosine": "cosine", "war
 def build_network(spec: BackboneSpec, backbone: Mapping[str, Any], num_classes: int, load_weights: bool = True) -> tuple[nn.Module, str]:
     """The backbone with its initial weights loaded (random ones drawn as ``backbone.init`` says)
     and its head replaced for our classes; also says which initial weights it got."""
-    draw = init_function(backbone.get("init"))  # checked first: a misspelt name fails whatever the weights
+    # a checkpoint of an earlier release may lack keys added since: the backbone's registered defaults
+    backbone = {**{k: spec.config[k] for k in ("init", "imagenet_weights", "dropout", "weights") if k in spec.config and "${" not in str(spec.config[k])}, **backbone}
+    draw = init_function(backbone["init"])  # checked first: a misspelt name fails whatever the weights
     net = spec.build({**backbone, "num_classes": num_classes})  # builders that take num_classes get it
     source = "from checkpoint"
     if load_weights:
-        source = load_initial_weights(net, spec, backbone.get("weights"), backbone.get("imagenet_weights") or "IMAGENET1K_V1")
+        source = load_initial_weights(net, spec, backbone["weights"], backbone["imagenet_weights"] or "IMAGENET1K_V1")
     old = get_module(net, spec.head)
     if old.out_features != num_classes:  # torchvision's 1000-class head
         replace_module(net, spec.head, nn.Linear(old.in_features, num_classes))
     if source.startswith("random"):  # the head too: it is new whatever the weights
         draw(net)
-    dropout = backbone.get("dropout")
+    dropout = backbone["dropout"]
     if dropout is not None:
         for m in net.modules():
             if isinstance(m, nn.Dropout):
@@ -122,7 +124,7 @@ class LungClassifier(pl.LightningModule):
             )
         self.net, self.initial_weights = build_network(self.spec, backbone, num_classes, load_weights=load_weights)
         self.trainable_params, self.total_params = apply_finetune(self.net, self.spec, finetune)
-        log.debug("%s with finetune=%s: %d of %d parameters trainable", self.spec.name, finetune.get("name"), self.trainable_params, self.total_params)
+        log.debug("%s with finetune=%s: %d of %d parameters trainable", self.spec.name, finetune["name"], self.trainable_params, self.total_params)
         channels = self.spec.in_channels
         self.register_buffer("input_mean", torch.tensor(list(mean)[:channels]).view(1, channels, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(list(std)[:channels]).view(1, channels, 1, 1), persistent=False)

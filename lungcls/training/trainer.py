@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from collections.abc import Sequence
@@ -17,11 +18,11 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 
 from lungcls.models.device import resolve_precision
 from lungcls.errors import LungclsError
+from lungcls.settings import check_range, typed_keys
 from lungcls.metrics import metric_direction, metric_key
 
 log = logging.getLogger(__name__)
 
-WHOLE_NUMBER_KEYS = ("max_epochs", "min_epochs", "log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch")
 
 
 class KeptModelCheckpoint(ModelCheckpoint):
@@ -97,16 +98,37 @@ def build_callbacks(callbacks_cfg: Mapping[str, Any] | DictConfig, has_val: bool
     return out
 
 
+@dataclass
+class TrainerSettings:
+    """The ``trainer.*`` keys lungcls itself reads (every other key goes to Lightning's Trainer as is),
+    typed so that a wrong value is one line before any image is decoded."""
+
+    accelerator: str
+    devices: Any
+    strategy: str
+    precision: str
+    max_epochs: int
+    min_epochs: int
+    log_every_n_steps: int
+    accumulate_grad_batches: int
+    check_val_every_n_epoch: int
+
+    def __post_init__(self) -> None:
+        if self.max_epochs == 0:
+            raise LungclsError("trainer.max_epochs=0 trains nothing; use 1 or more (or train=false to only score)")
+        for key in ("min_epochs", "log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch"):
+            check_range(getattr(self, key), f"trainer.{key}", 0 if key == "min_epochs" else 1)
+
+
+def trainer_settings(cfg: DictConfig) -> TrainerSettings:
+    return typed_keys(cfg.trainer, TrainerSettings, "trainer")
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
     """The configured Trainer; ``trainer.precision=auto`` becomes bf16-mixed on capable GPUs."""
+    settings = trainer_settings(cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = resolve_precision(trainer_cfg)
-    for key in WHOLE_NUMBER_KEYS:
-        value = trainer_cfg.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise LungclsError(f"trainer.{key}={value} must be a whole number")
-    if isinstance(trainer_cfg.get("max_epochs"), int) and 0 <= trainer_cfg["max_epochs"] < 1:
-        raise LungclsError(f"trainer.max_epochs={trainer_cfg['max_epochs']} trains nothing; use 1 or more (or train=false to only score)")
+    trainer_cfg["precision"] = resolve_precision(settings.precision, settings.accelerator)
     try:
         return hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     except Exception as e:
@@ -121,8 +143,8 @@ def refuse_ddp_in_local_multirun(cfg: DictConfig) -> None:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
-    strategy = str(cfg.trainer.get("strategy", "auto"))
-    devices = cfg.trainer.get("devices", 1)
+    settings = trainer_settings(cfg)
+    strategy, devices = settings.strategy, settings.devices
     launcher = str(HydraConfig.get().launcher.get("_target_", ""))
     if "ddp" in strategy and devices not in (1, "1") and "BasicLauncher" in launcher:
         raise LungclsError(
