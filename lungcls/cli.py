@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from lungcls.errors import LungclsError
+from lungcls.errors import LungclsError, require_extra
 from lungcls.runs.folders import claim_dir, safe_name, write_state
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -104,9 +104,30 @@ def _composition_error(e: BaseException) -> str:
     return " ".join(lines)
 
 
+# overrides that need an optional part of lungcls: (modules it imports, the extra that installs them)
+NEEDS_EXTRA = {
+    "hparams_search=optuna": (("hydra_plugins.hydra_optuna_sweeper", "optuna"), "sweeps"),
+    "hydra/sweeper=optuna": (("hydra_plugins.hydra_optuna_sweeper", "optuna"), "sweeps"),
+    "hydra/launcher=slurm": (("hydra_plugins.hydra_submitit_launcher", "submitit"), "sweeps"),
+}
+
+
+def check_extras(args: list[str]) -> None:
+    """One line naming ``pip install "lungcls[...]"`` when an override needs a part the install lacks."""
+    for arg in args:
+        if arg.lstrip("+~") in NEEDS_EXTRA:
+            modules, extra = NEEDS_EXTRA[arg.lstrip("+~")]
+            require_extra(modules, extra)
+
+
 def check_overrides(config_name: str, args: list[str]) -> None:
     """Compose ``config_name`` with the command line's overrides before Hydra runs, so an unknown
     option, key or value is one line (``lungcls: error: ...``, exit status 2) naming it."""
+    try:
+        check_extras(args)
+    except LungclsError as e:
+        print(f"lungcls: error: {e}", file=sys.stderr)
+        sys.exit(2)
     if any(a.startswith(_HYDRA_FLAGS_WITHOUT_A_RUN) for a in args):
         return
     from hydra import compose, initialize_config_dir

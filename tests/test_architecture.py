@@ -95,5 +95,95 @@ def test_readme_says_where_every_config_group_lives():
     groups = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()) + ["backbone"]
     missing = [g for g in groups if f"`{g}`" not in table]
     assert not missing, f"README 'Where things live' lacks {missing}"
-    for module in ("lungcls/models/backbones.py", "lungcls/prediction.py", "lungcls/metrics/"):
+    for module in ("lungcls/models/backbones.py", "lungcls/inference/", "prediction.py", "lungcls/metrics/", "lungcls/runs/",
+                   "lungcls/comparison/", "lungcls/training/", "lungcls/settings.py"):
         assert module in table
+
+
+# -- the rules that keep the lobby readable (checked on the code, so the next change keeps them) --
+
+MAX_TOP_LEVEL_MODULES = 12
+COMMANDS = {"train", "evaluate", "report", "predict", "export", "compare", "sweep", "prepare"}
+# names the code gives to configuration (composed configs, their sections, typed settings): a
+# `.get("key", default)` on one of them repeats a default the yaml already holds
+CONFIG_NAMES = {"cfg", "config", "conf", "settings", "s", "ev", "entry", "trainer_cfg", "backbone", "finetune",
+                "dataset", "demo", "stats", "report", "audit", "probe", "export", "serve", "predict", "evaluate"}
+MAX_CONFIG_GETS = 19
+
+
+def library_modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        yield path, "lungcls." + ".".join(parts)
+
+
+def is_command(module: str) -> bool:
+    return module.removeprefix("lungcls.") in COMMANDS or module.endswith(".__main__")
+
+
+def imported(tree: ast.AST):
+    """(module, name) for every import in a module, function-level ones included."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                yield node.module, alias.name
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None
+
+
+def config_gets(tree: ast.AST):
+    """(line, receiver, has_default) for `.get(...)` calls on configuration."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            receiver = ast.unparse(node.func.value)
+            root = receiver.split(".")[0].split("[")[0]
+            if root in CONFIG_NAMES:
+                yield node.lineno, receiver, len(node.args) > 1 or bool(node.keywords)
+
+
+def test_at_most_twelve_modules_sit_directly_in_lungcls():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, f"{len(top)} modules directly in lungcls/: {top}; move concepts into packages"
+
+
+def test_no_private_name_is_imported_from_another_module():
+    found = [f"{path.relative_to(REPO)}: {mod}.{name}" for path, _ in library_modules()
+             for mod, name in imported(ast.parse(path.read_text())) if mod.startswith("lungcls") and name and name.startswith("_")]
+    assert not found, f"private names imported across modules (make them public or move the code): {found}"
+
+
+def test_library_code_never_imports_a_command_module():
+    found = []
+    for path, module in library_modules():
+        if is_command(module):
+            continue
+        for mod, name in imported(ast.parse(path.read_text())):
+            target = f"{mod}.{name}" if name and mod == "lungcls" else mod
+            if target.startswith("lungcls.") and is_command(target):
+                found.append(f"{path.relative_to(REPO)} imports {target}")
+    assert not found, f"library code imports commands (move the shared code into a package): {found}"
+
+
+def test_configuration_is_read_through_typed_settings():
+    """No `.get("key", default)` on configuration outside the settings builders; few `.get` reads at all."""
+    with_default, reads = [], []
+    for path, _ in library_modules():
+        if path.name == "settings.py":
+            continue
+        for line, receiver, has_default in config_gets(ast.parse(path.read_text())):
+            reads.append(f"{path.relative_to(REPO)}:{line} {receiver}")
+            if has_default:
+                with_default.append(f"{path.relative_to(REPO)}:{line} {receiver}")
+    assert not with_default, f"configuration read with a default in code (declare the key in a settings dataclass, its default in the yaml): {with_default}"
+    assert len(reads) <= MAX_CONFIG_GETS, f"{len(reads)} .get reads of configuration: {reads}"
+
+
+def test_the_architecture_rules_catch_what_they_forbid(tmp_path):
+    """The checks above find each kind of violation in a planted module (they cannot pass vacuously)."""
+    planted = ast.parse(
+        "from lungcls.metrics.confusion import _private\n"
+        "def f(cfg):\n    from lungcls.train import train\n    return cfg.get('seed', 1)\n")
+    assert ("lungcls.metrics.confusion", "_private") in set(imported(planted))
+    assert any(is_command(m) for m, _ in imported(planted))
+    assert [(r, d) for _, r, d in config_gets(planted)] == [("cfg", True)]

@@ -78,18 +78,18 @@ def build_callbacks(callbacks_cfg: Mapping[str, Any] | DictConfig, has_val: bool
     cfg = OmegaConf.to_container(callbacks_cfg, resolve=True) if isinstance(callbacks_cfg, DictConfig) else dict(callbacks_cfg)
     out: dict[str, pl.Callback] = {}
     for name, entry in cfg.items():
-        if not isinstance(entry, Mapping) or "_target_" not in entry or not entry.get("enabled", True):
-            continue
-        entry = {k: v for k, v in entry.items() if k != "enabled"}
+        if not isinstance(entry, Mapping) or "_target_" not in entry or entry.pop("enabled", True) is False:
+            continue  # an entry is built unless it says enabled: false
         cls = _callback_class(entry, name)
         if (issubclass(cls, EarlyStopping) and not has_val) or (issubclass(cls, LearningRateMonitor) and not has_logger):
             continue
-        if entry.get("monitor") and class_names:
-            entry["mode"] = check_monitor(entry["monitor"], str(entry.get("mode", "auto")), class_names, f"callbacks.{name}")
-        elif entry.get("monitor") and entry.get("mode", "auto") == "auto":
-            entry["mode"] = metric_direction(entry["monitor"]) or "max"
-        if issubclass(cls, ModelCheckpoint) and not has_val and entry.get("monitor"):
-            log.warning("the val split is empty: %s is the last epoch's model (no %s to monitor)", entry.get("filename"), entry["monitor"])
+        monitor = entry["monitor"] if "monitor" in entry else None
+        if monitor:  # mode: auto (lungcls's) = the metric's own direction
+            mode = str(entry["mode"]) if "mode" in entry else "auto"
+            entry["mode"] = (check_monitor(monitor, mode, class_names, f"callbacks.{name}") if class_names
+                             else metric_direction(monitor) or "max" if mode == "auto" else mode)
+        if issubclass(cls, ModelCheckpoint) and not has_val and monitor:
+            log.warning("the val split is empty: callbacks.%s keeps the last epoch's model (no %s to monitor)", name, monitor)
             entry["monitor"] = None
         try:
             out[name] = hydra.utils.instantiate(entry)
