@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from lungcls.errors import LungclsError, require_extra
+from lungcls.settings import closest_key
 from lungcls.runs.folders import claim_dir, safe_name, write_state
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -136,9 +137,68 @@ def check_overrides(config_name: str, args: list[str]) -> None:
     try:
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR, job_name=config_name):
             compose(config_name=config_name, overrides=list(args))
+            message = unread_added_key(config_name, list(args))
     except (HydraException, ValueError, KeyError) as e:  # noqa: BLE001 - composition's own errors
-        print(f"lungcls: error: {_composition_error(e)}; check the override (key=value, group=option)", file=sys.stderr)
+        message = misspelt_key(config_name, list(args), e) or f"{_composition_error(e)}; check the override (key=value, group=option)"
+    if message:
+        print(f"lungcls: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+# config sections whose keys go to a library object (Hydra's _target_) as its arguments: a `+key`
+# there is the object's own argument, which lungcls cannot check
+LIBRARY_SECTIONS = ("optimizer", "scheduler", "loss", "augment", "trainer", "callbacks", "logger", "hydra")
+
+
+def _known_keys(config_name: str, args: list[str], parent: str) -> list[str]:
+    """The keys under ``parent`` in the config composed from ``args``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name=config_name, overrides=args)
+    else:
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR, job_name=config_name):
+            cfg = compose(config_name=config_name, overrides=args)
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return [f"{parent}.{k}" if parent else str(k) for k in node] if isinstance(node, DictConfig) else []
+
+
+def misspelt_key(config_name: str, args: list[str], error: BaseException) -> str | None:
+    """For ``key=value`` with a key the config lacks: the closest existing key instead of Hydra's
+    advice to add it with ``+`` (which would be read by nothing)."""
+    import re
+
+    found = re.search(r"Could not override '([^']+)'", str(error))
+    if not found:
+        return None
+    key = found.group(1)
+    others = [a for a in args if a.split("=", 1)[0].lstrip("+~") != key]
+    parts = key.split(".")
+    try:  # the first part of the key that does not exist, and the keys beside it
+        for depth in range(len(parts)):
+            known = _known_keys(config_name, others, ".".join(parts[:depth]))
+            if ".".join(parts[: depth + 1]) not in known:
+                break
+    except Exception:  # noqa: BLE001 - the other overrides fail too: Hydra's message is the better one
+        return None
+    wrong = ".".join(parts[: depth + 1])
+    return f"{wrong} is not a setting{closest_key(wrong, known)}"
+
+
+def unread_added_key(config_name: str, args: list[str]) -> str | None:
+    """``+key=value`` adds a key; outside the library sections nothing in lungcls would read it."""
+    for arg in args:
+        if not arg.startswith("+") or arg.startswith("++"):
+            continue
+        key = arg[1:].split("=", 1)[0]
+        if key.split(".")[0].split("/")[0] in LIBRARY_SECTIONS or "/" in key:
+            continue  # a library object's argument, or a config group added on purpose
+        others = [a for a in args if a != arg]
+        known = _known_keys(config_name, others, key.rpartition(".")[0])
+        return f"+{key} adds a key that no lungcls code reads{closest_key(key, known)}"
+    return None
 
 
 def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:

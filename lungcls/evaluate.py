@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
-from lungcls.settings import check_range, typed
+from lungcls.settings import check_range, typed, typed_keys
 from lungcls.runs.layout import RunFolder, checkpoint_argument
 from lungcls.data.datamodule import LungDataModule
 from lungcls.data.settings import DatasetSettings, dataset_settings
@@ -30,6 +30,16 @@ from lungcls.runs.results import check_stats, print_summary, write_results
 from lungcls.inference.screening import checkpoint_sha256, screening_line
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateRun:
+    """The top-level keys of conf/evaluate.yaml."""
+
+    ckpt: Optional[str]
+    ckpt_path: Optional[str]
+    seed: int
+    device: str
 
 
 @dataclass
@@ -164,15 +174,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lungcls.models.module import load_classifier
 
     run_dir = Path(cfg.paths.output_dir)
-    ckpt = checkpoint_argument(cfg.ckpt, cfg.ckpt_path)
+    run = typed_keys(cfg, EvaluateRun)
+    ckpt = checkpoint_argument(run.ckpt, run.ckpt_path)
     ev = typed(cfg.evaluate, EvaluateSettings, "evaluate")
     stats = check_stats(OmegaConf.to_container(cfg.stats, resolve=True))
-    device = pick_device(str(cfg.device))
+    device = pick_device(run.device)
     model = load_classifier(str(ckpt), map_location=device)
     given = OmegaConf.to_container(cfg.dataset, resolve=True)
     data, split = data_settings_for(given, ckpt, model)
     own_data = "name" not in given
-    dm = LungDataModule(data, augment=None, seed=int(cfg.seed), prepare=not own_data)
+    dm = LungDataModule(data, augment=None, seed=run.seed, prepare=not own_data)
     dm.setup("test")
     mapping, mismatch = class_alignment(model.class_names, dm.class_names, dm.class_counts(split))
     if mismatch:
