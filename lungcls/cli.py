@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from lungcls.errors import LungclsError
-from lungcls.runs.folders import claim_dir, safe_name, write_state
+from lungcls.runs.folders import claim_dir, refuse_taken_dir, safe_name, write_state
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -104,9 +104,27 @@ def _composition_error(e: BaseException) -> str:
     return " ".join(lines)
 
 
+def check_run_folders(args: list[str]) -> None:
+    """A ``hydra.run.dir`` / ``hydra.sweep.dir`` given on the command line that already holds a run
+    is refused (one line, exit 2) before Hydra writes its ``.hydra/`` there; a ``${claim_dir:...}``
+    value claims a fresh folder itself. Other ranks of a distributed run reuse rank 0's folder."""
+    if not _is_rank_zero():
+        return
+    used = "hydra.sweep.dir" if {"-m", "--multirun"} & set(args) else "hydra.run.dir"
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == used and value and "${" not in value:
+            try:
+                refuse_taken_dir(value.strip("'\""), key)
+            except LungclsError as e:
+                print(f"lungcls: error: {e}", file=sys.stderr)
+                sys.exit(2)
+
+
 def check_overrides(config_name: str, args: list[str]) -> None:
     """Compose ``config_name`` with the command line's overrides before Hydra runs, so an unknown
     option, key or value is one line (``lungcls: error: ...``, exit status 2) naming it."""
+    check_run_folders(args)
     if any(a.startswith(_HYDRA_FLAGS_WITHOUT_A_RUN) for a in args):
         return
     from hydra import compose, initialize_config_dir
