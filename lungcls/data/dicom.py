@@ -136,9 +136,17 @@ def _check_pixel_count(ds, name: str, max_pixels: int | None, limit_key: str | N
             raise too_many_pixels(name, rows, cols, max_pixels, limit_key)
 
 
-def too_many_pixels(name: str, first: int, second: int, max_pixels: int, key: str | None) -> LungclsError:
+class PixelLimitError(LungclsError):
+    """An image over a pixel limit, refused from its header; ``pixels`` says how many it has."""
+
+    def __init__(self, message: str, pixels: int):
+        super().__init__(message)
+        self.pixels = pixels
+
+
+def too_many_pixels(name: str, first: int, second: int, max_pixels: int, key: str | None) -> PixelLimitError:
     """The one-line refusal of an image over the pixel limit; it names the config ``key`` that
     raises the limit only where the running command has one (``None``: it has not)."""
     limit = f"{key}={max_pixels:,}" if key else f"the {max_pixels:,} pixels lungcls decodes"
     fix = f"downscale it or raise {key}" if key else "downscale it"
-    return LungclsError(f"image {name} is {first}x{second} = {first * second:,} pixels, more than {limit}; {fix}")
+    return PixelLimitError(f"image {name} is {first}x{second} = {first * second:,} pixels, more than {limit}; {fix}", first * second)
