@@ -5,7 +5,7 @@ Every Hydra app runs through ``hydra_app``: it records the run's state in its fo
 (``status.json``: running, then complete / failed / killed), and a ``LungclsError`` (or a missing
 mandatory config value) ends a single run with one line on stderr and exit status 2. Inside a
 multirun the failing job writes ``error.txt`` to its run folder and the sweep goes on, so
-``lungcls-compare`` can list it as failed.
+``lungcls-compare`` can list it as failed; the multirun then exits with status 1.
 """
 
 from __future__ import annotations
@@ -87,9 +87,22 @@ def _user_error(e: BaseException, run_dir: Path | None) -> Any:
         (run_dir / "error.txt").write_text(message + "\n")
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error("this run failed: %s", message)
+        FAILED_JOBS.append(f"{run_dir or 'a job'}: {message}")
         return float("nan")
     print(f"lungcls: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+# The jobs of this process's multirun that failed with a user error (the sweep goes on without them).
+FAILED_JOBS: list[str] = []
+
+
+def _exit_if_jobs_failed() -> None:
+    """After a multirun: exit status 1 when a job failed, so a script or CI running the sweep sees it."""
+    if FAILED_JOBS:
+        print(f"lungcls: error: {len(FAILED_JOBS)} job(s) of the multirun failed (first: {FAILED_JOBS[0]}); "
+              "each failed run folder holds error.txt, and lungcls-compare lists them as failed", file=sys.stderr)
+        sys.exit(1)
 
 
 _HYDRA_FLAGS_WITHOUT_A_RUN = ("-", )  # --help, --cfg, -m ...: Hydra handles them (multiruns compose per job)
@@ -150,7 +163,9 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
             if cfg is not None:  # called with a composed config: run the task as Hydra would
                 return app(cfg)
             check_overrides(config_name, sys.argv[1:])
-            return app()
+            result = app()
+            _exit_if_jobs_failed()
+            return result
 
         return main
 
