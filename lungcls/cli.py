@@ -163,6 +163,7 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
             if cfg is not None:  # called with a composed config: run the task as Hydra would
                 return app(cfg)
             check_overrides(config_name, sys.argv[1:])
+            FAILED_JOBS.clear()
             result = app()
             _exit_if_jobs_failed()
             return result

@@ -83,6 +83,9 @@ def _pixels(ds, name: str) -> np.ndarray:
                 f"DICOM {name} is compressed with {label}, which no installed decoder reads; "
                 "convert it to an uncompressed transfer syntax (e.g. dcmdjpeg) or pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
             ) from None
+        if "less than expected" in str(e):  # pydicom: fewer pixel bytes than Rows x Columns x bits need
+            raise LungclsError(f"DICOM {name} is truncated or damaged: its Pixel Data is shorter than its Rows and Columns need; "
+                               "copy the file again from its source") from None
         first = " ".join(str(e).split())[:160]
         raise LungclsError(f"cannot decode the pixels of DICOM {name} ({label}: {first}); remove or replace the file") from None
 

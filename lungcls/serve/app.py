@@ -140,6 +140,22 @@ def _result(name: str, gray, decisions: dict[str, dict[str, Any]]) -> dict[str, 
     return {"file": name, "height": int(gray.shape[0]), "width": int(gray.shape[1]), "models": models}
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error the framework answers is the one-line JSON error too."""
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if where == "file":
+            return _error(400, "no file sent; post multipart/form-data with one or more 'file' fields")
+        return _error(400, f"bad request: {where} {first.get('msg', '')}".strip())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, exc.detail)
+
+
 def create_app(models: Sequence[UsedModel], settings: dict[str, Any]) -> tuple[Any, Batcher]:
     """The ASGI application serving ``models`` (FastAPI inside the body limit) and its batcher,
     which the caller closes when the server stops."""
@@ -154,17 +170,7 @@ def create_app(models: Sequence[UsedModel], settings: dict[str, Any]) -> tuple[A
                   description="Chest X-ray classification with Grad-CAM, from trained lungcls checkpoints.")
     app.state.batcher = batcher
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        if where == "file":
-            return _error(400, "no file sent; post multipart/form-data with one or more 'file' fields")
-        return _error(400, f"bad request: {where} {first.get('msg', '')}".strip())
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, exc.detail)
+    _add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
