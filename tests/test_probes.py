@@ -21,19 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_dicom, write_png
+from conftest import TINY, write_dicom
 
 # Every Hydra command: a folder that holds a run is refused before anything is written into it.
 COMMANDS = {"train": "lungcls.train", "evaluate": "lungcls.evaluate", "report": "lungcls.report",
             "predict": "lungcls.predict", "export": "lungcls.export", "audit": "lungcls.audit.__main__"}
-MODEL_ARG = {"train": [], "evaluate": ["ckpt_path={ckpt}"], "report": ["ckpt={ckpt}"], "predict": ["ckpt={ckpt}", "input={png}"],
-             "export": ["ckpt={ckpt}"], "audit": []}
+SMALL = [*TINY, "backbone=logistic", "paths.data_dir={data}"]  # quick even where the probe is not refused
+MODEL_ARG = {"train": SMALL, "evaluate": ["ckpt_path={ckpt}"], "report": ["ckpt={ckpt}", "report.per_class=1", "report.sanity=false"],
+             "predict": ["ckpt={ckpt}", "input={png}"], "export": ["ckpt={ckpt}"],
+             "audit": [*[a for a in TINY if a.startswith("dataset.")], "paths.data_dir={data}"]}
 RUN_FILES = ["metrics.json", "predictions.csv", "checkpoints/best.ckpt", "splits.csv"]
 
 CASES = [
     *[(f"{name}-into-a-finished-run", module, [*MODEL_ARG[name], "hydra.run.dir={run}"], 2,
        "already holds a complete run", RUN_FILES) for name, module in COMMANDS.items()],
-    ("multirun-into-a-finished-sweep", "lungcls.train", ["-m", "seed=1", "hydra.sweep.dir={sweep}"], 2,
+    ("multirun-into-a-finished-sweep", "lungcls.train", ["-m", *SMALL, "seed=1", "hydra.sweep.dir={sweep}"], 2,
      "hydra.sweep.dir={sweep} already holds a run", ["{sweep}/0/metrics.json"]),
     ("export-over-its-checkpoint", "lungcls.export", ["ckpt={ckpt}", "export.out={ckpt}", "export.overwrite=true",
                                                       "hydra.run.dir={tmp}/e"], 2, "is one of the export's inputs", ["checkpoints/best.ckpt"]),
@@ -99,7 +101,7 @@ def probe_files(tmp_path_factory, logistic_run, data_dir):
     latin1.write_bytes(f"path\n{png}\n{base / 'Neumonía.png'}\n".encode("latin-1"))
     bom.write_bytes(f"path\n{png}\n".encode("utf-8-sig"))
     labelled.write_bytes(f"path,label\n{png},Normal\n{png},Neumonía\n".encode("latin-1"))
-    return {"run": run, "ckpt": run / "checkpoints" / "best.ckpt", "sweep": sweep, "png": png, "dcm": dcm,
+    return {"data": data_dir, "run": run, "ckpt": run / "checkpoints" / "best.ckpt", "sweep": sweep, "png": png, "dcm": dcm,
             "bad_dcm": damaged_dicom(base / "bad.dcm", dcm), "cut_dcm": cut, "mixed": mixed, "latin1": latin1, "bom": bom,
             "latin1_labelled": labelled, "huge": huge_png(base / "huge.png")}
 

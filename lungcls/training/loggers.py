@@ -27,15 +27,16 @@ def wandb_usable() -> tuple[bool, str]:
 
 
 # W&B's own folders (docs: "Environment variables"): staging of artifacts and media (WANDB_DATA_DIR,
-# default ~/.local/share/wandb), its cache and debug logs (WANDB_CACHE_DIR, ~/.cache/wandb) and its
-# settings (WANDB_CONFIG_DIR, ~/.config/wandb). Kept in the run folder unless the user set them.
-WANDB_FOLDERS = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache", "WANDB_CONFIG_DIR": "config"}
+# default ~/.local/share/wandb), its cache and debug logs (WANDB_CACHE_DIR, ~/.cache/wandb). Kept in
+# the run folder unless the user set them. WANDB_CONFIG_DIR (~/.config/wandb) is only read by a run:
+# it holds the user's own settings (a self-hosted server's address), so it stays where it is.
+WANDB_FOLDERS = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache"}
 _USER_SET = {key for key in WANDB_FOLDERS if os.environ.get(key)}
 
 
 def keep_wandb_in(run_dir: Path) -> None:
-    """Point W&B's staging, cache, debug-log and settings folders into ``<run_dir>/wandb/`` (those
-    the user did not set), so a run writes nothing under the home folder."""
+    """Point W&B's staging, cache and debug-log folders into ``<run_dir>/wandb/`` (those the user
+    did not set), so a run writes nothing under the home folder."""
     for key, name in WANDB_FOLDERS.items():
         if key not in _USER_SET:
             folder = Path(run_dir).resolve() / "wandb" / f".{name}"
