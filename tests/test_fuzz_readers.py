@@ -148,7 +148,7 @@ def _check_predict(predict_cfg, cases, base: Path) -> None:
 
     from lungcls.predict import predict
 
-    base.mkdir(parents=True)
+    base.mkdir(parents=True, exist_ok=True)
     inputs = base / "in"
     inputs.mkdir()
     for i, (kind, data) in enumerate(cases):
@@ -165,10 +165,10 @@ def _check_predict(predict_cfg, cases, base: Path) -> None:
     assert all(bool(r["pred"]) != bool(r["error"]) and "\n" not in r["error"] for r in rows)
 
 
-@settings(derandomize=True, max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(mutated(), min_size=12, max_size=12))
-def test_predict_lists_mutated_files_as_scored_or_unreadable(predict_cfg, folder, cases):
-    _check_predict(predict_cfg, cases, Path(tempfile.mkdtemp(dir=folder)))
+@settings(derandomize=True, max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(mutated(("dicom",)), min_size=8, max_size=8), st.lists(mutated(), min_size=8, max_size=8))
+def test_predict_lists_mutated_files_as_scored_or_unreadable(predict_cfg, folder, dicoms, others):
+    _check_predict(predict_cfg, dicoms + others, Path(tempfile.mkdtemp(dir=folder)))
 
 
 @pytest.mark.slow
