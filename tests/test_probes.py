@@ -21,15 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, write_dicom
+from conftest import TINY, make_class_tree, write_dicom
 
 # Every Hydra command: a folder that holds a run is refused before anything is written into it.
 COMMANDS = {"train": "lungcls.train", "evaluate": "lungcls.evaluate", "report": "lungcls.report",
             "predict": "lungcls.predict", "export": "lungcls.export", "audit": "lungcls.audit.__main__"}
 SMALL = [*TINY, "backbone=logistic", "paths.data_dir={data}"]  # quick even where the probe is not refused
+OTHER_DATA = [a for a in SMALL if not a.startswith("dataset.demo.")]
 MODEL_ARG = {"train": SMALL, "evaluate": ["ckpt_path={ckpt}"], "report": ["ckpt={ckpt}", "report.per_class=1", "report.sanity=false"],
              "predict": ["ckpt={ckpt}", "input={png}"], "export": ["ckpt={ckpt}"],
              "audit": [*[a for a in TINY if a.startswith("dataset.")], "paths.data_dir={data}"]}
+FOLDER = ["dataset=folder", "dataset.root={tree}", "dataset.classes=[COVID,Normal]", "dataset.image_size=32"]
 RUN_FILES = ["metrics.json", "predictions.csv", "checkpoints/best.ckpt", "splits.csv"]
 
 CASES = [
@@ -45,6 +47,10 @@ CASES = [
                                                       "export.overwrite=true", "hydra.run.dir={tmp}/e"], 2, "one of the export's inputs", ["{png}"]),
     ("predict-a-damaged-dicom", "lungcls.predict", ["ckpt={ckpt}", "input={bad_dcm}", "hydra.run.dir={tmp}/p"], 2,
      "cannot read DICOM", ["{bad_dcm}"]),
+    ("train-on-a-damaged-dicom", "lungcls.train", [*OTHER_DATA, *FOLDER, "hydra.run.dir={tmp}/t"], 2, "cannot read DICOM", []),
+    ("audit-lists-a-damaged-dicom", "lungcls.audit.__main__", [*FOLDER, "hydra.run.dir={tmp}/a"], 0, None, []),
+    ("train-on-a-latin1-manifest", "lungcls.train", [*OTHER_DATA, "dataset=manifest", "dataset.manifest={latin1_labelled}",
+                                                     "hydra.run.dir={tmp}/t"], 2, "is not UTF-8 text", []),
     ("predict-a-truncated-dicom", "lungcls.predict", ["ckpt={ckpt}", "input={cut_dcm}", "hydra.run.dir={tmp}/p"], 2,
      "is truncated or damaged", []),
     ("predict-skips-a-damaged-dicom", "lungcls.predict", ["ckpt={ckpt}", "input={mixed}", "predict.skip_unreadable=true",
@@ -97,13 +103,15 @@ def probe_files(tmp_path_factory, logistic_run, data_dir):
     mixed.mkdir()
     shutil.copy(png, mixed / "ok.png")
     damaged_dicom(mixed / "bad.dcm", dcm)
+    tree = make_class_tree(base / "tree", {"COVID": 6, "Normal": 6}, images_folder=False)
+    damaged_dicom(tree / "Normal" / "bad.dcm", dcm)
     latin1, bom, labelled = base / "latin1.csv", base / "bom.csv", base / "labelled.csv"
     latin1.write_bytes(f"path\n{png}\n{base / 'Neumonía.png'}\n".encode("latin-1"))
     bom.write_bytes(f"path\n{png}\n".encode("utf-8-sig"))
     labelled.write_bytes(f"path,label\n{png},Normal\n{png},Neumonía\n".encode("latin-1"))
     return {"data": data_dir, "run": run, "ckpt": run / "checkpoints" / "best.ckpt", "sweep": sweep, "png": png, "dcm": dcm,
             "bad_dcm": damaged_dicom(base / "bad.dcm", dcm), "cut_dcm": cut, "mixed": mixed, "latin1": latin1, "bom": bom,
-            "latin1_labelled": labelled, "huge": huge_png(base / "huge.png")}
+            "latin1_labelled": labelled, "tree": tree, "huge": huge_png(base / "huge.png")}
 
 
 def run_command(module: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
