@@ -5,7 +5,7 @@ Every Hydra app runs through ``hydra_app``: it records the run's state in its fo
 (``status.json``: running, then complete / failed / killed), and a ``LungclsError`` (or a missing
 mandatory config value) ends a single run with one line on stderr and exit status 2. Inside a
 multirun the failing job writes ``error.txt`` to its run folder and the sweep goes on, so
-``lungcls-compare`` can list it as failed.
+``lungcls-compare`` can list it as failed; the multirun then exits with status 1.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from lungcls.errors import LungclsError, require_extra
+from lungcls.runs.folders import claim_dir, refuse_taken_dir, safe_name, write_state
 from lungcls.settings import closest_key
-from lungcls.runs.folders import claim_dir, safe_name, write_state
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -88,9 +88,22 @@ def _user_error(e: BaseException, run_dir: Path | None) -> Any:
         (run_dir / "error.txt").write_text(message + "\n")
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error("this run failed: %s", message)
+        FAILED_JOBS.append(f"{run_dir or 'a job'}: {message}")
         return float("nan")
     print(f"lungcls: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+# The jobs of this process's multirun that failed with a user error (the sweep goes on without them).
+FAILED_JOBS: list[str] = []
+
+
+def _exit_if_jobs_failed() -> None:
+    """After a multirun: exit status 1 when a job failed, so a script or CI running the sweep sees it."""
+    if FAILED_JOBS:
+        print(f"lungcls: error: {len(FAILED_JOBS)} job(s) of the multirun failed (first: {FAILED_JOBS[0]}); "
+              "each failed run folder holds error.txt, and lungcls-compare lists them as failed", file=sys.stderr)
+        sys.exit(1)
 
 
 _HYDRA_FLAGS_WITHOUT_A_RUN = ("-", )  # --help, --cfg, -m ...: Hydra handles them (multiruns compose per job)
@@ -121,6 +134,23 @@ def check_extras(args: list[str]) -> None:
             require_extra(modules, extra)
 
 
+def check_run_folders(args: list[str]) -> None:
+    """A ``hydra.run.dir`` / ``hydra.sweep.dir`` given on the command line that already holds a run
+    is refused (one line, exit 2) before Hydra writes its ``.hydra/`` there; a ``${claim_dir:...}``
+    value claims a fresh folder itself. Other ranks of a distributed run reuse rank 0's folder."""
+    if not _is_rank_zero():
+        return
+    used = "hydra.sweep.dir" if {"-m", "--multirun"} & set(args) else "hydra.run.dir"
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == used and value and "${" not in value:
+            try:
+                refuse_taken_dir(value.strip("'\""), key)
+            except LungclsError as e:
+                print(f"lungcls: error: {e}", file=sys.stderr)
+                sys.exit(2)
+
+
 def check_overrides(config_name: str, args: list[str]) -> None:
     """Compose ``config_name`` with the command line's overrides before Hydra runs, so an unknown
     option, key or value is one line (``lungcls: error: ...``, exit status 2) naming it."""
@@ -129,6 +159,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
     except LungclsError as e:
         print(f"lungcls: error: {e}", file=sys.stderr)
         sys.exit(2)
+    check_run_folders(args)
     if any(a.startswith(_HYDRA_FLAGS_WITHOUT_A_RUN) for a in args):
         return
     from hydra import compose, initialize_config_dir
@@ -213,7 +244,10 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
             if cfg is not None:  # called with a composed config: run the task as Hydra would
                 return app(cfg)
             check_overrides(config_name, sys.argv[1:])
-            return app()
+            FAILED_JOBS.clear()
+            result = app()
+            _exit_if_jobs_failed()
+            return result
 
         return main
 

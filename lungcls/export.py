@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,20 @@ def sample_paths(cfg: DictConfig, ckpt: Path, n: int) -> list[str]:
     return sorted(paths)[:n]
 
 
+def check_out(path: Path, inputs: list[str | Path], overwrite: bool) -> None:
+    """Refuse an ``export.out`` that is one of the export's inputs (the checkpoint, a sample image),
+    always, or that exists, unless ``export.overwrite=true``; checked before anything is written."""
+    target = path.resolve()
+    for given in inputs:
+        if Path(given).resolve() == target:
+            raise LungclsError(f"export.out={path} is one of the export's inputs ({given}); the export would "
+                               "replace it: give a new file name (or leave export.out out: model.pt / model.onnx in the run folder)")
+    if target.is_dir():
+        raise LungclsError(f"export.out={path} is a folder; give a file name in it, e.g. export.out={path}/model.pt")
+    if target.exists() and not overwrite:
+        raise LungclsError(f"export.out={path} exists; give a new file name, or export.overwrite=true to replace it")
+
+
 def export_torchscript(package: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is in maintenance upstream; ONNX is the other choice
@@ -82,6 +97,8 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> tuple[np.ndarray
         with torch.no_grad():
             return loaded(images).numpy(), json.loads(extra[METADATA_NAME])
     import onnx
+
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # else ONNX Runtime writes a device id under ~/.cache
     import onnxruntime
 
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -105,6 +122,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = Path(str(e["out"])).expanduser() if e.get("out") else out_dir / f"model{FORMATS[fmt]}"
+    check_out(path, [ckpt, *paths], bool(cfg.export.overwrite))
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata(model, checkpoint_sha256(ckpt), fmt)
     package = PackagedClassifier(model).eval()

@@ -97,7 +97,7 @@ def _decode(chunk: Sequence[InputImage], skip_unreadable: bool) -> tuple[list, l
     grays, errors = [], []
     for im in chunk:
         try:
-            grays.append(read_gray(im.path))
+            grays.append(read_gray(im.path, limit_key=None))  # predict has no key for the limit
             errors.append(None)
         except LungclsError as e:
             if not skip_unreadable:

@@ -201,3 +201,25 @@ def test_terminated_run_is_recorded_as_killed(tmp_path):
     proc.wait(timeout=60)
     assert read_state(folder)["state"] == "killed"
     assert not (folder / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_default_training_and_an_onnx_export_write_nothing_under_home(tmp_path, monkeypatch):
+    """W&B's staging, cache and debug logs go to the run folder and ONNX Runtime writes no device
+    id: with HOME an empty folder, a default training (W&B offline) and an ONNX export leave it empty.
+    Matplotlib's font cache is matplotlib's own, built once per machine: MPLCONFIGDIR moves it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for key in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "ORT_DISABLE_TELEMETRY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    args = [a for a in TINY if not a.startswith("logger=")]
+    out = run_cli("lungcls.train", *args, "backbone=logistic", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list((run / "wandb").glob("offline-run-*")), "the default logger is W&B, offline"
+    out = run_cli("lungcls.export", f"ckpt={run}/checkpoints/best.ckpt", "export.format=onnx", f"hydra.run.dir={tmp_path / 'export'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []

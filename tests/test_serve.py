@@ -40,7 +40,7 @@ def server(tmp_path_factory, logistic_run):
     spool.mkdir()
     env = dict(os.environ, TMPDIR=str(spool), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "lungcls.serve", f"ckpt={run}/checkpoints/best.ckpt", "serve.port=0", "serve.max_upload_mb=3",
-           "serve.max_pixels=3000000", "serve.max_files=4", f"hydra.run.dir={base}/served"]
+           "serve.max_pixels=3000000", "serve.max_request_pixels=4000000", "serve.max_files=4", f"hydra.run.dir={base}/served"]
     proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, lines, deadline = None, [], time.monotonic() + 120
     while url is None and time.monotonic() < deadline and proc.poll() is None:
@@ -171,6 +171,30 @@ def test_limits_refuse_big_bodies_non_images_pixel_bombs_and_leave_no_upload_on_
     assert [p.name for p in server["spool"].iterdir()][0].startswith("lungcls-serve-")
 
 
+def _image_bytes(fmt: str, side: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (side, side), 90).save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_only_png_jpeg_dicom_of_a_useful_size_within_the_request_budget_are_scored(server, xrays):
+    png, dcm = xrays
+    for fmt in ("GIF", "BMP", "TIFF", "WEBP"):
+        status, body = upload(server, [(f"x.{fmt.lower()}", _image_bytes(fmt, 64))])
+        assert status == 400 and body["error"] == f"x.{fmt.lower()} is a {fmt} image; lungcls-serve scores PNG, JPEG and DICOM X-rays: convert it to PNG"
+    for fmt in ("PNG", "JPEG"):
+        assert upload(server, [(f"x.{fmt.lower()}", _image_bytes(fmt, 64))], "?cam=false")[0] == 200
+    status, body = upload(server, [("icon.png", _image_bytes("PNG", 1))])
+    assert status == 400 and body["error"].startswith("icon.png is 1x1 pixels, smaller than serve.min_side=32")
+    # 3 of 4 megapixels, then 3 more: the second is refused from its header, before it is decoded
+    big = _image_bytes("PNG", 1732)
+    status, body = upload(server, [("a.png", big), ("b.png", big)])
+    assert status == 400 and "more than serve.max_request_pixels=4,000,000 pixels together (b.png has 2,999,824)" in body["error"]
+    cut = dcm.read_bytes()
+    status, body = upload(server, [("scan.dcm", cut[:cut.index(b"\xe0\x7f\x10\x00") + 3])])
+    assert status == 400 and "\n" not in body["error"]
+
+
 def test_bounded_load_test_has_no_errors_and_reports_latency_and_memory(server, xrays, capsys):
     from lungcls.serve.loadtest import main
 
@@ -182,6 +206,10 @@ def test_bounded_load_test_has_no_errors_and_reports_latency_and_memory(server, 
     assert "200 ok, 0 errors" in out and "p50" in out and "p95" in out and "server memory" in out
     mean_batch = float(out.split("mean batch ")[1].split()[0])
     assert mean_batch > 1.0  # concurrent requests were batched onto the model
+    # then 100 requests of the largest image the server accepts (1732 px: serve.max_pixels=3000000)
+    burst = next(line for line in out.splitlines() if line.startswith("burst of 100 requests of a blank 1732x1732 PNG: 100 ok"))
+    before, after = (float(burst.split(" MB before")[0].split()[-1]), float(burst.split(" MB after")[0].split()[-1]))
+    assert after < before + 64, burst  # 100 x 3 MB decoded: memory is handed back, not kept
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")

@@ -63,6 +63,9 @@ def _check_supported(ds, name: str) -> None:
     if frames > 1:
         raise LungclsError(f"DICOM {name} has {frames} frames; lungcls reads single-frame radiographs, export the frame you want as its own file")
     if "PixelData" not in ds:
+        if "Rows" in ds or "Columns" in ds or "BitsAllocated" in ds:  # an image whose pixels were cut off
+            raise LungclsError(f"DICOM {name} is truncated or damaged: it describes an image (Rows, Columns) but its "
+                               "Pixel Data is missing; copy the file again from its source")
         raise LungclsError(f"DICOM {name} holds no image (no Pixel Data); give an image object, not a report or structured document")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
@@ -80,6 +83,9 @@ def _pixels(ds, name: str) -> np.ndarray:
                 f"DICOM {name} is compressed with {label}, which no installed decoder reads; "
                 "convert it to an uncompressed transfer syntax (e.g. dcmdjpeg) or pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
             ) from None
+        if "less than expected" in str(e):  # pydicom: fewer pixel bytes than Rows x Columns x bits need
+            raise LungclsError(f"DICOM {name} is truncated or damaged: its Pixel Data is shorter than its Rows and Columns need; "
+                               "copy the file again from its source") from None
         first = " ".join(str(e).split())[:160]
         raise LungclsError(f"cannot decode the pixels of DICOM {name} ({label}: {first}); remove or replace the file") from None
 
@@ -108,18 +114,42 @@ def dicom_to_gray(ds, name: str = "file") -> np.ndarray:
     return (scaled * 255.0 + 0.5).astype(np.uint8)
 
 
-def read_dicom(source: str | IO[bytes], name: str, max_pixels: int | None = None, limit_key: str = "dataset.max_image_pixels") -> np.ndarray:
+def read_dicom(source: str | IO[bytes], name: str, max_pixels: int | None = None, limit_key: str | None = "dataset.max_image_pixels") -> np.ndarray:
     """Read a DICOM file (path or binary file object) as uint8 grayscale; refuses images with more
-    than ``max_pixels`` pixels before their pixel data is decoded."""
+    than ``max_pixels`` pixels before their pixel data is decoded. Any failure of pydicom on a
+    malformed file (it parses lazily, so a damaged element can fail at any later read, with any
+    exception type) becomes one ``LungclsError`` naming the file."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(source, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
-        raise LungclsError(f"cannot read DICOM {name} ({' '.join(str(e).split())[:160]}); remove or replace the file") from None
+        _check_pixel_count(ds, name, max_pixels, limit_key)
+        return dicom_to_gray(ds, name)
+    except LungclsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pydicom's errors on damaged files have no common base
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        raise LungclsError(f"cannot read DICOM {name}, it is damaged ({why}); remove or replace the file") from None
+
+
+def _check_pixel_count(ds, name: str, max_pixels: int | None, limit_key: str | None) -> None:
     if "PixelData" in ds and max_pixels:
         rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
         if rows * cols > max_pixels:
-            raise LungclsError(f"image {name} is {rows}x{cols} = {rows * cols:,} pixels, more than {limit_key}={max_pixels:,}; downscale it or raise {limit_key}")
-    return dicom_to_gray(ds, name)
+            raise too_many_pixels(name, rows, cols, max_pixels, limit_key)
+
+
+class PixelLimitError(LungclsError):
+    """An image over a pixel limit, refused from its header; ``pixels`` says how many it has."""
+
+    def __init__(self, message: str, pixels: int):
+        super().__init__(message)
+        self.pixels = pixels
+
+
+def too_many_pixels(name: str, first: int, second: int, max_pixels: int, key: str | None) -> PixelLimitError:
+    """The one-line refusal of an image over the pixel limit; it names the config ``key`` that
+    raises the limit only where the running command has one (``None``: it has not)."""
+    limit = f"{key}={max_pixels:,}" if key else f"the {max_pixels:,} pixels lungcls decodes"
+    fix = f"downscale it or raise {key}" if key else "downscale it"
+    return PixelLimitError(f"image {name} is {first}x{second} = {first * second:,} pixels, more than {limit}; {fix}", first * second)

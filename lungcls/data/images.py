@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lungcls.data.dicom import DICOM_EXTENSIONS, looks_like_dicom, read_dicom
+from lungcls.data.dicom import DICOM_EXTENSIONS, looks_like_dicom, read_dicom, too_many_pixels
 from lungcls.errors import LungclsError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", *DICOM_EXTENSIONS)
@@ -61,17 +61,14 @@ def _to_gray_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def check_pixels(name: str, width: int, height: int, max_pixels: int | None, key: str = "dataset.max_image_pixels") -> None:
+def check_pixels(name: str, width: int, height: int, max_pixels: int | None, key: str | None = "dataset.max_image_pixels") -> None:
     """Refuse an image larger than ``max_pixels`` before decoding it (a decompression bomb); the
-    message names the config ``key`` that sets the limit."""
+    message names the config ``key`` that sets the limit (None: the command has no such key)."""
     if max_pixels and width * height > max_pixels:
-        raise LungclsError(
-            f"image {name} is {width}x{height} = {width * height:,} pixels, more than {key}={max_pixels:,}; "
-            f"downscale it or raise {key}"
-        )
+        raise too_many_pixels(name, width, height, max_pixels, key)
 
 
-def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None, key: str) -> tuple[np.ndarray, str]:
+def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None, key: str | None) -> tuple[np.ndarray, str]:
     with Image.open(source) as img:
         check_pixels(name, img.size[0], img.size[1], max_pixels, key)
         img.load()
@@ -88,20 +85,22 @@ def _head(source: str | Path | IO[bytes]) -> bytes:
 
 
 def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None,
-              limit_key: str = "dataset.max_image_pixels") -> np.ndarray:
+              limit_key: str | None = "dataset.max_image_pixels") -> np.ndarray:
     """The image as a 2-D uint8 array; a corrupt, unreadable or oversized file raises a one-line
     LungclsError.
 
     ``source`` is a path or a binary file object (an upload); ``name`` is what messages call it.
     DICOM is recognised by its ``DICM`` marker, everything else goes to Pillow; a .dcm/.dicom file
     Pillow cannot open is read as DICOM without the Part 10 preamble. Images above ``max_pixels``
-    pixels are refused from their header, before decoding (the message names ``limit_key``).
+    pixels are refused from their header, before decoding (the message names ``limit_key``, the
+    command's key for the limit, or None where it has none). Any exception of a decoder on a damaged
+    file becomes the one-line error.
     """
     return read_gray_and_mode(source, max_pixels, name, limit_key)[0]
 
 
 def read_gray_and_mode(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                       name: str | None = None, limit_key: str = "dataset.max_image_pixels") -> tuple[np.ndarray, str]:
+                       name: str | None = None, limit_key: str | None = "dataset.max_image_pixels") -> tuple[np.ndarray, str]:
     """``read_gray`` and the file's own mode (PIL's ``L``, ``I;16``, ``RGB``..., or ``DICOM``), for
     audits of bit depth."""
     name = name or str(source)
@@ -122,8 +121,10 @@ def read_gray_and_mode(source: str | Path | IO[bytes], max_pixels: int | None = 
         raise LungclsError(f"{name} is a folder, not an image file") from None
     except Image.DecompressionBombError as e:
         raise LungclsError(f"image {name} is too large to decode safely ({e}); downscale it first") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise LungclsError(f"cannot read image {name} ({' '.join(str(e).split())[:200]}); remove or replace the file") from None
+    except LungclsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file can fail inside any decoder plugin, with any type
+        raise LungclsError(f"cannot read image {name} ({' '.join(str(e).split())[:200] or type(e).__name__}); remove or replace the file") from None
 
 
 def resize_gray(arr: np.ndarray, size: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lungcls.data.csvtext import open_csv
 from lungcls.data.images import is_image_file
 from lungcls.data.layouts import MASK_FOLDERS
 from lungcls.errors import LungclsError
@@ -57,7 +58,7 @@ def _from_folder(root: Path, classes: Sequence[str]) -> Inputs:
 
 
 def _from_manifest(manifest: Path, classes: Sequence[str]) -> Inputs:
-    with manifest.open(newline="") as f:
+    with open_csv(manifest) as f:
         reader = csv.DictReader(f)
         if "path" not in (reader.fieldnames or []):
             raise LungclsError(f"manifest {manifest} has no 'path' column; give a CSV with a header path[,label]")

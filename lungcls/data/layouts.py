@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lungcls.data.csvtext import open_csv
 from lungcls.data.images import is_image_file
 from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.errors import LungclsError
@@ -192,7 +193,7 @@ class ManifestLayout(Layout):
         manifest = Path(str(self.cfg.manifest)).expanduser().resolve()
         if not manifest.is_file():
             raise LungclsError(f"manifest {manifest} does not exist; set dataset.manifest=/path/to/manifest.csv")
-        with manifest.open(newline="") as f:
+        with open_csv(manifest) as f:
             reader = csv.DictReader(f)
             missing = {"path", "label"} - set(reader.fieldnames or [])
             if missing:

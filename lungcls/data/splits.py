@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
+from lungcls.data.csvtext import open_csv
 from lungcls.data.layouts import Sample
 from lungcls.errors import LungclsError
 
@@ -138,7 +139,7 @@ def write_splits_csv(path: str | Path, samples: Sequence[Sample], assignment: di
 def read_splits_rows(path: str | Path) -> list[dict[str, str]]:
     """Every row of a run's splits.csv (checked as ``read_splits_csv`` does)."""
     read_splits_csv(path)
-    with Path(path).open(newline="") as f:
+    with open_csv(path, "splits file") as f:
         return list(csv.DictReader(f))
 
 
@@ -147,7 +148,7 @@ def read_splits_csv(path: str | Path) -> dict[str, str]:
     p = Path(path)
     if not p.is_file():
         raise LungclsError(f"splits file {p} does not exist; point dataset.splits_csv at a run's splits.csv")
-    with p.open(newline="") as f:
+    with open_csv(p, "splits file") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"path", "split"} <= set(rows[0]):
         raise LungclsError(f"splits file {p} needs columns path,label,split (as written by lungcls-train)")

@@ -100,6 +100,8 @@ def _ckpt_list(value: Any) -> list[Path]:
         )
     paths = [Path(p).expanduser().resolve() for p in items]
     for p in paths:
+        if p.is_dir():
+            raise LungclsError(f"checkpoint {p} is a folder, not a checkpoint file; give a file in it, e.g. {p / 'best.ckpt'}")
         if not p.is_file():
             raise LungclsError(
                 f"checkpoint {p} does not exist; give the path of a run's checkpoints/best.ckpt"

@@ -253,6 +253,8 @@ def load_classifier(path: str, map_location: str | torch.device = "cpu") -> Lung
     from pathlib import Path
 
     p = Path(str(path)).expanduser()
+    if p.is_dir():
+        raise LungclsError(f"checkpoint {path} is a folder, not a checkpoint file; give a file in it, e.g. {p / 'best.ckpt'}")
     if not p.is_file():
         raise LungclsError(f"checkpoint {path} does not exist; give the path of a run's checkpoints/best.ckpt")
     try:

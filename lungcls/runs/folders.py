@@ -206,6 +206,34 @@ def claim_dir(path: str) -> str:
     raise LungclsError(f"cannot claim a run folder next to {base}; remove old run folders")
 
 
+# What a command leaves in its run folder: a folder holding any of these holds a run.
+_RUN_MARKERS = (".hydra", STATE_FILE, "metrics.json", "checkpoints", "predictions.csv", "error.txt")
+
+
+def holds_run(folder: str | Path, sweep: bool = False) -> bool:
+    """Whether ``folder`` already holds a run (of any lungcls command); with ``sweep``, also whether
+    it holds a sweep (``multirun.yaml``) or a job's run folder one level down."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    if any((folder / marker).exists() for marker in _RUN_MARKERS):
+        return True
+    if not sweep:
+        return False
+    return (folder / "multirun.yaml").exists() or any(
+        (child / ".hydra").is_dir() or (child / STATE_FILE).is_file() for child in folder.iterdir() if child.is_dir())
+
+
+def refuse_taken_dir(path: str | Path, key: str) -> None:
+    """Refuse a run or sweep folder given on the command line (``key``: ``hydra.run.dir`` or
+    ``hydra.sweep.dir``) that already holds a run: a second run would write over its results."""
+    if holds_run(Path(str(path)).expanduser(), sweep=key.endswith("sweep.dir")):
+        state = (read_state(Path(str(path)).expanduser()) or {}).get("state")
+        held = f"a {state} run" if state else "a run"
+        raise LungclsError(f"{key}={path} already holds {held}; a new run would write over it: give a folder that "
+                           f"does not exist yet (or leave {key} out: every run gets a fresh folder under outputs/)")
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")

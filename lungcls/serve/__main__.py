@@ -32,7 +32,8 @@ def serve_settings(cfg: DictConfig) -> dict[str, Any]:
     s["port"] = int(s.get("port", 8000))
     if not 0 <= s["port"] <= 65535:
         raise LungclsError(f"serve.port={s['port']} must be in 0..65535 (0 = any free port)")
-    for key, low in (("max_upload_mb", 0.001), ("max_files", 1), ("max_pixels", 1), ("batch_size", 1), ("overlay_size", 16)):
+    for key, low in (("max_upload_mb", 0.001), ("max_files", 1), ("max_pixels", 1), ("max_request_pixels", 1), ("min_side", 1),
+                     ("batch_size", 1), ("overlay_size", 16)):
         if float(s.get(key, low)) < low:
             raise LungclsError(f"serve.{key}={s.get(key)} must be at least {low}")
     s["normal_margin"] = check_margin(s.get("normal_margin", 0.1), "serve.normal_margin")

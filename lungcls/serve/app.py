@@ -2,8 +2,9 @@
 ``GET /healthz`` and the OpenAPI description at ``/openapi.json``.
 
 Safe by default: bodies are bounded (``BodyLimit``: 413), every upload is decoded to decide what it
-is (400 with a one-line JSON error when it is not a PNG, JPEG or DICOM image lungcls can read, or
-when it has more pixels than ``max_pixels``), upload names are only echoed back, never used as
+is (400 with a one-line JSON error when it is not a PNG, JPEG or DICOM image lungcls can read,
+when it has more pixels than ``max_pixels``, a side under ``min_side``, or the request's images
+together more than ``max_request_pixels``), upload names are only echoed back, never used as
 paths, and the models are the checkpoints named on the command line, nothing a request can change.
 """
 
@@ -19,18 +20,19 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Optional
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import BackgroundTasks, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lungcls.data.dicom import PixelLimitError
 from lungcls.data.images import read_gray
 from lungcls.errors import LungclsError
 from lungcls.inference.scoring import UsedModel, model_card
 from lungcls.serve.batching import Batcher
-from lungcls.serve.limits import BodyLimit
+from lungcls.serve.limits import SCORED_FORMATS, BodyLimit, other_image_format, release_memory, upload_format
 
 STATIC = resources.files("lungcls.serve") / "static"
 PAGE_HEADERS = {
@@ -88,20 +90,42 @@ def memory_mb() -> dict[str, float]:
     return {"rss_mb": round(now, 1), "peak_rss_mb": round(max(peak, now), 1)}  # two sources, rounded apart
 
 
-async def decode_uploads(files: Sequence[UploadFile], max_pixels: int) -> list[tuple[str, Any]]:
+def _decode_one(data: bytes, name: str, max_pixels: int, budget: int, request_limit: int) -> Any:
+    """One upload as uint8 grayscale: a scored format, at most ``max_pixels`` pixels and at most
+    ``budget`` (what is left of ``serve.max_request_pixels``), both checked from the header."""
+    fmt = upload_format(data, name)
+    if fmt is None:
+        other = other_image_format(data)
+        if other is not None:
+            raise LungclsError(f"{name} is a {other} image; lungcls-serve scores PNG, JPEG and DICOM X-rays: convert it to PNG")
+        raise LungclsError(f"{name} is not an image lungcls can read; send a PNG, JPEG or DICOM X-ray")
+    key = "serve.max_pixels" if max_pixels <= budget else None
+    try:
+        return read_gray(io.BytesIO(data), max(1, min(max_pixels, budget)), name, key)
+    except PixelLimitError as e:
+        if key is None:
+            raise LungclsError(f"the images of this request have more than serve.max_request_pixels={request_limit:,} pixels "
+                               f"together ({name} has {e.pixels:,}); send fewer or smaller images per request") from None
+        raise
+    except LungclsError as e:
+        if str(e).startswith(("cannot read image", "cannot read DICOM")):  # the decoder's own words say nothing more useful
+            raise LungclsError(f"{name} is not an image lungcls can read (a damaged {fmt} file); send a PNG, JPEG or DICOM X-ray") from None
+        raise
+
+
+async def decode_uploads(files: Sequence[UploadFile], max_pixels: int, min_side: int, max_request_pixels: int) -> list[tuple[str, Any]]:
     """(name, uint8 grayscale) per upload, decoded off the event loop; LungclsError names the file."""
-    decoded = []
+    decoded, used = [], 0
     for i, upload in enumerate(files):
         name = display_name(upload.filename, i)
         data = await upload.read()
         if not data:
             raise LungclsError(f"{name} is empty; send a PNG, JPEG or DICOM X-ray")
-        try:
-            gray = await run_in_threadpool(read_gray, io.BytesIO(data), max_pixels, name, "serve.max_pixels")
-        except LungclsError as e:
-            if str(e).startswith("cannot read image"):  # the decoder's own words say nothing more useful
-                raise LungclsError(f"{name} is not an image lungcls can read; send a PNG, JPEG or DICOM X-ray") from None
-            raise
+        gray = await run_in_threadpool(_decode_one, data, name, max_pixels, max_request_pixels - used, max_request_pixels)
+        if min(gray.shape) < min_side:
+            raise LungclsError(f"{name} is {gray.shape[1]}x{gray.shape[0]} pixels, smaller than serve.min_side={min_side}; "
+                               "send the X-ray at its own resolution")
+        used += int(gray.size)
         decoded.append((name, gray))
     return decoded
 
@@ -116,17 +140,8 @@ def _result(name: str, gray, decisions: dict[str, dict[str, Any]]) -> dict[str, 
     return {"file": name, "height": int(gray.shape[0]), "width": int(gray.shape[1]), "models": models}
 
 
-def create_app(models: Sequence[UsedModel], settings: dict[str, Any]) -> tuple[Any, Batcher]:
-    """The ASGI application serving ``models`` (FastAPI inside the body limit) and its batcher,
-    which the caller closes when the server stops."""
-    batcher = Batcher(models, settings.get("batch_size", 16), settings.get("max_wait_ms", 10), settings.get("overlay_size", 512))
-    max_files, max_pixels = int(settings.get("max_files", 16)), int(settings.get("max_pixels", 40_000_000))
-    cam_default = bool(settings.get("cam", True))
-    cards = [model_card(m) for m in models]
-    limits = {"max_upload_mb": float(settings.get("max_upload_mb", 20)), "max_files": max_files, "max_pixels": max_pixels}
-    app = FastAPI(title="lungcls", version="1", docs_url=None, redoc_url=None,
-                  description="Chest X-ray classification with Grad-CAM, from trained lungcls checkpoints.")
-    app.state.batcher = batcher
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error the framework answers is the one-line JSON error too."""
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -139,6 +154,23 @@ def create_app(models: Sequence[UsedModel], settings: dict[str, Any]) -> tuple[A
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, exc.detail)
+
+
+def create_app(models: Sequence[UsedModel], settings: dict[str, Any]) -> tuple[Any, Batcher]:
+    """The ASGI application serving ``models`` (FastAPI inside the body limit) and its batcher,
+    which the caller closes when the server stops."""
+    batcher = Batcher(models, settings.get("batch_size", 16), settings.get("max_wait_ms", 10), settings.get("overlay_size", 512))
+    max_files, max_pixels = int(settings.get("max_files", 16)), int(settings.get("max_pixels", 40_000_000))
+    min_side, max_request_pixels = int(settings["min_side"]), int(settings["max_request_pixels"])
+    cam_default = bool(settings.get("cam", True))
+    cards = [model_card(m) for m in models]
+    limits = {"max_upload_mb": float(settings.get("max_upload_mb", 20)), "max_files": max_files, "max_pixels": max_pixels,
+              "min_side": min_side, "max_request_pixels": max_request_pixels, "formats": list(SCORED_FORMATS)}
+    app = FastAPI(title="lungcls", version="1", docs_url=None, redoc_url=None,
+                  description="Chest X-ray classification with Grad-CAM, from trained lungcls checkpoints.")
+    app.state.batcher = batcher
+
+    _add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -161,12 +193,14 @@ def create_app(models: Sequence[UsedModel], settings: dict[str, Any]) -> tuple[A
     @app.post("/api/predict", response_model=PredictResponse, response_model_exclude_none=True,
               summary="Class probabilities, prediction, flags and Grad-CAM overlay per model for each uploaded X-ray",
               responses={400: {"description": "not an image, too many pixels, no file"}, 413: {"description": "upload too large"}})
-    async def api_predict(file: list[UploadFile] = File(..., description="one or more PNG, JPEG or DICOM X-rays"),
+    async def api_predict(background: BackgroundTasks,
+                          file: list[UploadFile] = File(..., description="one or more PNG, JPEG or DICOM X-rays"),
                           cam: Optional[bool] = Query(None, description="include the Grad-CAM overlay (default: the server's serve.cam)")) -> Any:
         if len(file) > max_files:
             return _error(400, f"{len(file)} files in one request, more than {max_files}; send them in several requests")
+        background.add_task(release_memory)  # after the response, when this request's images are freed
         try:
-            decoded = await decode_uploads(file, max_pixels)
+            decoded = await decode_uploads(file, max_pixels, min_side, max_request_pixels)
         except LungclsError as e:
             return _error(400, str(e))
         finally:

@@ -105,4 +105,5 @@ class Batcher:
         self.stats["requests"] += len(jobs)
         self.stats["images"] += len(grays)
         for k, job in enumerate(jobs):
+            job.grays = []  # the worker keeps its last jobs until the next batch: not their images
             job.future.set_result([per_image[i] for i in range(len(grays)) if owner[i] == k])

@@ -1,14 +1,66 @@
-"""Upload bounds enforced before any request body reaches the application.
+"""The service's limits: upload bounds enforced before any request body reaches the application, the
+formats it scores, and memory handed back after large requests.
 
 A request whose declared ``Content-Length`` is over the limit gets 413 without a byte of its body
 being read; a body without a length (chunked) is counted as it arrives and refused with 413 the
-moment it passes the limit. Bodies within the limit are handed on unchanged.
+moment it passes the limit. Bodies within the limit are handed on unchanged. Only PNG, JPEG and
+DICOM are scored (told by content): Pillow would read GIF, BMP, TIFF and more, which no X-ray
+workflow produces and the models were never checked on. Decoding large images leaves freed memory
+in the C allocator's arenas (threads decode in parallel); it is handed back to the system after
+each large request (glibc's ``malloc_trim``), so the server returns to its level after a burst.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import io
 import json
 from typing import Any, Callable
+
+from lungcls.data.dicom import DICOM_EXTENSIONS, looks_like_dicom
+
+SCORED_FORMATS = ("PNG", "JPEG", "DICOM")
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+
+
+def upload_format(data: bytes, name: str) -> str | None:
+    """``PNG``, ``JPEG`` or ``DICOM`` (a Part 10 file, or a .dcm/.dicom name without the preamble)
+    from the upload's content; None for anything else."""
+    if looks_like_dicom(data[:132]):
+        return "DICOM"
+    for magic, fmt in _MAGIC.items():
+        if data.startswith(magic):
+            return fmt
+    return "DICOM" if name.lower().endswith(DICOM_EXTENSIONS) else None
+
+
+def other_image_format(data: bytes) -> str | None:
+    """The format Pillow sees in an upload that is not scored (GIF, BMP, TIFF...), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format
+    except Exception:  # noqa: BLE001 - not an image Pillow knows: the caller says "not an image"
+        return None
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc); a no-op elsewhere."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class BodyTooLarge(Exception):

@@ -2,7 +2,9 @@
 
 Sends ``--requests`` uploads (default 200), ``--concurrency`` at a time (default 8), each a
 multipart ``POST /api/predict`` of one of the given X-rays, then prints the errors, p50/p95/max
-latency, throughput, the server's mean batch size and its memory (from ``/healthz``). Only
+latency, throughput, the server's mean batch size and its memory (from ``/healthz``); then a burst
+of ``--burst`` requests (default 100) of the largest blank image the server accepts, with the
+server's memory before and after it (it must return to its level). Only
 loopback addresses are accepted, every request has a timeout and the whole run a time limit.
 Exit status 1 when any request failed.
 
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import ipaddress
 import json
+import math
 import socket
 import sys
 import threading
@@ -44,10 +48,14 @@ def loopback(url: str) -> tuple[str, int]:
 
 
 def multipart(path: Path) -> tuple[bytes, str]:
+    return multipart_bytes(path.name, path.read_bytes())
+
+
+def multipart_bytes(name: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n").encode()
-    return head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def get_json(host: str, port: int, path: str, timeout: float) -> dict[str, Any]:
@@ -131,6 +139,38 @@ def run(url: str, files: list[Path], requests: int, concurrency: int, cam: bool,
     }
 
 
+def blank_png(side: int) -> bytes:
+    """A blank grayscale PNG of side x side pixels: a few kB on the wire, side² bytes decoded."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (side, side), 128).save(out, format="PNG")
+    return out.getvalue()
+
+
+def burst(url: str, requests: int, concurrency: int, timeout: float, side: int = 0) -> dict[str, Any]:
+    """``requests`` uploads of one blank image as large as the server accepts (``side`` 0: the
+    square under its ``max_pixels`` and ``max_request_pixels``, at most 6300 px), with the server's
+    resident memory before and after: memory must return to its level after a burst."""
+    host, port = loopback(url)
+    limits = get_json(host, port, "/api/models", timeout)["limits"]
+    largest = math.isqrt(min(int(limits["max_pixels"]), int(limits.get("max_request_pixels", limits["max_pixels"]))))
+    side = side or min(largest, 6300)
+    body, content_type = multipart_bytes(f"blank-{side}.png", blank_png(side))
+    before = get_json(host, port, "/healthz", timeout)
+    client = Client(host, port, timeout)
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            results = list(pool.map(lambda _: client.post("/api/predict?cam=false", body, content_type), range(requests)))
+    finally:
+        client.close()
+    time.sleep(1.0)  # the server hands memory back after each response
+    after = get_json(host, port, "/healthz", timeout)
+    return {"burst_requests": requests, "burst_side": side, "burst_ok": sum(s == 200 for s, _, _ in results),
+            "burst_first_error": next((f"{s} {m}" for s, _, m in results if s != 200), None),
+            "burst_rss_mb_before": before["rss_mb"], "burst_rss_mb_after": after["rss_mb"], "burst_peak_rss_mb": after["peak_rss_mb"]}
+
+
 def report_lines(r: dict[str, Any]) -> list[str]:
     def ms(v):
         return "n/a" if v is None else f"{v:.0f} ms"
@@ -143,6 +183,12 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     ]
     if r["first_error"]:
         lines.append(f"first error: {r['first_error']}")
+    if r.get("burst_requests"):
+        lines.append(f"burst of {r['burst_requests']} requests of a blank {r['burst_side']}x{r['burst_side']} PNG: {r['burst_ok']} ok; "
+                     f"server memory {r['burst_rss_mb_before']:.0f} MB before, {r['burst_rss_mb_after']:.0f} MB after, "
+                     f"peak {r['burst_peak_rss_mb']:.0f} MB")
+        if r["burst_first_error"]:
+            lines.append(f"first burst error: {r['burst_first_error']}")
     return lines
 
 
@@ -155,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cam", action="store_true", help="ask for probabilities only (no Grad-CAM overlay)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds for the whole run; later requests are not sent")
+    parser.add_argument("--burst", type=int, default=100, help="then this many requests of the largest image the server accepts, "
+                        "with its memory before and after (0: none)")
+    parser.add_argument("--burst-side", type=int, default=0, help="side of the burst's blank PNG (default: the largest accepted, at most 6300)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.file if not f.is_file()]
@@ -162,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such file: {missing[0]}" if missing else "use 1..100000 requests and a concurrency of 1..256")
     try:
         r = run(args.url, args.file, args.requests, args.concurrency, not args.no_cam, args.timeout, args.limit)
+        if args.burst > 0:
+            r.update(burst(args.url, args.burst, args.concurrency, args.timeout, args.burst_side))
     except (ConnectionError, OSError) as e:
         print(f"lungcls-loadtest: error: cannot reach {args.url} ({e}); start lungcls-serve first", file=sys.stderr)
         return 2
@@ -169,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.json:
         args.json.write_text(json.dumps(r, indent=2))
-    return 1 if r["errors"] else 0
+    return 1 if r["errors"] or r.get("burst_first_error") else 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,24 @@ def wandb_usable() -> tuple[bool, str]:
     return True, ""
 
 
+# W&B's own folders (docs: "Environment variables"): staging of artifacts and media (WANDB_DATA_DIR,
+# default ~/.local/share/wandb), its cache and debug logs (WANDB_CACHE_DIR, ~/.cache/wandb). Kept in
+# the run folder unless the user set them. WANDB_CONFIG_DIR (~/.config/wandb) is only read by a run:
+# it holds the user's own settings (a self-hosted server's address), so it stays where it is.
+WANDB_FOLDERS = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache"}
+_USER_SET = {key for key in WANDB_FOLDERS if os.environ.get(key)}
+
+
+def keep_wandb_in(run_dir: Path) -> None:
+    """Point W&B's staging, cache and debug-log folders into ``<run_dir>/wandb/`` (those the user
+    did not set), so a run writes nothing under the home folder."""
+    for key, name in WANDB_FOLDERS.items():
+        if key not in _USER_SET:
+            folder = Path(run_dir).resolve() / "wandb" / f".{name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            os.environ[key] = str(folder)
+
+
 def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: Path, run_name: str, config: dict | None = None) -> list[Logger]:
     """The configured loggers plus a CSVLogger writing ``<run_dir>/csv/metrics.csv``."""
     loggers: list[Logger] = []
@@ -37,6 +55,7 @@ def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: Path, run_name:
             if not ok:
                 log.warning("W&B logging is off (%s); metrics are still written to %s/csv/metrics.csv", why, run_dir)
                 continue
+            keep_wandb_in(run_dir)
             cfg = dict(cfg)
             cfg["name"] = cfg.get("name") or run_name
             if os.environ.get("WANDB_MODE", "").lower() == "online" or os.environ.get("WANDB_SWEEP_ID"):
@@ -132,6 +151,7 @@ def log_report_to_wandb(run_dir: str | Path, figures: Sequence[tuple[str, Any]],
         return None
     import wandb
 
+    keep_wandb_in(folder)
     previous = sorted((folder / "wandb").glob("offline-run-*"), key=lambda p: p.name)
     kwargs: dict[str, Any] = {"dir": str(folder), "mode": "offline", "project": _wandb_project(folder)}
     if previous:

@@ -36,6 +36,8 @@ def check_resume(ckpt_path: str, current: dict) -> None:
     or optimizer (its weights and optimizer state would not fit)."""
     import torch
 
+    if Path(ckpt_path).is_dir():
+        raise LungclsError(f"ckpt_path={ckpt_path} is a folder, not a checkpoint file; give a file in it, e.g. {Path(ckpt_path) / 'last.ckpt'}")
     if not Path(ckpt_path).is_file():
         raise LungclsError(f"ckpt_path={ckpt_path} does not exist; give a run's checkpoints/last.ckpt to resume")
     try:
