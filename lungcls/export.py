@@ -16,32 +16,66 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lungcls.cli import hydra_main
 from lungcls.data.images import load_image
 from lungcls.data.inputs import collect_inputs
 from lungcls.data.splits import read_splits_csv
-from lungcls.errors import LungclsError
+from lungcls.errors import LungclsError, require_extra
+from lungcls.runs.layout import RunFolder, checkpoint_argument
+from lungcls.settings import check_range, typed
 from lungcls.models.packaged import INPUT_NAME, METADATA_NAME, OUTPUT_NAME, PackagedClassifier, metadata
 from lungcls.inference.prediction import predict_files
 from lungcls.inference.screening import checkpoint_sha256
 
 log = logging.getLogger(__name__)
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+DYNAMO_MIN_OPSET = 18  # torch.onnx.export(dynamo=True) writes opset 18 or later
 
 
-def sample_paths(cfg: DictConfig, ckpt: Path, n: int) -> list[str]:
+def supported_opsets() -> tuple[int, int]:
+    """The ONNX opsets the installed torch exporter writes."""
+    from torch.onnx import _constants
+
+    return DYNAMO_MIN_OPSET, int(_constants.ONNX_MAX_OPSET)
+
+
+@dataclass
+class ExportSettings:
+    """``export.*`` (defaults and meanings in conf/export.yaml), checked before the checkpoint is read."""
+
+    format: str
+    out: Optional[str]
+    overwrite: bool
+    samples: Optional[str]
+    num_samples: int
+    tolerance: float
+    opset: int
+
+    def __post_init__(self) -> None:
+        self.format = self.format.lower()
+        if self.format not in FORMATS:
+            raise LungclsError(f"export.format={self.format} is not one of {', '.join(FORMATS)}")
+        check_range(self.num_samples, "export.num_samples", 1)
+        check_range(self.tolerance, "export.tolerance", 0)
+        if self.format == "onnx":
+            require_extra(("onnx", "onnxscript", "onnxruntime"), "export")
+            check_range(self.opset, "export.opset", *supported_opsets())
+
+
+def sample_paths(given: str | None, ckpt: Path, n: int) -> list[str]:
     """``export.samples`` (a file, folder or manifest), else the checkpoint run's test split."""
-    given = cfg.export.get("samples")
     if given:
         return [im.path for im in collect_inputs(given).images][:n]
-    splits = ckpt.resolve().parent.parent / "splits.csv"
+    run = RunFolder.of_checkpoint(ckpt, "its test images are the export's check; or pass export.samples=<folder of X-rays>")
+    splits = run.splits_csv
     if not splits.is_file():
         raise LungclsError(f"no splits.csv beside {ckpt} to take sample images from; pass export.samples=<folder of X-rays>")
     paths = [p for p, split in read_splits_csv(splits).items() if split == "test" and Path(p).is_file()]
@@ -110,19 +144,17 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Write the model file and export.json into the run folder; returns the check's numbers."""
     from lungcls.models.module import load_classifier
 
-    e = OmegaConf.to_container(cfg.export, resolve=True)
-    fmt = str(e.get("format", "torchscript")).lower()
-    if fmt not in FORMATS:
-        raise LungclsError(f"export.format={fmt} is not one of {', '.join(FORMATS)}")
-    ckpt = Path(str(cfg.ckpt)).expanduser()
+    e = typed(cfg.export, ExportSettings, "export")
+    fmt = e.format
+    ckpt = checkpoint_argument(cfg.ckpt)
     model = load_classifier(str(ckpt), map_location="cpu")
-    paths = sample_paths(cfg, ckpt, max(1, int(e.get("num_samples", 16))))
+    paths = sample_paths(e.samples, ckpt, e.num_samples)
     size = int(model.hparams.image_size)
     images = torch.stack([load_image(p, size) for p in paths])  # the decoder every lungcls path uses
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(str(e["out"])).expanduser() if e.get("out") else out_dir / f"model{FORMATS[fmt]}"
-    check_out(path, [ckpt, *paths], bool(cfg.export.overwrite))
+    path = Path(e.out).expanduser() if e.out else out_dir / f"model{FORMATS[fmt]}"
+    check_out(path, [ckpt, *paths], e.overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata(model, checkpoint_sha256(ckpt), fmt)
     package = PackagedClassifier(model).eval()
@@ -130,11 +162,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         if fmt == "torchscript":
             export_torchscript(package, images[:1], path, meta)
         else:
-            export_onnx(package, images[:1], path, meta, int(e.get("opset", 18)))
+            export_onnx(package, images[:1], path, meta, e.opset)
     got, read_meta = run_exported(path, fmt, images)
     reference = predict_files(model, paths, batch_size=len(paths), device=torch.device("cpu")).probs
     diff = float(np.abs(got - reference).max())
-    tolerance = float(e.get("tolerance", 1e-4))
+    tolerance = e.tolerance
     record = {"file": str(path.resolve()), "format": fmt, "checkpoint": str(ckpt.resolve()), "metadata": read_meta,
               "check": {"images": len(paths), "max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance,
                         "same_predictions": bool((got.argmax(1) == reference.argmax(1)).all()), "samples": paths}}

@@ -40,8 +40,24 @@ def test_the_exported_file_reproduces_the_checkpoint_with_its_preprocessing(logi
     assert meta["normalization"]["mean"] == list(model.hparams.mean) and meta["input"]["dtype"] == "uint8"
 
 
-def test_unknown_format_and_a_failed_check_are_clear_errors(logistic_run, tmp_path):
-    with pytest.raises(LungclsError, match="export.format=tflite is not one of"):
-        export(export_cfg(logistic_run, tmp_path, "export.format=tflite"))
+@pytest.mark.parametrize("overrides, message", [
+    (["export.format=tflite"], "export.format=tflite is not one of"),
+    (["export.tolerance=-1"], "export.tolerance=-1.0 must be at least 0"),
+    (["export.format=onnx", "export.opset=99"], "export.opset=99 must be in [18, "),
+    (["export.format=onnx", "export.opset=abc"], "export.opset=abc must be a whole number"),
+    (["export.num_samples=0"], "export.num_samples=0 must be at least 1"),
+])
+def test_wrong_export_settings_are_one_line_before_the_checkpoint_is_read(logistic_run, tmp_path, overrides, message):
+    with pytest.raises(LungclsError) as e:
+        export(export_cfg(logistic_run, tmp_path, *overrides))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert not list(tmp_path.glob("model.*"))
+
+
+def test_a_failed_check_keeps_the_file_and_says_not_to_use_it(logistic_run, tmp_path, monkeypatch):
+    import lungcls.export as export_module
+
+    real = export_module.run_exported
+    monkeypatch.setattr(export_module, "run_exported", lambda *a: (real(*a)[0] + 0.01, real(*a)[1]))
     with pytest.raises(LungclsError, match="differs from the checkpoint by .* do not use it"):
-        export(export_cfg(logistic_run, tmp_path, "export.format=torchscript", "export.tolerance=-1"))
+        export(export_cfg(logistic_run, tmp_path, "export.format=torchscript"))

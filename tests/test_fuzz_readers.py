@@ -189,10 +189,12 @@ def client(logistic_run):
     from lungcls.explain.cams import load_models
     from lungcls.inference.scoring import UsedModel
     from lungcls.serve.app import create_app
+    from lungcls.serve.settings import ServeSettings
+    from lungcls.settings import typed
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(config_name="serve", overrides=[f"ckpt={logistic_run}/checkpoints/best.ckpt"])
-    settings_ = OmegaConf.to_container(cfg.serve, resolve=True)
+    settings_ = typed(cfg.serve, ServeSettings, "serve")
     models = [UsedModel(r, None, 0.1) for r in load_models(cfg.ckpt, torch.device("cpu"))]
     app, batcher = create_app(models, settings_)
     with TestClient(app) as c:

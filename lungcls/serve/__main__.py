@@ -17,27 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
 from lungcls.models.device import pick_device
-from lungcls.errors import LungclsError
+from lungcls.errors import LungclsError, require_extra
 from lungcls.explain.cams import load_models
-from lungcls.inference.scoring import UsedModel, check_margin
+from lungcls.inference.scoring import UsedModel
+from lungcls.serve.settings import ServeSettings
+from lungcls.settings import typed
 from lungcls.inference.screening import load_screening_thresholds
 
 log = logging.getLogger("lungcls.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def serve_settings(cfg: DictConfig) -> dict[str, Any]:
-    """``serve.*`` checked before any model is loaded."""
-    s = OmegaConf.to_container(cfg.serve, resolve=True)
-    s["port"] = int(s.get("port", 8000))
-    if not 0 <= s["port"] <= 65535:
-        raise LungclsError(f"serve.port={s['port']} must be in 0..65535 (0 = any free port)")
-    for key, low in (("max_upload_mb", 0.001), ("max_files", 1), ("max_pixels", 1), ("max_request_pixels", 1), ("min_side", 1),
-                     ("batch_size", 1), ("overlay_size", 16)):
-        if float(s.get(key, low)) < low:
-            raise LungclsError(f"serve.{key}={s.get(key)} must be at least {low}")
-    s["normal_margin"] = check_margin(s.get("normal_margin", 0.1), "serve.normal_margin")
-    return s
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -55,18 +43,19 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(cfg: DictConfig) -> None:
     """Load the checkpoints, then serve until interrupted (Ctrl-C)."""
+    require_extra(("fastapi", "uvicorn", "multipart"), "serve")
     import uvicorn
 
     from lungcls.serve.app import create_app
 
-    s = serve_settings(cfg)
-    refs = load_models(cfg.ckpt, pick_device(str(s.get("device", "auto"))))
-    thresholds = load_screening_thresholds(s.get("screening"), [r.checkpoint for r in refs])
-    models = [UsedModel(r, thresholds.get(r.checkpoint), s["normal_margin"]) for r in refs]
-    sock = bind(str(s.get("host", "127.0.0.1")), s["port"])
+    s = typed(cfg.serve, ServeSettings, "serve")
+    refs = load_models(cfg.ckpt, pick_device(s.device))
+    thresholds = load_screening_thresholds(s.screening, [r.checkpoint for r in refs])
+    models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin) for r in refs]
+    sock = bind(s.host, s.port)
     host, port = sock.getsockname()[:2]
-    if str(s.get("host")) not in LOOPBACK:
-        log.warning("serve.host=%s: the service is reachable from other machines and has no authentication", s.get("host"))
+    if s.host not in LOOPBACK:
+        log.warning("serve.host=%s: the service is reachable from other machines and has no authentication", s.host)
     with tempfile.TemporaryDirectory(prefix="lungcls-serve-") as spool:
         tempfile.tempdir = spool  # where the multipart parser spools large uploads
         app, batcher = create_app(models, s)

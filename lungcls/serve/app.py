@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lungcls.data.dicom import PixelLimitError
 from lungcls.data.images import read_gray
+from lungcls.serve.settings import ServeSettings
 from lungcls.errors import LungclsError
 from lungcls.inference.scoring import UsedModel, model_card
 from lungcls.serve.batching import Batcher
@@ -156,15 +157,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, exc.detail)
 
 
-def create_app(models: Sequence[UsedModel], settings: dict[str, Any]) -> tuple[Any, Batcher]:
+def create_app(models: Sequence[UsedModel], settings: ServeSettings) -> tuple[Any, Batcher]:
     """The ASGI application serving ``models`` (FastAPI inside the body limit) and its batcher,
     which the caller closes when the server stops."""
-    batcher = Batcher(models, settings.get("batch_size", 16), settings.get("max_wait_ms", 10), settings.get("overlay_size", 512))
-    max_files, max_pixels = int(settings.get("max_files", 16)), int(settings.get("max_pixels", 40_000_000))
-    min_side, max_request_pixels = int(settings["min_side"]), int(settings["max_request_pixels"])
-    cam_default = bool(settings.get("cam", True))
+    batcher = Batcher(models, settings.batch_size, settings.max_wait_ms, settings.overlay_size)
+    max_files, max_pixels = settings.max_files, settings.max_pixels
+    min_side, max_request_pixels = settings.min_side, settings.max_request_pixels
+    cam_default = settings.cam
     cards = [model_card(m) for m in models]
-    limits = {"max_upload_mb": float(settings.get("max_upload_mb", 20)), "max_files": max_files, "max_pixels": max_pixels,
+    limits = {"max_upload_mb": settings.max_upload_mb, "max_files": max_files, "max_pixels": max_pixels,
               "min_side": min_side, "max_request_pixels": max_request_pixels, "formats": list(SCORED_FORMATS)}
     app = FastAPI(title="lungcls", version="1", docs_url=None, redoc_url=None,
                   description="Chest X-ray classification with Grad-CAM, from trained lungcls checkpoints.")
@@ -210,4 +211,4 @@ def create_app(models: Sequence[UsedModel], settings: dict[str, Any]) -> tuple[A
         per_image = await asyncio.wrap_future(future)
         return {"results": [_result(name, gray, d) for (name, gray), d in zip(decoded, per_image)]}
 
-    return BodyLimit(app, int(float(settings.get("max_upload_mb", 20)) * 2**20)), batcher
+    return BodyLimit(app, int(settings.max_upload_mb * 2**20)), batcher
