@@ -3,6 +3,7 @@ and augment them on the batch's device."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
@@ -12,13 +13,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcls.data.cache import cache_key, choose_cache_device, load_or_decode
+from lungcls.data.cache import cache_key
 from lungcls.data.checks import check_dataset_config
 from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
 from lungcls.data.folds import fold_splits
 from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
 from lungcls.data.images import load_image, to_unit_float
 from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
+from lungcls.data.mapped import MachineImages
 from lungcls.data.normalization import normalization_stats
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
 from lungcls.errors import LungclsError
@@ -30,8 +32,9 @@ class CachedImages(Dataset):
     """Rows of a decoded uint8 tensor (RAM or GPU). ``__getitems__`` slices a whole batch with one
     indexing operation instead of stacking images one by one."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, check=None):
         self.images, self.labels, self.rows = images, labels, rows
+        self.check = check  # a memory-mapped cache: refuse a file changed under the job (one stat a batch)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -41,6 +44,8 @@ class CachedImages(Dataset):
 
     def __getitems__(self, indices: Sequence[int]):
         rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
+        if self.check is not None:
+            self.check()
         if self.images.is_cuda:  # a pinned, asynchronous copy: no host sync per batch
             dev_rows = rows.pin_memory().to(self.images.device, non_blocking=True)
         else:
@@ -109,6 +114,7 @@ class LungDataModule(pl.LightningDataModule):
         self._augment = None
         self._ready = False
         self._cache_where = "ram"
+        self._machine: MachineImages | None = None  # the decoded set, shared by this machine's processes
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -116,7 +122,8 @@ class LungDataModule(pl.LightningDataModule):
         LAYOUTS.get(self.cfg.get("layout", "radiography"))(self.cfg).prepare()
 
     def setup(self, stage: str | None = None) -> None:
-        if self._ready:
+        if self._ready:  # called again by the Trainer, now with every process started: share the cache
+            self._join_machine()
             return
         samples = find_samples(self.cfg, prepare=self.prepare)  # prepares the layout too (idempotent)
         samples = cap_per_class(samples, self.cfg.get("max_per_class"), int(self.cfg.get("split_seed", 1)))
@@ -146,7 +153,7 @@ class LungDataModule(pl.LightningDataModule):
         used = {split: c for split, c in counts.items() if c}
         log.info("images per split and class: %s", used if len(used) > 1 else next(iter(used.values()), {}))
         self._decode()
-        self.mean, self.std = normalization_stats(self.cfg.get("normalization", "imagenet"), self._train_images_for_stats())
+        self.mean, self.std = self._normalization()
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
 
@@ -166,15 +173,38 @@ class LungDataModule(pl.LightningDataModule):
         return samples
 
     def _decode(self) -> None:
-        """Decode every image once into the uint8 cache (unless ``dataset.cache=none``)."""
+        """Decode every image once into the uint8 cache (unless ``dataset.cache=none``); under DDP only
+        the machine's first process decodes (see ``MachineImages``)."""
         mode = self.cfg.get("cache", "auto")
         if mode == "none":  # decoded batch by batch later; every file was read once by the fingerprints
             return
-        images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.get("cache_dir"),
-                                self.cfg["max_image_pixels"])
-        self._cache_where = choose_cache_device(mode, images.numel())
-        self.images = images
-        log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self._cache_where.upper())
+        self._machine = MachineImages([s.path for s in self.samples], self.image_size, mode, self.cfg.get("cache_dir"),
+                                      self.cfg["max_image_pixels"])
+        self.images = self._machine.decode()
+        self._cache_where = self._machine.where
+
+    def _join_machine(self) -> None:
+        if self._machine is not None:
+            self.images = self._machine.join(getattr(self, "trainer", None), self.images)
+
+    def _normalization(self) -> tuple[list[float], list[float]]:
+        """``dataset.normalization``'s mean and std; a process that decodes nothing itself takes the
+        train statistics its launcher handed over, or maps the first process's file to measure them."""
+        name = self.cfg.get("normalization", "imagenet")
+        train = hashlib.sha256(self._rows["train"].numpy().tobytes()).hexdigest()[:16]
+        if name == "dataset" and self._machine is not None and self._machine.pending:
+            handed = self._machine.handed_stats(train)
+            if handed is not None:
+                return handed
+            self.images = self._machine.map_now()
+        mean, std = normalization_stats(name, self._train_images_for_stats())
+        if self._machine is not None and name == "dataset":
+            self._machine.hand_over(train, mean, std)
+        return mean, std
+
+    def teardown(self, stage: str) -> None:
+        if self._machine is not None and stage == "fit":
+            self._machine.report()
 
     def _train_images_for_stats(self) -> torch.Tensor | None:
         """The train images ``normalization=dataset`` measures (at most 512 when decoding lazily)."""
@@ -236,9 +266,11 @@ class LungDataModule(pl.LightningDataModule):
 
     def _dataset(self, split: str) -> Dataset:
         rows = self.split_rows(split)
+        if self._machine is not None and self._machine.pending:  # no Trainer joined the processes
+            self.images = self._machine.map_now()
         self._place_cache()
         if self.images is not None:
-            return CachedImages(self.images, self.labels, rows)
+            return CachedImages(self.images, self.labels, rows, self._machine.check if self._machine else None)
         return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg["max_image_pixels"])
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
