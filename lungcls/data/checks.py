@@ -9,7 +9,7 @@ from typing import Any
 from lungcls.data.images import DEFAULT_MAX_PIXELS
 from lungcls.errors import LungclsError
 
-CACHE_MODES = ("auto", "ram", "gpu", "none")
+CACHE_MODES = ("auto", "ram", "gpu", "mmap", "none")
 
 
 def _whole(cfg: Mapping[str, Any], key: str, minimum: int, default: Any = None, optional: bool = False) -> int | None:

@@ -20,9 +20,10 @@ from lungcls.data.folds import fold_splits
 from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
 from lungcls.data.images import load_image, to_unit_float
 from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
-from lungcls.data.mapped import MachineImages
+from lungcls.data.mapped import MachineImages, writable_folder
 from lungcls.data.normalization import normalization_stats
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
+from lungcls.data.streaming import read_meta, streaming_loader
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class LungDataModule(pl.LightningDataModule):
         self._ready = False
         self._cache_where = "ram"
         self._machine: MachineImages | None = None  # the decoded set, shared by this machine's processes
+        self._stream: dict[str, Any] | None = None  # a prepared set streamed by LitData: its lungcls.json
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -125,7 +127,11 @@ class LungDataModule(pl.LightningDataModule):
         if self._ready:  # called again by the Trainer, now with every process started: share the cache
             self._join_machine()
             return
+        if self.cfg.get("cache_dir"):  # before any work: fingerprints and decoded images are kept there
+            writable_folder(self.cfg["cache_dir"])
         samples = find_samples(self.cfg, prepare=self.prepare)  # prepares the layout too (idempotent)
+        if getattr(LAYOUTS.get(self.cfg.get("layout", "radiography")), "streamed", False):
+            return self._setup_streamed(samples)
         samples = cap_per_class(samples, self.cfg.get("max_per_class"), int(self.cfg.get("split_seed", 1)))
         if self.cfg.get("splits_csv"):
             assignment = apply_splits_csv(samples, self.cfg["splits_csv"])
@@ -140,9 +146,17 @@ class LungDataModule(pl.LightningDataModule):
             else:
                 assignment = make_splits(samples, val_fraction=float(self.cfg.get("val_fraction", 0.1)),
                                          test_fraction=float(self.cfg.get("test_fraction", 0.1)), seed=seed, groups=groups)
-        self.samples, self.assignment = samples, assignment
         if self.duplicates is not None:
             self.duplicate_record["straddling_splits"] = straddling(self.duplicates, samples, assignment)
+        self._index(samples, assignment)
+        self._decode()
+        self.mean, self.std = self._normalization()
+        self._augment = build_augment(self.augment_cfg, self.image_size)
+        self._ready = True
+
+    def _index(self, samples: list[Sample], assignment: dict[str, str]) -> None:
+        """Labels and each split's rows (indices into ``samples``)."""
+        self.samples, self.assignment = samples, assignment
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         self._rows = {
             split: torch.tensor([i for i, s in enumerate(samples) if assignment[s.path] == split], dtype=torch.long)
@@ -152,8 +166,26 @@ class LungDataModule(pl.LightningDataModule):
         counts = {split: dict(Counter(self.class_names[s.label] for s in self.split_samples(split))) for split in SPLITS}
         used = {split: c for split, c in counts.items() if c}
         log.info("images per split and class: %s", used if len(used) > 1 else next(iter(used.values()), {}))
-        self._decode()
-        self.mean, self.std = self._normalization()
+
+    def _setup_streamed(self, samples: list[Sample]) -> None:
+        """A set prepared by lungcls-prepare: split, duplicates and pixels were fixed when it was
+        written; LitData streams the images (nothing is fingerprinted or decoded here)."""
+        self._stream = read_meta(str(self.cfg["root"]))
+        assignment = {s.path: s.split for s in samples}
+        if self.cfg.get("splits_csv") and apply_splits_csv(samples, self.cfg["splits_csv"]) != assignment:
+            raise LungclsError(f"dataset.splits_csv={self.cfg['splits_csv']} splits the images otherwise than the prepared set "
+                               f"{self.cfg['root']}; prepare again with dataset.splits_csv=... (the split is fixed when prepared)")
+        for key in ("max_per_class", "folds"):
+            if self.cfg.get(key):
+                raise LungclsError(f"dataset.{key} cannot change a prepared set's split; pass it to lungcls-prepare instead")
+        self.duplicate_record = dict(self._stream.get("duplicates") or {})
+        self._index(samples, assignment)
+        name = self.cfg.get("normalization", "imagenet")
+        pixels = self._stream.get("train_pixels")
+        if name == "dataset" and pixels:  # measured on the train split when it was prepared
+            self.mean, self.std = [pixels["mean"]] * 3, [max(pixels["std"], 1e-3)] * 3
+        else:
+            self.mean, self.std = normalization_stats(name, None)
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
 
@@ -274,8 +306,13 @@ class LungDataModule(pl.LightningDataModule):
         return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg["max_image_pixels"])
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
-        ds = self._dataset(split)
         bs = int(batch_size or self.cfg.get("batch_size", 32))
+        if self._stream is not None:  # LitData shards the split across processes itself
+            if split == "all":
+                raise LungclsError("a prepared set streams one split at a time; use dataset.split=train, val or test")
+            return streaming_loader(self.cfg["root"], split, bs, shuffle, self.seed, int(self.cfg.get("num_workers", 0)),
+                                    drop_last=shuffle and len(self.split_rows(split)) > bs)
+        ds = self._dataset(split)
         cached = isinstance(ds, CachedImages)
         workers = 0 if cached else int(self.cfg.get("num_workers", 0))
         return DataLoader(
@@ -311,7 +348,7 @@ class LungDataModule(pl.LightningDataModule):
         at least one: a split smaller than the number of processes keeps the padded default.
         """
         trainer = getattr(self, "trainer", None)
-        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None and self._stream is None else None
         n = len(self.split_rows(split))
         if not kwargs or kwargs.get("num_replicas", 1) <= 1 or n < kwargs["num_replicas"]:
             return None

@@ -121,7 +121,7 @@ class MappedImages:
     def discard(self) -> None:
         """Remove a temporary file (mappings stay valid until the processes end)."""
         if self.temporary:
-            for f in (_record_file(self.file), self.file):
+            for f in (_record_file(self.file), self.file, self.file.with_name(self.file.name + ".lock")):
                 f.unlink(missing_ok=True)
 
 
@@ -133,10 +133,13 @@ def map_images(file: Path, shape: tuple[int, ...], temporary: bool, wait_s: floa
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.2)
-    meta = json.loads(record.read_text())
+    try:
+        meta = json.loads(record.read_text())
+    except ValueError:
+        meta = {}
     stamp = _stamp(file) if file.is_file() else None
-    if stamp is None or list(meta["shape"]) != list(shape) or meta["bytes"] != stamp[0] \
-            or meta["mtime_ns"] != stamp[1] or meta["digest"] != _sampled_digest(file, stamp[0]):
+    expected = {"format": CACHE_FORMAT, "shape": list(shape), "bytes": stamp and stamp[0], "mtime_ns": stamp and stamp[1]}
+    if stamp is None or any(meta.get(k) != v for k, v in expected.items()) or meta.get("digest") != _sampled_digest(file, stamp[0]):
         raise LungclsError(f"the decoded cache {file} does not match its record {record.name} (changed or "
                            "truncated after it was written); delete both files and start again")
     array = np.load(file, mmap_mode="r")
@@ -232,7 +235,8 @@ class MachineImages:
             return None
         self.where = "mmap" if where != "gpu" and launched_processes() > 1 else where
         if self.where == "mmap":
-            self.mapped = write_mapped(*self._file(), self.paths, self.image_size, self.max_pixels)
+            file, temporary = self._file()
+            self.mapped = write_mapped(file, self.paths, self.image_size, temporary, self.max_pixels)
             atexit.register(self.mapped.discard)  # a temporary file never outlives the job
             return self.mapped.images
         images = load_or_decode(self.paths, self.image_size, self.cache_dir, self.max_pixels)
@@ -259,7 +263,8 @@ class MachineImages:
             return images
         self.joined = True
         if local_rank() == 0 and self.mapped is None and images is not None:
-            self.mapped = write_mapped(*self._file(), self.paths, self.image_size, self.max_pixels, images=images.cpu())
+            file, temporary = self._file()
+            self.mapped = write_mapped(file, self.paths, self.image_size, temporary, self.max_pixels, images=images.cpu())
         trainer.strategy.barrier("lungcls-decoded-cache-written")
         if self.pending:
             self.map_now()
@@ -292,5 +297,5 @@ class MachineImages:
             return
         memory = mapping_memory(self.mapped.file)
         if memory is not None:
-            log.info("process %d of this machine: decoded cache %.1f MB mapped, resident %.1f MB, proportional share "
-                     "(pss) %.1f MB", local_rank(), self.mapped.images.numel() / 2**20, memory["rss"], memory["pss"])
+            log.info("process %d of this machine: decoded cache %.2f MB mapped, resident %.2f MB, proportional share "
+                     "(pss) %.2f MB", local_rank(), self.mapped.images.numel() / 2**20, memory["rss"], memory["pss"])
