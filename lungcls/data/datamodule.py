@@ -275,6 +275,10 @@ class LungDataModule(pl.LightningDataModule):
     def write_splits(self, path: str | Path) -> None:
         """splits.csv: each image's split, its duplicate group (blank: no copy), its source and
         fingerprints (so evaluation can recognise training images on other data)."""
+        if self._stream is not None and self._stream.get("splits_csv"):  # as prepared, fingerprints included
+            with open(path, "w", newline="") as f:
+                f.write(self._stream["splits_csv"])
+            return
         n = len(self.samples)
         group_of = self.duplicates.group_of(n) if self.duplicates is not None else [-1] * n
         extra: dict[str, list[Any]] = {"duplicate_group": [g if g >= 0 else "" for g in group_of]}

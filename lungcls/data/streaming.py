@@ -44,6 +44,7 @@ def require_litdata():
         import litdata
     except ImportError:
         raise LungclsError('streaming needs LitData, which is not installed; pip install "lungcls[stream]"') from None
+    logging.getLogger("litdata").setLevel(logging.WARNING)  # its per-dataset cache notes, every epoch
     return litdata
 
 
@@ -78,8 +79,10 @@ def write_prepared(dm: Any, output: Path, chunk_bytes: str, workers: int) -> dic
         "samples": [{"path": s.path, "label": s.label, "split": dm.assignment[s.path], "source": s.source}
                     for s in dm.samples],
     }
-    (output / META).write_text(json.dumps(meta))
     dm.write_splits(output / "splits.csv")
+    with (output / "splits.csv").open(newline="") as f:
+        meta["splits_csv"] = f.read()  # a run trained from the set writes it as its own
+    (output / META).write_text(json.dumps(meta))
     return meta
 
 
