@@ -122,3 +122,26 @@ def test_a_cache_file_that_does_not_match_its_record_is_refused_by_the_processes
     follower = MachineImages([s.path for s in dm.samples], 24, "mmap", str(tmp_path / "cache"), 10**8)
     with pytest.raises(LungclsError, match="does not match its record"):
         follower.map_now()
+
+
+def test_processes_launched_together_decode_once_and_map_the_first_ones_file(tree, tmp_path, monkeypatch, caplog):
+    """torchrun / srun start every process at once with its rank in the environment: the first of
+    the machine decodes into the file, another waits for it, maps it and measures the same
+    normalisation from it without decoding anything itself."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with caplog.at_level(logging.INFO):
+        first = _setup(_cfg(tree, cache="auto"))
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        monkeypatch.delenv("LUNGCLS_TRAIN_STATS", raising=False)  # not launched by the first process
+        other = _setup(_cfg(tree, cache="auto"))
+    decoded = [m for m in caplog.messages if m.startswith("decoded ")]
+    assert len(decoded) == 1 and "memory-mapped" in decoded[0]
+    assert any(m.startswith("process 1 of this machine mapped") for m in caplog.messages)
+    assert torch.equal(first.images, other.images)
+    assert (first.mean, first.std) == (other.mean, other.std)
+    file, temporary = mapped_file([s.path for s in first.samples], 24, None)
+    assert temporary and file.is_file()
+    other._machine.mapped.discard()  # as the first process does once every process has mapped it
+    assert not file.exists()
+    other._machine.check()  # a removed temporary file is not a changed one: the mapping stays valid

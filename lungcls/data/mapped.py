@@ -105,13 +105,16 @@ class MappedImages:
     images: torch.Tensor
     stamp: tuple[int, int, int]
     temporary: bool
+    discarded: bool = False
 
     def check(self) -> None:
         """Raise when the file was rewritten, truncated or replaced while this job reads it."""
+        if self.temporary and self.discarded:  # unlinked: nothing can write to this job's pages any more
+            return
         try:
             now = _stamp(self.file)
         except FileNotFoundError:
-            if self.temporary:  # removed by its writer once every process mapped it: the mapping stays valid
+            if self.temporary:  # removed by the first process once every process mapped it: the mapping stays valid
                 return
             now = None
         if now != self.stamp:
@@ -120,9 +123,10 @@ class MappedImages:
 
     def discard(self) -> None:
         """Remove a temporary file (mappings stay valid until the processes end)."""
-        if self.temporary:
+        if self.temporary and not self.discarded:
             for f in (_record_file(self.file), self.file, self.file.with_name(self.file.name + ".lock")):
                 f.unlink(missing_ok=True)
+            self.discarded = True
 
 
 def map_images(file: Path, shape: tuple[int, ...], temporary: bool, wait_s: float = 0.0) -> MappedImages | None:

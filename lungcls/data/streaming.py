@@ -133,7 +133,7 @@ def check_meta(meta: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
         raise LungclsError(f"dataset.root={root} was prepared by lungcls {meta.get('lungcls_version')} (format "
                            f"{meta.get('format')}); this is lungcls {lungcls.__version__} (format {FORMAT}): prepare it "
                            "again with this version's lungcls-prepare")
-    if int(meta["image_size"]) != int(cfg["image_size"]):
+    if cfg.get("image_size") is not None and int(meta["image_size"]) != int(cfg["image_size"]):
         raise LungclsError(f"dataset.root={root} holds images prepared at {meta['image_size']} px, not "
                            f"dataset.image_size={cfg['image_size']}; set dataset.image_size={meta['image_size']} or "
                            f"prepare again with dataset.image_size={cfg['image_size']}")
