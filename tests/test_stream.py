@@ -152,3 +152,27 @@ def test_train_and_evaluate_from_the_prepared_demo_give_the_folder_layouts_metri
                         f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'eval'}", timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert _metrics(tmp_path / "eval")["test"]["confusion_matrix"] == b["test"]["confusion_matrix"]
+
+
+@pytest.mark.slow
+def test_ddp_from_a_prepared_set_streams_shards_and_scores_every_image_once(tmp_path):
+    """Under DDP LitData gives each process its share of a split: the synced val metrics describe the
+    whole split once (they equal what rank 0 alone scores on every val image), and metrics.json
+    counts every image of each split."""
+    data = tmp_path / "data"
+    base = [*TINY, "backbone=logistic", "augment=none", f"paths.data_dir={data}", f"paths.root_dir={tmp_path}"]
+    prep = run_cli("lungcls.prepare", *[o for o in base if o.startswith(("dataset.", "paths."))],
+                   f"prepare.output={tmp_path / 'prepared'}", f"hydra.run.dir={tmp_path / 'prep-run'}", timeout=300)
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    run = tmp_path / "ddp"
+    out = run_cli("lungcls.train", *base, "trainer=ddp_cpu", "dataset.layout=litdata",
+                  f"dataset.root={tmp_path / 'prepared'}", f"hydra.run.dir={run}", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = _metrics(run)
+    counts = json.loads((tmp_path / "prepared" / "lungcls.json").read_text())["images"]
+    assert {s: sum(pc["support"] for pc in metrics[s]["per_class"].values()) for s in counts} == counts
+    with (run / "csv" / "metrics.csv").open() as f:
+        logged = [r for r in csv.DictReader(f) if r.get("val/acc")]
+    assert len(logged) == 1  # one epoch: the logged model is the scored one
+    assert float(logged[0]["val/acc"]) == pytest.approx(metrics["val"]["accuracy"], abs=1e-6)
+    assert float(logged[0]["val/macro_f1"]) == pytest.approx(metrics["val"]["macro_f1"], abs=1e-6)

@@ -23,7 +23,7 @@ from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
 from lungcls.data.mapped import MachineImages, writable_folder
 from lungcls.data.normalization import normalization_stats
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
-from lungcls.data.streaming import read_meta, streaming_loader
+from lungcls.data.streaming import read_meta, streaming_loader, whole_split_loader
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
@@ -311,11 +311,12 @@ class LungDataModule(pl.LightningDataModule):
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
         bs = int(batch_size or self.cfg.get("batch_size", 32))
-        if self._stream is not None:  # LitData shards the split across processes itself
+        if self._stream is not None:  # training: LitData shards and shuffles; scoring reads the whole split
             if split == "all":
                 raise LungclsError("a prepared set streams one split at a time; use dataset.split=train, val or test")
-            return streaming_loader(self.cfg["root"], split, bs, shuffle, self.seed, int(self.cfg.get("num_workers", 0)),
-                                    drop_last=shuffle and len(self.split_rows(split)) > bs)
+            if shuffle:
+                return self._streaming_loader(split, True, bs)
+            return whole_split_loader(self.cfg["root"], split, bs, len(self.split_rows(split)))
         ds = self._dataset(split)
         cached = isinstance(ds, CachedImages)
         workers = 0 if cached else int(self.cfg.get("num_workers", 0))
@@ -332,16 +333,33 @@ class LungDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
+    def _streaming_loader(self, split: str, shuffle: bool, bs: int):
+        """LitData deals whole batches to the processes: an evaluation batch shrinks so every process
+        gets one (its size changes no number); a train split too small for one batch each is an error."""
+        trainer = getattr(self, "trainer", None)
+        world, n = (trainer.world_size if trainer is not None else 1), len(self.split_rows(split))
+        if n < world * (bs if shuffle else 1):
+            raise LungclsError(f"the {split} split has {n} images, fewer than {world} processes x "
+                               f"{bs if shuffle else 1} per batch; lower dataset.batch_size or use fewer devices")
+        bs = bs if shuffle else max(1, min(bs, n // world))
+        return streaming_loader(self.cfg["root"], split, bs, shuffle, self.seed, int(self.cfg.get("num_workers", 0)),
+                                drop_last=shuffle and n > bs)
+
     def train_dataloader(self) -> DataLoader:
         if len(self.split_rows("train")) == 0:
             raise LungclsError("the train split is empty; add images or lower dataset.val_fraction/test_fraction")
         return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader("val", sampler=self._eval_sampler("val"))
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test", sampler=self._eval_sampler("test"))
+        return self._evaluation_loader("test")
+
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        if self._stream is not None:  # each process streams its own share
+            return self._streaming_loader(split, False, int(self.cfg.get("batch_size", 32)))
+        return self.loader(split, sampler=self._eval_sampler(split))
 
     def _eval_sampler(self, split: str) -> Sampler | None:
         """Under DDP, each process scores its own share of ``split`` with no image repeated.

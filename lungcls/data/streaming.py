@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 import lungcls
 from lungcls.data.images import load_image
@@ -162,3 +163,23 @@ def streaming_loader(root: str, split: str, batch_size: int, shuffle: bool, seed
     dataset = litdata.StreamingDataset(f"{str(root).rstrip('/')}/{split}", shuffle=shuffle, seed=seed, drop_last=drop_last)
     return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                                        drop_last=drop_last)
+
+
+class WholeSplit(Dataset):
+    """Every image of one prepared split, by LitData's random access: what one process reads to
+    score a split whole (after DDP training rank 0 alone scores, and must not get a shard)."""
+
+    def __init__(self, root: str, split: str, n: int):
+        self.dataset = require_litdata().StreamingDataset(f"{str(root).rstrip('/')}/{split}")
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
+
+def whole_split_loader(root: str, split: str, batch_size: int, n: int) -> DataLoader:
+    """All ``n`` images of a prepared split in stored order, whatever the number of processes."""
+    return DataLoader(WholeSplit(root, split, n), batch_size=batch_size, shuffle=False, collate_fn=collate)
