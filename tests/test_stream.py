@@ -110,6 +110,10 @@ def test_prepare_never_writes_over_a_folder_and_names_the_missing_extra(prepared
     with pytest.raises(LungclsError, match="already exists and is not empty; name a new folder"):
         prepare(cfg)
     assert (prepared["root"] / "lungcls.json").read_bytes() == before
+    remote = compose_cfg("prepare", [*FOLDER, f"dataset.root={prepared['tree']}", "prepare.output=s3://bucket/x"],
+                         prepared["tmp"], prepared["tmp"] / "data")
+    with pytest.raises(LungclsError, match="prepare into a local folder, then copy it"):
+        prepare(remote)
     monkeypatch.setitem(sys.modules, "litdata", None)  # as if LitData were not installed
     with pytest.raises(LungclsError, match=r'pip install "lungcls\[stream\]"'):
         prepare(cfg)

@@ -338,7 +338,7 @@ class LungDataModule(pl.LightningDataModule):
         gets one (its size changes no number); a train split too small for one batch each is an error."""
         trainer = getattr(self, "trainer", None)
         world, n = (trainer.world_size if trainer is not None else 1), len(self.split_rows(split))
-        if n < world * (bs if shuffle else 1):
+        if world > 1 and n < world * (bs if shuffle else 1):
             raise LungclsError(f"the {split} split has {n} images, fewer than {world} processes x "
                                f"{bs if shuffle else 1} per batch; lower dataset.batch_size or use fewer devices")
         bs = bs if shuffle else max(1, min(bs, n // world))

@@ -176,6 +176,7 @@ def write_mapped(file: Path, paths: Sequence[str], image_size: int, temporary: b
             decode_images(paths, image_size, max_pixels=max_pixels, out=torch.from_numpy(array))
         array.flush()
         del array
+        _record_file(file).unlink(missing_ok=True)  # a stale record never describes the new file
         os.replace(tmp, file)
         size, mtime, _ = _stamp(file)
         meta = {"format": CACHE_FORMAT, "shape": list(shape), "bytes": size, "mtime_ns": mtime,
