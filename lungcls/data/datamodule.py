@@ -23,7 +23,8 @@ from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
 from lungcls.data.mapped import MachineImages, writable_folder
 from lungcls.data.normalization import normalization_stats
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
-from lungcls.data.streaming import read_meta, streaming_loader, whole_split_loader
+from lungcls.data.streaming import (prepared_assignment, prepared_normalization, read_meta, streaming_loader,
+                                    whole_split_loader)
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
@@ -171,21 +172,9 @@ class LungDataModule(pl.LightningDataModule):
         """A set prepared by lungcls-prepare: split, duplicates and pixels were fixed when it was
         written; LitData streams the images (nothing is fingerprinted or decoded here)."""
         self._stream = read_meta(str(self.cfg["root"]))
-        assignment = {s.path: s.split for s in samples}
-        if self.cfg.get("splits_csv") and apply_splits_csv(samples, self.cfg["splits_csv"]) != assignment:
-            raise LungclsError(f"dataset.splits_csv={self.cfg['splits_csv']} splits the images otherwise than the prepared set "
-                               f"{self.cfg['root']}; prepare again with dataset.splits_csv=... (the split is fixed when prepared)")
-        for key in ("max_per_class", "folds"):
-            if self.cfg.get(key):
-                raise LungclsError(f"dataset.{key} cannot change a prepared set's split; pass it to lungcls-prepare instead")
         self.duplicate_record = dict(self._stream.get("duplicates") or {})
-        self._index(samples, assignment)
-        name = self.cfg.get("normalization", "imagenet")
-        pixels = self._stream.get("train_pixels")
-        if name == "dataset" and pixels:  # measured on the train split when it was prepared
-            self.mean, self.std = [pixels["mean"]] * 3, [max(pixels["std"], 1e-3)] * 3
-        else:
-            self.mean, self.std = normalization_stats(name, None)
+        self._index(samples, prepared_assignment(samples, self.cfg))
+        self.mean, self.std = prepared_normalization(self._stream, self.cfg.get("normalization", "imagenet"))
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
 
@@ -334,16 +323,9 @@ class LungDataModule(pl.LightningDataModule):
         )
 
     def _streaming_loader(self, split: str, shuffle: bool, bs: int):
-        """LitData deals whole batches to the processes: an evaluation batch shrinks so every process
-        gets one (its size changes no number); a train split too small for one batch each is an error."""
         trainer = getattr(self, "trainer", None)
-        world, n = (trainer.world_size if trainer is not None else 1), len(self.split_rows(split))
-        if world > 1 and n < world * (bs if shuffle else 1):
-            raise LungclsError(f"the {split} split has {n} images, fewer than {world} processes x "
-                               f"{bs if shuffle else 1} per batch; lower dataset.batch_size or use fewer devices")
-        bs = bs if shuffle else max(1, min(bs, n // world))
-        return streaming_loader(self.cfg["root"], split, bs, shuffle, self.seed, int(self.cfg.get("num_workers", 0)),
-                                drop_last=shuffle and n > bs)
+        return streaming_loader(self.cfg["root"], split, len(self.split_rows(split)), bs, shuffle, self.seed,
+                                int(self.cfg.get("num_workers", 0)), trainer.world_size if trainer is not None else 1)
 
     def train_dataloader(self) -> DataLoader:
         if len(self.split_rows("train")) == 0:

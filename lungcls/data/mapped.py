@@ -37,19 +37,21 @@ WAIT_S = 4 * 3600  # how long a process waits for the machine's first process to
 _SAMPLED_BLOCKS, _BLOCK = 64, 1 << 16
 
 
+def _slurm_tasks() -> int:
+    return int(os.environ.get("SLURM_NTASKS") or 1) if os.environ.get("SLURM_STEP_ID") is not None else 1
+
+
 def local_rank() -> int:
     """This process's rank on its machine (0 when it runs alone): torchrun and Lightning's launcher
-    set ``LOCAL_RANK``, SLURM ``SLURM_LOCALID``."""
-    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
-        value = os.environ.get(name)
-        if value not in (None, ""):
-            return int(value)
-    return 0
+    set ``LOCAL_RANK``, ``srun`` with several tasks ``SLURM_LOCALID``."""
+    value = os.environ.get("LOCAL_RANK") or (os.environ.get("SLURM_LOCALID") if _slurm_tasks() > 1 else None)
+    return int(value) if value else 0
 
 
 def launched_processes() -> int:
-    """Processes of the job as its launcher announced them (``WORLD_SIZE``); 1 before any launch."""
-    return int(os.environ.get("WORLD_SIZE") or 1)
+    """Processes of the job as its launcher announced them (``WORLD_SIZE``, or ``srun``'s tasks);
+    1 before any launch (Lightning's own launcher starts the others later)."""
+    return int(os.environ.get("WORLD_SIZE") or _slurm_tasks())
 
 
 def writable_folder(folder: str | Path, key: str = "dataset.cache_dir") -> Path:
@@ -251,6 +253,7 @@ class MachineImages:
     def map_now(self) -> torch.Tensor:
         """Map the first process's file before any Trainer exists (waiting for it to be written)."""
         file, temporary = self._file()
+        log.info("process %d of this machine waits for process 0 to decode into %s", local_rank(), file)
         self.mapped = map_images(file, self.shape, temporary, wait_s=WAIT_S)
         if self.mapped is None:
             raise LungclsError(f"no decoded cache appeared at {file} within {WAIT_S} s; start every process with the same "

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 import lungcls
 from lungcls.data.images import load_image
 from lungcls.data.layouts import Sample
-from lungcls.data.splits import SPLITS
+from lungcls.data.normalization import normalization_stats
+from lungcls.data.splits import SPLITS, apply_splits_csv
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
@@ -156,13 +157,41 @@ def collate(items: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Ten
     return images, labels, rows
 
 
-def streaming_loader(root: str, split: str, batch_size: int, shuffle: bool, seed: int, workers: int,
-                     drop_last: bool = False):
-    """LitData's loader of one prepared split; LitData shards it across ranks and nodes."""
+def streaming_loader(root: str, split: str, n: int, batch_size: int, shuffle: bool, seed: int, workers: int,
+                     world: int):
+    """LitData's loader of the prepared ``split`` (``n`` images), sharded by LitData across ``world``
+    processes. LitData deals whole batches to the processes: an evaluation batch shrinks so that
+    every process gets one (its size changes no number); a train split too small for one batch per
+    process is one line."""
     litdata = require_litdata()
+    if world > 1 and n < world * (batch_size if shuffle else 1):
+        raise LungclsError(f"the {split} split has {n} images, fewer than {world} processes x "
+                           f"{batch_size if shuffle else 1} per batch; lower dataset.batch_size or use fewer devices")
+    batch_size = batch_size if shuffle else max(1, min(batch_size, n // world))
+    drop_last = shuffle and n > batch_size
     dataset = litdata.StreamingDataset(f"{str(root).rstrip('/')}/{split}", shuffle=shuffle, seed=seed, drop_last=drop_last)
     return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                                        drop_last=drop_last)
+
+
+def prepared_assignment(samples: Sequence[Sample], cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Each prepared image's split; settings that would split the set otherwise are refused."""
+    assignment = {s.path: s.split for s in samples}
+    if cfg.get("splits_csv") and apply_splits_csv(list(samples), cfg["splits_csv"]) != assignment:
+        raise LungclsError(f"dataset.splits_csv={cfg['splits_csv']} splits the images otherwise than the prepared set "
+                           f"{cfg['root']}; prepare again with dataset.splits_csv=... (the split is fixed when prepared)")
+    for key in ("max_per_class", "folds"):
+        if cfg.get(key):
+            raise LungclsError(f"dataset.{key} cannot change a prepared set's split; pass it to lungcls-prepare instead")
+    return assignment
+
+
+def prepared_normalization(meta: Mapping[str, Any], name: str) -> tuple[list[float], list[float]]:
+    """``dataset.normalization``'s mean and std; ``dataset`` uses the train pixels measured when prepared."""
+    pixels = meta.get("train_pixels")
+    if name == "dataset" and pixels:
+        return [pixels["mean"]] * 3, [max(pixels["std"], 1e-3)] * 3
+    return normalization_stats(name, None)
 
 
 class WholeSplit(Dataset):
