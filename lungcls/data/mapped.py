@@ -67,12 +67,13 @@ def writable_folder(folder: str | Path, key: str = "dataset.cache_dir") -> Path:
     return path
 
 
-def mapped_file(paths: Sequence[str], image_size: int, cache_dir: str | Path | None) -> tuple[Path, bool]:
+def mapped_file(paths: Sequence[str], image_size: int, cache_dir: str | Path | None,
+                key: str | None = None) -> tuple[Path, bool]:
     """Where the memory-mapped cache of these files lives, and whether it is temporary: under
     ``cache_dir`` (kept for later runs), else in a per-user temporary folder, removed once every
-    process of the machine has mapped it. The name depends only on the files and the size, so every
-    process of a job finds the same file."""
-    key = cache_key(paths, image_size)
+    process of the machine has mapped it. The name depends only on the files and the size (``key``:
+    their ``cache_key``, when known), so every process of a job finds the same file."""
+    key = key or cache_key(paths, image_size)
     if cache_dir is not None:
         return writable_folder(cache_dir) / f"images-{image_size}px-{key}.npy", False
     folder = writable_folder(Path(tempfile.gettempdir()) / f"lungcls-{os.getuid()}", "the temporary folder (TMPDIR)")
@@ -229,9 +230,10 @@ class MachineImages:
         self.pending = False  # another process of this machine decodes; map its file when joined
         self.joined = False
         self.where = "ram"
+        self.key = cache_key(self.paths, image_size)  # the files' sizes and times, read once
 
     def _file(self) -> tuple[Path, bool]:
-        return mapped_file(self.paths, self.image_size, self.cache_dir)
+        return mapped_file(self.paths, self.image_size, self.cache_dir, self.key)
 
     def decode(self) -> torch.Tensor | None:
         """The images this process holds after setup (None: another process decodes them)."""
@@ -266,7 +268,7 @@ class MachineImages:
         """Called on every process once the Trainer is attached; returns the images to use from now on."""
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
         if self.joined or world <= 1:
-            if self.mapped is not None and trainer is not None:
+            if self.mapped is not None and trainer is not None and local_rank() == 0:
                 self.mapped.discard()
             return images
         self.joined = True
@@ -291,11 +293,11 @@ class MachineImages:
         """Let processes this one launches read its normalisation of the train split ``train`` (an
         identifier of its rows) instead of decoding for it."""
         if local_rank() == 0:
-            os.environ[STATS_ENV] = json.dumps({"file": str(self._file()[0]), "train": train, "mean": mean, "std": std})
+            os.environ[STATS_ENV] = json.dumps({"key": self.key, "train": train, "mean": mean, "std": std})
 
     def handed_stats(self, train: str) -> tuple[list[float], list[float]] | None:
         handed = json.loads(os.environ.get(STATS_ENV) or "{}")
-        if handed.get("file") == str(self._file()[0]) and handed.get("train") == train:
+        if handed.get("key") == self.key and handed.get("train") == train:
             return handed["mean"], handed["std"]
         return None
 
