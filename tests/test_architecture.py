@@ -103,7 +103,7 @@ def test_readme_says_where_every_config_group_lives():
 # -- the rules that keep the lobby readable (checked on the code, so the next change keeps them) --
 
 MAX_TOP_LEVEL_MODULES = 12
-COMMANDS = {"train", "evaluate", "report", "predict", "export", "compare", "sweep", "prepare"}
+COMMANDS = {"train", "evaluate", "report", "predict", "export", "compare", "prepare"}
 # names the code gives to configuration (composed configs, their sections, typed settings): a
 # `.get("key", default)` on one of them repeats a default the yaml already holds
 CONFIG_NAMES = {"cfg", "config", "conf", "settings", "s", "ev", "entry", "trainer_cfg", "backbone", "finetune",

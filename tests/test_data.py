@@ -32,12 +32,25 @@ def _manifest_data(tmp_path: Path) -> dict:
     return {"manifest": str(tmp_path / "m" / "list.csv")}
 
 
+def _litdata_data(tmp_path: Path) -> dict:
+    pytest.importorskip("litdata")
+    from lungcls.data.streaming import write_prepared
+
+    root = make_class_tree(tmp_path / "l", {c: 3 for c in CLASSES})
+    dm = LungDataModule({"layout": "radiography", "root": str(root), "classes": CLASSES, "image_size": 16, "cache": "none",
+                         "duplicates": "none", "val_fraction": 0.2, "test_fraction": 0.2})
+    dm.setup()
+    write_prepared(dm, tmp_path / "prepared", "1MB", 1)
+    return {"root": str(tmp_path / "prepared")}
+
+
 # How to make a data set of each registered layout: a new layout needs an entry here.
 LAYOUT_DATA = {
     "radiography": lambda tmp: {"root": str(make_class_tree(tmp / "r", {c: 3 for c in CLASSES}))},
     "folder": lambda tmp: {"root": str(make_class_tree(tmp / "f", {c: 3 for c in CLASSES}, images_folder=False))},
     "manifest": _manifest_data,
     "demo": lambda tmp: {"root": str(tmp / "demo"), "demo": {"images_per_class": 3, "source_size": 32, "seed": 0}},
+    "litdata": _litdata_data,
 }
 
 

@@ -1,12 +1,14 @@
 """Multi-process training: `trainer=ddp_cpu` (2 CPU processes over gloo) runs the same pipeline as a
 single process. Lightning re-executes the app for rank 1; the run must still leave one complete run
-folder written by rank 0 alone, score every validation image exactly once, and exit with status 0."""
+folder written by rank 0 alone, score every validation image exactly once, and exit with status 0.
+The images are decoded once per machine: rank 1 maps rank 0's memory-mapped copy read-only."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ ARGS = [
     "dataset.batch_size=4",
     "trainer.max_epochs=1",
     "backbone=resnet18",
+    "dataset.normalization=dataset",  # rank 1 must use rank 0's statistics without decoding the set itself
 ]
 
 
@@ -139,3 +142,21 @@ def test_ddp_inside_a_local_multirun_is_refused_per_job(tmp_path):
     assert len(errors) == 2
     assert all("trainer=ddp inside a local multirun" in e.read_text() for e in errors)
     assert not (tmp_path / "data").exists()  # refused before any work
+
+
+def test_ddp_decodes_once_per_machine_and_the_processes_share_one_copy(runs, ddp_run):
+    """With cache=auto, rank 0 decodes; rank 1 decodes nothing and maps rank 0's file read-only, so
+    the machine holds one copy: the processes' proportional shares (PSS) of the mapping add up to
+    about one copy, where two private copies would count twice. The temporary file is gone after."""
+    out = runs["ddp"].stdout + runs["ddp"].stderr
+    assert len(re.findall(r"\bdecoded \d+ images", out)) == 1, out[-3000:]
+    copied = re.findall(r"copied \d+ images \([\d.]+ MB\) into (\S+), memory-mapped", out)
+    assert len(copied) == 1
+    assert "process 1 of this machine mapped" in out
+    memory = re.findall(r"process (\d) of this machine: decoded cache ([\d.]+) MB mapped, resident ([\d.]+) MB, "
+                        r"proportional share \(pss\) ([\d.]+) MB", out)
+    assert sorted(m[0] for m in memory) == ["0", "1"], out[-3000:]
+    size = float(memory[0][1])
+    assert size > 0 and all(float(m[2]) > 0 for m in memory)  # both processes read the shared pages
+    assert sum(float(m[3]) for m in memory) <= 1.25 * size + 0.02  # one copy, not two (0.01 MB log rounding)
+    assert not Path(copied[0].rstrip(",")).exists()

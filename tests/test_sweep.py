@@ -16,7 +16,7 @@ import yaml
 
 from lungcls.sweeps import sweepfile as sweep_mod
 from lungcls.errors import LungclsError
-from lungcls.sweep import main
+from lungcls.sweeps.__main__ import main
 from lungcls.sweeps.sweepfile import continue_study, hydra_value, sweep_to_hydra_args
 
 ROOT = Path(__file__).resolve().parents[1]

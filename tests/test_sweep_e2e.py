@@ -62,7 +62,7 @@ def grid(tmp_path_factory, data_dir):
     """sweeps/backbones.yaml narrowed from the command line to 2 backbones x 2 fine-tunings."""
     tmp = tmp_path_factory.mktemp("grid")
     multi = tmp / "multi"
-    sweep = run_cli("lungcls.sweep", str(REPO / "sweeps" / "backbones.yaml"), *SMALL, "trainer.max_epochs=2",
+    sweep = run_cli("lungcls.sweeps", str(REPO / "sweeps" / "backbones.yaml"), *SMALL, "trainer.max_epochs=2",
                     "backbone=logistic,resnet18", "finetune=head,full",
                     f"hydra.sweep.dir={multi}", f"paths.data_dir={data_dir}", cwd=tmp)
     assert sweep.returncode == 0, _fail_message(sweep)
@@ -118,7 +118,7 @@ def test_optuna_sweep_returns_each_runs_logged_metric(tmp_path, data_dir):
     """sweeps/lr_search.yaml through Optuna: the value each trial reports to the search is the
     run's logged val/macro_f1 (the file's metric), and the best trial is the one with the highest."""
     multi = tmp_path / "multi"
-    sweep = run_cli("lungcls.sweep", str(REPO / "sweeps" / "lr_search.yaml"), *SMALL, "trainer.max_epochs=1",
+    sweep = run_cli("lungcls.sweeps", str(REPO / "sweeps" / "lr_search.yaml"), *SMALL, "trainer.max_epochs=1",
                     "backbone=logistic", "hydra.sweeper.n_trials=2",
                     # keeps each job's return value in its .hydra/ folder
                     "+hydra.callbacks.job_info._target_=hydra.experimental.callbacks.PickleJobInfoCallback",

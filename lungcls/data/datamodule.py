@@ -3,6 +3,7 @@ and augment them on the batch's device."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
@@ -12,15 +13,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcls.data.cache import cache_key, choose_cache_device, load_or_decode
+from lungcls.data.cache import cache_key
 from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
 from lungcls.data.folds import fold_splits
 from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
 from lungcls.data.images import load_image, to_unit_float
 from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
+from lungcls.data.mapped import MachineImages, writable_folder
 from lungcls.data.normalization import normalization_stats
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
+from lungcls.data.streaming import (prepared_assignment, prepared_normalization, read_meta, streaming_loader,
+                                    whole_split_loader)
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
@@ -30,8 +34,9 @@ class CachedImages(Dataset):
     """Rows of a decoded uint8 tensor (RAM or GPU). ``__getitems__`` slices a whole batch with one
     indexing operation instead of stacking images one by one."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, check=None):
         self.images, self.labels, self.rows = images, labels, rows
+        self.check = check  # a memory-mapped cache: refuse a file changed under the job (one stat a batch)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -41,6 +46,8 @@ class CachedImages(Dataset):
 
     def __getitems__(self, indices: Sequence[int]):
         rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
+        if self.check is not None:
+            self.check()
         if self.images.is_cuda:  # a pinned, asynchronous copy: no host sync per batch
             dev_rows = rows.pin_memory().to(self.images.device, non_blocking=True)
         else:
@@ -109,6 +116,8 @@ class LungDataModule(pl.LightningDataModule):
         self._augment = None
         self._ready = False
         self._cache_where = "ram"
+        self._machine: MachineImages | None = None  # the decoded set, shared by this machine's processes
+        self._stream: dict[str, Any] | None = None  # a prepared set streamed by LitData: its lungcls.json
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -116,9 +125,14 @@ class LungDataModule(pl.LightningDataModule):
         LAYOUTS.get(self.cfg.layout)(self.cfg).prepare()
 
     def setup(self, stage: str | None = None) -> None:
-        if self._ready:
+        if self._ready:  # called again by the Trainer, now with every process started: share the cache
+            self._join_machine()
             return
+        if self.cfg.cache_dir:  # before any work: fingerprints and decoded images are kept there
+            writable_folder(self.cfg.cache_dir)
         samples = find_samples(self.cfg, prepare=self.prepare)  # prepares the layout too (idempotent)
+        if getattr(LAYOUTS.get(self.cfg.layout), "streamed", False):
+            return self._setup_streamed(samples)
         samples = cap_per_class(samples, self.cfg.max_per_class, self.cfg.split_seed)
         if self.cfg.splits_csv:
             assignment = apply_splits_csv(samples, self.cfg.splits_csv)
@@ -132,9 +146,17 @@ class LungDataModule(pl.LightningDataModule):
             else:
                 assignment = make_splits(samples, val_fraction=self.cfg.val_fraction,
                                          test_fraction=self.cfg.test_fraction, seed=seed, groups=groups)
-        self.samples, self.assignment = samples, assignment
         if self.duplicates is not None:
             self.duplicate_record["straddling_splits"] = straddling(self.duplicates, samples, assignment)
+        self._index(samples, assignment)
+        self._decode()
+        self.mean, self.std = self._normalization()
+        self._augment = build_augment(self.augment_cfg, self.image_size)
+        self._ready = True
+
+    def _index(self, samples: list[Sample], assignment: dict[str, str]) -> None:
+        """Labels and each split's rows (indices into ``samples``)."""
+        self.samples, self.assignment = samples, assignment
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         self._rows = {
             split: torch.tensor([i for i, s in enumerate(samples) if assignment[s.path] == split], dtype=torch.long)
@@ -144,8 +166,14 @@ class LungDataModule(pl.LightningDataModule):
         counts = {split: dict(Counter(self.class_names[s.label] for s in self.split_samples(split))) for split in SPLITS}
         used = {split: c for split, c in counts.items() if c}
         log.info("images per split and class: %s", used if len(used) > 1 else next(iter(used.values()), {}))
-        self._decode()
-        self.mean, self.std = normalization_stats(self.cfg.normalization, self._train_images_for_stats())
+
+    def _setup_streamed(self, samples: list[Sample]) -> None:
+        """A set prepared by lungcls-prepare: split, duplicates and pixels were fixed when it was
+        written; LitData streams the images (nothing is fingerprinted or decoded here)."""
+        self._stream = read_meta(str(self.cfg.root))
+        self.duplicate_record = dict(self._stream.get("duplicates") or {})
+        self._index(samples, prepared_assignment(samples, self.cfg))
+        self.mean, self.std = prepared_normalization(self._stream, self.cfg.normalization)
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
 
@@ -165,15 +193,38 @@ class LungDataModule(pl.LightningDataModule):
         return samples
 
     def _decode(self) -> None:
-        """Decode every image once into the uint8 cache (unless ``dataset.cache=none``)."""
+        """Decode every image once into the uint8 cache (unless ``dataset.cache=none``); under DDP only
+        the machine's first process decodes (see ``MachineImages``)."""
         mode = self.cfg.cache
         if mode == "none":  # decoded batch by batch later; every file was read once by the fingerprints
             return
-        images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.cache_dir,
-                                self.cfg.max_image_pixels)
-        self._cache_where = choose_cache_device(mode, images.numel())
-        self.images = images
-        log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self._cache_where.upper())
+        self._machine = MachineImages([s.path for s in self.samples], self.image_size, mode, self.cfg.cache_dir,
+                                      self.cfg.max_image_pixels)
+        self.images = self._machine.decode()
+        self._cache_where = self._machine.where
+
+    def _join_machine(self) -> None:
+        if self._machine is not None:
+            self.images = self._machine.join(getattr(self, "trainer", None), self.images)
+
+    def _normalization(self) -> tuple[list[float], list[float]]:
+        """``dataset.normalization``'s mean and std; a process that decodes nothing itself takes the
+        train statistics its launcher handed over, or maps the first process's file to measure them."""
+        name = self.cfg.normalization
+        train = hashlib.sha256(self._rows["train"].numpy().tobytes()).hexdigest()[:16]
+        if name == "dataset" and self._machine is not None and self._machine.pending:
+            handed = self._machine.handed_stats(train)
+            if handed is not None:
+                return handed
+            self.images = self._machine.map_now()
+        mean, std = normalization_stats(name, self._train_images_for_stats())
+        if self._machine is not None and name == "dataset":
+            self._machine.hand_over(train, mean, std)
+        return mean, std
+
+    def teardown(self, stage: str) -> None:
+        if self._machine is not None and stage == "fit":
+            self._machine.report()
 
     def _train_images_for_stats(self) -> torch.Tensor | None:
         """The train images ``normalization=dataset`` measures (at most 512 when decoding lazily)."""
@@ -212,6 +263,10 @@ class LungDataModule(pl.LightningDataModule):
     def write_splits(self, path: str | Path) -> None:
         """splits.csv: each image's split, its duplicate group (blank: no copy), its source and
         fingerprints (so evaluation can recognise training images on other data)."""
+        if self._stream is not None and self._stream.get("splits_csv"):  # as prepared, fingerprints included
+            with open(path, "w", newline="") as f:
+                f.write(self._stream["splits_csv"])
+            return
         n = len(self.samples)
         group_of = self.duplicates.group_of(n) if self.duplicates is not None else [-1] * n
         extra: dict[str, list[Any]] = {"duplicate_group": [g if g >= 0 else "" for g in group_of]}
@@ -235,14 +290,22 @@ class LungDataModule(pl.LightningDataModule):
 
     def _dataset(self, split: str) -> Dataset:
         rows = self.split_rows(split)
+        if self._machine is not None and self._machine.pending:  # no Trainer joined the processes
+            self.images = self._machine.map_now()
         self._place_cache()
         if self.images is not None:
-            return CachedImages(self.images, self.labels, rows)
+            return CachedImages(self.images, self.labels, rows, self._machine.check if self._machine else None)
         return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg.max_image_pixels)
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
-        ds = self._dataset(split)
         bs = int(batch_size or self.cfg.batch_size)
+        if self._stream is not None:  # training: LitData shards and shuffles; scoring reads the whole split
+            if split == "all":
+                raise LungclsError("a prepared set streams one split at a time; use dataset.split=train, val or test")
+            if shuffle:
+                return self._streaming_loader(split, True, bs)
+            return whole_split_loader(self.cfg.root, split, bs, len(self.split_rows(split)))
+        ds = self._dataset(split)
         cached = isinstance(ds, CachedImages)
         workers = 0 if cached else self.cfg.num_workers
         return DataLoader(
@@ -258,16 +321,26 @@ class LungDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
+    def _streaming_loader(self, split: str, shuffle: bool, bs: int):
+        trainer = getattr(self, "trainer", None)
+        return streaming_loader(self.cfg.root, split, len(self.split_rows(split)), bs, shuffle, self.seed,
+                                self.cfg.num_workers, trainer.world_size if trainer is not None else 1)
+
     def train_dataloader(self) -> DataLoader:
         if len(self.split_rows("train")) == 0:
             raise LungclsError("the train split is empty; add images or lower dataset.val_fraction/test_fraction")
         return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader("val", sampler=self._eval_sampler("val"))
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test", sampler=self._eval_sampler("test"))
+        return self._evaluation_loader("test")
+
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        if self._stream is not None:  # each process streams its own share
+            return self._streaming_loader(split, False, self.cfg.batch_size)
+        return self.loader(split, sampler=self._eval_sampler(split))
 
     def _eval_sampler(self, split: str) -> Sampler | None:
         """Under DDP, each process scores its own share of ``split`` with no image repeated.
@@ -278,7 +351,7 @@ class LungDataModule(pl.LightningDataModule):
         at least one: a split smaller than the number of processes keeps the padded default.
         """
         trainer = getattr(self, "trainer", None)
-        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None and self._stream is None else None
         n = len(self.split_rows(split))
         if not kwargs or kwargs.get("num_replicas", 1) <= 1 or n < kwargs["num_replicas"]:
             return None

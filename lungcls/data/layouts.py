@@ -6,7 +6,9 @@
 - ``folder``: any class-per-folder tree, ``<root>/<Class>/**/*.png`` (mask folders are skipped);
 - ``manifest``: a CSV with ``path,label[,split][,patient]`` (paths relative to the CSV's folder), and
   the image's source from the column ``dataset.source_column`` names;
-- ``demo``: the radiography layout of the synthetic phantom, which ``prepare`` generates first.
+- ``demo``: the radiography layout of the synthetic phantom, which ``prepare`` generates first;
+- ``litdata``: a set written by ``lungcls-prepare`` (decoded images in LitData chunks, split fixed),
+  streamed from a folder or an object store (``data/streaming.py``).
 
 Classes always come from the config, in config order (= label ids): a folder listing is never
 trusted to define the label space.
@@ -15,6 +17,7 @@ trusted to define the label space.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import random
 import re
@@ -156,6 +159,21 @@ class DemoLayout(RadiographyLayout):
             classes=tuple(self.cfg.classes),
             shortcut=demo.shortcut,
         )
+
+
+@LAYOUTS.register("litdata")
+class LitdataLayout(Layout):
+    """A set prepared by ``lungcls-prepare``: the images live in LitData chunks under ``root`` (a
+    folder or ``s3://...``), each with the split it was prepared in; the data module streams them."""
+
+    streamed = True
+
+    def find(self, classes: Sequence[str]) -> list[Sample]:
+        from lungcls.data.streaming import check_meta, prepared_samples, read_meta
+
+        meta = read_meta(str(self.cfg.root))
+        check_meta(meta, dataclasses.replace(self.cfg, classes=list(classes)))
+        return prepared_samples(meta)
 
 
 

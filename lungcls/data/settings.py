@@ -21,7 +21,7 @@ from lungcls.errors import LungclsError
 from lungcls.settings import check_range, typed
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "dataset" / "demo.yaml"
-CACHE_MODES = ("auto", "ram", "gpu", "none")
+CACHE_MODES = ("auto", "ram", "gpu", "mmap", "none")
 DUPLICATE_MODES = ("none", "exact", "near")
 CONFLICT_POLICIES = ("error", "drop", "keep")
 SPLITS = ("train", "val", "test", "all")
