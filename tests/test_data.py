@@ -41,7 +41,7 @@ def _litdata_data(tmp_path: Path) -> dict:
                          "duplicates": "none", "val_fraction": 0.2, "test_fraction": 0.2})
     dm.setup()
     write_prepared(dm, tmp_path / "prepared", "1MB", 1)
-    return {"root": str(tmp_path / "prepared")}
+    return {"root": str(tmp_path / "prepared"), "image_size": 16}
 
 
 # How to make a data set of each registered layout: a new layout needs an entry here.
