@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lungcls.data.cache import cache_key, choose_cache_device, load_or_decode
 from lungcls.data.checks import check_dataset_config
 from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
-from lungcls.data.folds import fold_splits
+from lungcls.data.folds import SOURCE, fold_gaps, fold_splits, source_fold, source_fold_splits
 from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
 from lungcls.data.images import load_image, to_unit_float
 from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
 from lungcls.data.normalization import normalization_stats
+from lungcls.data.preprocess import preprocess_from
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
 from lungcls.errors import LungclsError
 
@@ -73,8 +74,9 @@ def build_augment(cfg: Mapping[str, Any] | None, image_size: int):
 class LazyImages(Dataset):
     """Decode each image when asked (``dataset.cache=none``): for sets too large for memory."""
 
-    def __init__(self, samples: Sequence[Sample], rows: Sequence[int], image_size: int, max_pixels: int):
+    def __init__(self, samples: Sequence[Sample], rows: Sequence[int], image_size: int, max_pixels: int, preprocess=None):
         self.samples, self.rows, self.image_size, self.max_pixels = samples, list(rows), image_size, max_pixels
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -82,7 +84,7 @@ class LazyImages(Dataset):
     def __getitem__(self, i: int):
         row = self.rows[i]
         s = self.samples[row]
-        return load_image(s.path, self.image_size, self.max_pixels), torch.tensor(s.label), torch.tensor(row)
+        return load_image(s.path, self.image_size, self.max_pixels, self.preprocess, s.mask), torch.tensor(s.label), torch.tensor(row)
 
 
 class LungDataModule(pl.LightningDataModule):
@@ -98,6 +100,7 @@ class LungDataModule(pl.LightningDataModule):
         self.class_names: list[str] = list(self.cfg["classes"])
         self.normal_class: str | None = self.cfg.get("normal_class")
         self.image_size = int(self.cfg["image_size"])
+        self.preprocess = preprocess_from(self.cfg)  # crop_border / equalize / mask_outside_lungs, checked now
         self.samples: list[Sample] = []
         self.assignment: dict[str, str] = {}
         self.fingerprints: Fingerprints | None = None
@@ -120,6 +123,7 @@ class LungDataModule(pl.LightningDataModule):
             return
         samples = find_samples(self.cfg, prepare=self.prepare)  # prepares the layout too (idempotent)
         samples = cap_per_class(samples, self.cfg.get("max_per_class"), int(self.cfg.get("split_seed", 1)))
+        self._check_before_decoding(samples)
         if self.cfg.get("splits_csv"):
             assignment = apply_splits_csv(samples, self.cfg["splits_csv"])
             samples = [s for s in samples if s.path in assignment]
@@ -127,7 +131,10 @@ class LungDataModule(pl.LightningDataModule):
         if not self.cfg.get("splits_csv"):
             groups = duplicate_groups(samples, self.duplicates)
             seed = int(self.cfg.get("split_seed", 1))
-            if self.cfg.get("folds"):
+            if self.cfg.get("folds") == SOURCE:
+                assignment = self._source_fold(samples, groups, seed)
+                samples = [s for s in samples if s.path in assignment]
+            elif self.cfg.get("folds"):
                 assignment = fold_splits(samples, groups, self.cfg["folds"], self.cfg.get("fold", 0),
                                          float(self.cfg.get("val_fraction", 0.1)), seed)
             else:
@@ -150,6 +157,28 @@ class LungDataModule(pl.LightningDataModule):
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
 
+    def _check_before_decoding(self, samples: list[Sample]) -> None:
+        """Settings that the found images make impossible, before any image is decoded."""
+        if self.cfg.get("folds") == SOURCE:
+            source_fold(samples, self.cfg["fold"])
+        if self.preprocess.mask_outside_lungs:
+            bare = [s.path for s in samples if s.mask is None]
+            if bare:
+                raise LungclsError(
+                    f"dataset.mask_outside_lungs=true but {len(bare)} image(s) have no lung mask, e.g. {bare[0]}; "
+                    "use data with masks/ next to images/ (the Radiography Database, the demo) or dataset.mask_outside_lungs=false")
+
+    def _source_fold(self, samples: list[Sample], groups: list[str], seed: int) -> dict[str, str]:
+        """Leave-one-source-out: test on one source, train and validate on the others."""
+        assignment, held = source_fold_splits(samples, groups, self.cfg["fold"], float(self.cfg.get("val_fraction", 0.1)), seed)
+        left = sum(1 for s in samples if s.path not in assignment)
+        log.info("leave-one-source-out: testing on source %s%s", held,
+                 f" ({left} copies of its images left out of training)" if left else "")
+        gap = fold_gaps(samples, assignment, self.class_names, f"{source_fold(samples, self.cfg['fold'])[0]} ({held})")
+        if gap:
+            log.warning(gap)
+        return assignment
+
     def _find_duplicates(self, samples: list[Sample]) -> list[Sample]:
         """Fingerprint every image (pixel and perceptual hashes), then find duplicates and apply
         ``dataset.on_label_conflict``. An unreadable image stops here, before any training."""
@@ -171,7 +200,7 @@ class LungDataModule(pl.LightningDataModule):
         if mode == "none":  # decoded batch by batch later; every file was read once by the fingerprints
             return
         images = load_or_decode([s.path for s in self.samples], self.image_size, self.cfg.get("cache_dir"),
-                                self.cfg["max_image_pixels"])
+                                self.cfg["max_image_pixels"], self.preprocess, [s.mask for s in self.samples])
         self._cache_where = choose_cache_device(mode, images.numel())
         self.images = images
         log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self._cache_where.upper())
@@ -183,7 +212,8 @@ class LungDataModule(pl.LightningDataModule):
         rows = self._rows["train"]
         if self.images is not None:
             return self.images[rows.to(self.images.device)]
-        return torch.stack([load_image(self.samples[int(r)].path, self.image_size) for r in rows[:512]])
+        return torch.stack([load_image(self.samples[int(r)].path, self.image_size, preprocess=self.preprocess,
+                                       mask=self.samples[int(r)].mask) for r in rows[:512]])
 
     def _target_device(self) -> torch.device:
         trainer = getattr(self, "trainer", None)
@@ -239,7 +269,7 @@ class LungDataModule(pl.LightningDataModule):
         self._place_cache()
         if self.images is not None:
             return CachedImages(self.images, self.labels, rows)
-        return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg["max_image_pixels"])
+        return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg["max_image_pixels"], self.preprocess)
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
         ds = self._dataset(split)

@@ -20,7 +20,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,30 +138,69 @@ class FolderLayout(RadiographyLayout):
 
 @LAYOUTS.register("demo")
 class DemoLayout(RadiographyLayout):
-    """The synthetic phantom in the radiography layout, generated into ``root`` on first use."""
+    """The synthetic phantom in the radiography layout, generated into ``root`` on first use (a
+    multi-source demo, ``dataset.demo.sources=k``, into a sibling named after its sites); each
+    image's site becomes its source."""
+
+    def _sites(self) -> tuple[int, float]:
+        demo = self.cfg.get("demo") or {}
+        sources = demo.get("sources", 1)
+        if isinstance(sources, bool) or not isinstance(sources, int):
+            raise LungclsError(f"dataset.demo.sources must be a whole number of sites (e.g. 3), got {sources!r}")
+        return sources, _share(demo.get("source_bias", 0.0), "source_bias")
+
+    def _folder(self) -> Path:
+        from lungcls.data.demo import demo_folder
+
+        if self.cfg.get("root") is None:
+            raise LungclsError("dataset.root is not set; the demo needs a folder to generate its images into")
+        return demo_folder(Path(str(self.cfg["root"])), *self._sites()).resolve()
+
+    def _root(self) -> Path:
+        folder = self._folder()
+        if not folder.is_dir():
+            raise LungclsError(f"demo folder {folder} does not exist; run lungcls-train (or lungcls-audit) with this "
+                               "dataset.demo.* once to generate it")
+        return folder
+
+    def where(self) -> str:
+        return str(self._folder())
+
+    def data_root(self) -> Path:
+        return self._folder()
 
     def prepare(self) -> None:
         from lungcls.data.demo import ensure_demo_dataset
 
         demo = self.cfg.get("demo") or {}
-        if self.cfg.get("root") is None:
-            raise LungclsError("dataset.root is not set; the demo needs a folder to generate its images into")
+        sources, bias = self._sites()
         ensure_demo_dataset(
-            Path(str(self.cfg["root"])),
+            self._folder(),
             images_per_class=int(demo.get("images_per_class", 150)),
             image_size=int(demo.get("source_size", 128)),
             seed=int(demo.get("seed", 0)),
             classes=tuple(self.cfg["classes"]),
             shortcut=_share(demo.get("shortcut", 0.0)),
+            sources=sources,
+            source_bias=bias,
         )
 
+    def find(self, classes: Sequence[str]) -> list[Sample]:
+        samples = super().find(classes)
+        if self._sites()[0] <= 1:
+            return samples
+        from lungcls.data.demo import demo_sites
 
-def _share(value: Any) -> float:
-    """``dataset.demo.shortcut`` as a float; anything else is a one-line error."""
+        sites = demo_sites(self._root())
+        return [replace(s, source=sites.get(s.path)) for s in samples]
+
+
+def _share(value: Any, key: str = "shortcut") -> float:
+    """``dataset.demo.<key>`` as a float; anything else is a one-line error."""
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise LungclsError(f"dataset.demo.shortcut must be a share in [0, 1] (e.g. 0.9), got {value!r}") from None
+        raise LungclsError(f"dataset.demo.{key} must be a share in [0, 1] (e.g. 0.9), got {value!r}") from None
 
 
 @LAYOUTS.register("manifest")
@@ -280,6 +319,10 @@ def find_samples(cfg: Mapping[str, Any], prepare: bool = True) -> list[Sample]:
     if prepare:
         layout.prepare()
     samples = layout.find(classes)
+    if cfg.get("source_from"):
+        from lungcls.data.sources import attach_sources
+
+        samples = attach_sources(samples, cfg, layout.data_root())
     counts = Counter(s.label for s in samples)
     empty = [name for i, name in enumerate(classes) if counts[i] == 0]
     if empty and len(empty) == len(classes):
