@@ -1,6 +1,6 @@
 """The findings of an audit, as ``audit.json`` stores them: duplicates (paths relative to the data
-root), label conflicts, groups a split would put on both sides, unreadable files, and statistics per
-class and per source."""
+root), label conflicts, groups a split would put on both sides, unreadable files, statistics per
+class and per source, and how strongly the source predicts the label (``source_confounding``)."""
 
 from __future__ import annotations
 
@@ -102,3 +102,48 @@ def source_counts(samples: Sequence[Sample], class_names: Sequence[str]) -> dict
         row = out.setdefault(s.source or "(none)", {c: 0 for c in class_names})
         row[class_names[s.label]] += 1
     return dict(sorted(out.items()))
+
+
+CONFOUNDING_V = 0.3  # Cramer's V from which source and label are called confounded (a moderate association)
+CONFOUNDING_RESAMPLES = 1000
+
+
+def _cramers_v(table: np.ndarray) -> float:
+    from scipy.stats.contingency import association
+
+    table = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
+    if min(table.shape) < 2:
+        return 0.0
+    return float(association(table, method="cramer"))
+
+
+def source_confounding(samples: Sequence[Sample], class_names: Sequence[str], seed: int = 0) -> dict[str, Any] | None:
+    """Cramer's V between source and label (95% bootstrap interval over images), and per class the
+    sources it comes from; ``flagged`` when a class comes from one source only or V >= 0.3. A
+    model can then score well by recognising the source (DeGrave et al. 2021). None without sources."""
+    counts = source_counts(samples, class_names)
+    if not counts:
+        return None
+    sources = list(counts)
+    table = np.array([[counts[src][c] for src in sources] for c in class_names], dtype=np.int64)
+    present = table.sum(axis=1) > 0
+    v = _cramers_v(table)
+    rng = np.random.default_rng(seed)
+    flat = table.ravel()
+    draws = rng.multinomial(int(flat.sum()), flat / flat.sum(), size=CONFOUNDING_RESAMPLES)
+    vs = np.array([_cramers_v(d.reshape(table.shape)) for d in draws])
+    classes: dict[str, Any] = {}
+    for i, name in enumerate(class_names):
+        if not present[i]:
+            continue
+        row = {src: int(n) for src, n in zip(sources, table[i]) if n}
+        top = max(row, key=row.get)
+        classes[name] = {"sources": row, "single_source": len(row) == 1 and len(sources) > 1,
+                         "main_source": top, "main_share": row[top] / int(table[i].sum())}
+    single = [c for c, r in classes.items() if r["single_source"]]
+    return {
+        "sources": len(sources), "cramers_v": v,
+        "ci": [float(np.quantile(vs, 0.025)), float(np.quantile(vs, 0.975))], "level": 0.95,
+        "resamples": CONFOUNDING_RESAMPLES, "threshold": CONFOUNDING_V, "classes": classes,
+        "single_source_classes": single, "flagged": len(sources) > 1 and (bool(single) or v >= CONFOUNDING_V),
+    }
