@@ -7,7 +7,8 @@ data set, each a ``dataset.*`` key stored with the checkpoint:
 
 - ``crop_border=f``: drop the outer band (a share ``f`` of each side) before resizing;
 - ``equalize=clahe``: contrast-limited adaptive histogram equalisation (Kornia's
-  ``equalize_clahe``), which removes much of a site's intensity curve;
+  ``equalize_clahe``; ``clahe_clip_limit``, ``clahe_grid`` tiles per side), which evens out a site's
+  exposure and contrast;
 - ``mask_outside_lungs=true``: fill everything outside the lung mask with the image's mean (needs
   lung masks, as the Radiography Database and the demo ship them).
 
@@ -30,7 +31,8 @@ EQUALIZE = ("none", "clahe")
 MAX_CROP = 0.4
 # What a checkpoint written before these keys existed used: nothing (the keys are read with these
 # values only when absent from a stored data config, never in place of the yaml's defaults).
-BEFORE_MITIGATIONS = {"crop_border": 0.0, "equalize": "none", "mask_outside_lungs": False}
+BEFORE_MITIGATIONS = {"crop_border": 0.0, "equalize": "none", "mask_outside_lungs": False, "clahe_clip_limit": 2.0,
+                      "clahe_grid": 8}
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,13 @@ class Preprocess:
     crop_border: float
     equalize: str
     mask_outside_lungs: bool
+    clahe_clip_limit: float
+    clahe_grid: int
 
     def __post_init__(self) -> None:
         check_range(self.crop_border, "dataset.crop_border", 0.0, MAX_CROP)
+        check_range(self.clahe_clip_limit, "dataset.clahe_clip_limit", 0.0)
+        check_range(self.clahe_grid, "dataset.clahe_grid", 1, 64)
         if self.equalize not in EQUALIZE:
             raise LungclsError(f"dataset.equalize={self.equalize} is not one of {', '.join(EQUALIZE)}; "
                                "use dataset.equalize=clahe (or none)")
@@ -55,7 +61,8 @@ class Preprocess:
         """Identifies the steps in cache file names (empty when none is on)."""
         if not self.active:
             return ""
-        return f"crop{self.crop_border:g}-eq{self.equalize}-mask{int(self.mask_outside_lungs)}"
+        clahe = f"{self.clahe_clip_limit:g}x{self.clahe_grid}" if self.equalize == "clahe" else ""
+        return f"crop{self.crop_border:g}-eq{self.equalize}{clahe}-mask{int(self.mask_outside_lungs)}"
 
     def apply(self, gray: np.ndarray, lung_mask: np.ndarray | None = None, name: str = "image") -> np.ndarray:
         """``gray`` (uint8, any size) with the steps applied, in the order mask, crop, equalise."""
@@ -67,7 +74,7 @@ class Preprocess:
         if self.crop_border > 0:
             out = _crop(out, self.crop_border)
         if self.equalize == "clahe":
-            out = _clahe(out)
+            out = _clahe(out, self.clahe_clip_limit, self.clahe_grid)
         return out
 
 
@@ -87,7 +94,12 @@ def preprocess_from(cfg: Mapping[str, Any]) -> Preprocess:
     mask = values["mask_outside_lungs"]
     if not isinstance(mask, bool):
         raise LungclsError(f"dataset.mask_outside_lungs={mask} must be true or false")
-    return Preprocess(crop, equalize, mask)
+    try:
+        clip, grid = float(values["clahe_clip_limit"]), int(values["clahe_grid"])
+    except (TypeError, ValueError):
+        raise LungclsError(f"dataset.clahe_clip_limit={values['clahe_clip_limit']} and dataset.clahe_grid={values['clahe_grid']} "
+                           "must be numbers, e.g. 2.0 and 8") from None
+    return Preprocess(crop, equalize, mask, clip, grid)
 
 
 def _crop(gray: np.ndarray, share: float) -> np.ndarray:
@@ -111,10 +123,10 @@ def _mask_outside(gray: np.ndarray, lung_mask: np.ndarray | None, name: str) -> 
     return out
 
 
-def _clahe(gray: np.ndarray) -> np.ndarray:
+def _clahe(gray: np.ndarray, clip_limit: float, grid: int) -> np.ndarray:
     import torch
     from kornia.enhance import equalize_clahe
 
-    x = torch.from_numpy(np.ascontiguousarray(gray)).float().div_(255.0)[None, None]
-    y = equalize_clahe(x, clip_limit=2.0, grid_size=(8, 8))[0, 0]
+    x = torch.from_numpy(np.array(gray, dtype=np.float32)).div_(255.0)[None, None]
+    y = equalize_clahe(x, clip_limit=clip_limit, grid_size=(grid, grid))[0, 0]
     return y.mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
