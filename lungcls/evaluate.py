@@ -24,6 +24,7 @@ from lungcls.errors import LungclsError
 from lungcls.inference.prediction import Predictions, predict_split, tta_copies
 from lungcls.runs.results import check_stats, print_summary, write_results
 from lungcls.inference.screening import checkpoint_sha256, screening_line
+from lungcls.data.preprocess import mitigation_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ def data_config_for(cfg: DictConfig, model) -> tuple[dict[str, Any], str]:
     """The data to score: the run's own (with its splits.csv) unless a dataset is given."""
     given = OmegaConf.to_container(cfg.dataset, resolve=True) if cfg.get("dataset") is not None else {}
     split = str(given.get("split", "test"))
-    if "name" in given:
-        data = dict(given)
+    if "name" in given:  # other data, decoded as the model was trained (crop_border, equalize, mask_outside_lungs)
+        data = {**given, **mitigation_settings(model.hparams.get("data") or {})}
     else:  # the checkpoint's own data: read only, never generated, no cache written where it says
         data = dict(model.hparams.get("data") or {})
         if not data:

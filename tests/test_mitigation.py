@@ -109,3 +109,19 @@ def test_augment_site_changes_tone_noise_and_border_and_keeps_the_range():
     assert y.mean(dim=(1, 2, 3)).std() > 0.02  # each image got its own tone curve
     with pytest.raises(LungclsError, match=r"augment.border_crop=0.5 must be a share of the side in \[0, 0.4\]"):
         build_augment({**OmegaConf.to_container(cfg.augment), "border_crop": 0.5}, 32)
+
+
+def test_prediction_decodes_as_the_checkpoint_was_trained(logistic_run, tmp_path):
+    from lungcls.inference.prediction import predict_arrays, predict_files
+    from lungcls.models.module import load_classifier
+
+    model = load_classifier(str(logistic_run / "checkpoints" / "best.ckpt"), map_location="cpu")
+    assert not preprocess_from(dict(model.hparams["data"])).active  # trained without mitigations
+    image, _ = framed(tmp_path)
+    before = predict_files(model, [str(image)]).probs
+    model.hparams["data"]["crop_border"] = 0.3  # as a checkpoint trained with dataset.crop_border=0.3 records it
+    after = predict_files(model, [str(image)]).probs
+    assert not np.allclose(before, after)
+    from lungcls.data.images import read_gray
+
+    assert np.allclose(predict_arrays(model, [read_gray(image)]), after, atol=1e-6)  # the web service's path agrees

@@ -102,6 +102,12 @@ def preprocess_from(cfg: Mapping[str, Any]) -> Preprocess:
     return Preprocess(crop, equalize, mask, clip, grid)
 
 
+def mitigation_settings(model_data: Mapping[str, Any]) -> dict[str, Any]:
+    """The decode-time keys of a checkpoint's data config (those an old checkpoint lacks: off), to
+    score other data exactly as the model was trained."""
+    return {k: model_data[k] if k in model_data else v for k, v in BEFORE_MITIGATIONS.items()}
+
+
 def _crop(gray: np.ndarray, share: float) -> np.ndarray:
     h, w = gray.shape
     dy, dx = int(round(h * share)), int(round(w * share))
