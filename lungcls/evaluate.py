@@ -43,6 +43,7 @@ def data_config_for(cfg: DictConfig, model) -> tuple[dict[str, Any], str]:
         run_dir = Path(cfg.ckpt_path).resolve().parent.parent
         if (run_dir / "splits.csv").is_file() and split != "all":
             data["splits_csv"] = str(run_dir / "splits.csv")
+            data["folds"] = None  # the saved split already is the fold (k-fold or leave-one-source-out)
         if data.get("splits_csv"):
             data.pop("max_per_class", None)
     data["image_size"] = int(model.hparams.image_size)  # the model's working size, whatever the data config says
