@@ -139,6 +139,19 @@ def test_audit_confounding_is_high_when_classes_are_tied_to_sites_and_low_when_n
     assert source_confounding([Sample("a", 0)], names) is None
 
 
+def test_cramers_v_agrees_with_scipy_on_tables_with_empty_rows():
+    from scipy.stats.contingency import association
+
+    from lungcls.audit.findings import cramers_v
+
+    rng = np.random.default_rng(1)
+    tables = rng.integers(0, 9, (20, 4, 3))
+    tables[3, 1] = 0  # an empty row: left out, as a class absent from a resample
+    for t, v in zip(tables, cramers_v(tables)):
+        kept = t[t.sum(1) > 0][:, t.sum(0) > 0]
+        assert v == pytest.approx(association(kept, method="cramer"), abs=1e-12)
+
+
 @pytest.mark.slow
 @requires_shared
 def test_leave_one_source_out_on_the_real_sample_end_to_end(tmp_path):

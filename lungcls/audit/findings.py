@@ -108,13 +108,17 @@ CONFOUNDING_V = 0.3  # Cramer's V from which source and label are called confoun
 CONFOUNDING_RESAMPLES = 1000
 
 
-def _cramers_v(table: np.ndarray) -> float:
-    from scipy.stats.contingency import association
-
-    table = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
-    if min(table.shape) < 2:
-        return 0.0
-    return float(association(table, method="cramer"))
+def cramers_v(tables: np.ndarray) -> np.ndarray:
+    """Cramer's V of each contingency table in ``tables`` [..., rows, columns] (as scipy's
+    ``contingency.association(method="cramer")``, for a whole batch of bootstrap tables at once);
+    empty rows and columns are left out, a table with one row or column left gives 0."""
+    t = np.asarray(tables, dtype=np.float64)
+    n = t.sum(axis=(-2, -1))
+    rows, cols = t.sum(axis=-1), t.sum(axis=-2)
+    expected = rows[..., :, None] * cols[..., None, :] / np.maximum(n, 1)[..., None, None]
+    chi2 = np.where(expected > 0, (t - expected) ** 2 / np.where(expected > 0, expected, 1), 0).sum(axis=(-2, -1))
+    k = np.minimum((rows > 0).sum(axis=-1), (cols > 0).sum(axis=-1)) - 1
+    return np.where(k > 0, np.sqrt(chi2 / np.maximum(n, 1) / np.maximum(k, 1)), 0.0)
 
 
 def source_confounding(samples: Sequence[Sample], class_names: Sequence[str], seed: int = 0) -> dict[str, Any] | None:
@@ -127,11 +131,11 @@ def source_confounding(samples: Sequence[Sample], class_names: Sequence[str], se
     sources = list(counts)
     table = np.array([[counts[src][c] for src in sources] for c in class_names], dtype=np.int64)
     present = table.sum(axis=1) > 0
-    v = _cramers_v(table)
+    v = float(cramers_v(table))
     rng = np.random.default_rng(seed)
     flat = table.ravel()
     draws = rng.multinomial(int(flat.sum()), flat / flat.sum(), size=CONFOUNDING_RESAMPLES)
-    vs = np.array([_cramers_v(d.reshape(table.shape)) for d in draws])
+    vs = cramers_v(draws.reshape(-1, *table.shape))
     classes: dict[str, Any] = {}
     for i, name in enumerate(class_names):
         if not present[i]:
