@@ -125,3 +125,16 @@ def test_prediction_decodes_as_the_checkpoint_was_trained(logistic_run, tmp_path
     from lungcls.data.images import read_gray
 
     assert np.allclose(predict_arrays(model, [read_gray(image)]), after, atol=1e-6)  # the web service's path agrees
+
+
+def test_resume_keeps_the_decoding_and_accepts_checkpoints_from_before_the_keys(tmp_path):
+    from lungcls.training.resume import check_resume
+
+    before = {"layout": "demo", "classes": ["COVID", "Normal"], "demo": {"images_per_class": 12, "shortcut": 0}}
+    now = {**before, **OFF, "source_column": None, "source_from": None, "source_regex": None,
+           "demo": {**before["demo"], "sources": 1, "source_bias": 0}}
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": {"data": before}}, ckpt)
+    check_resume(str(ckpt), {"data": now})  # an older checkpoint: same data, same pixels
+    with pytest.raises(LungclsError, match="was trained with dataset.crop_border=0.0, not 0.2"):
+        check_resume(str(ckpt), {"data": {**now, "crop_border": 0.2}})
