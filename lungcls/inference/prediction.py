@@ -157,6 +157,10 @@ def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, dev
     several models)."""
     size = int(model.hparams.image_size)
     pre = preprocess_from(dict(model.hparams.get("data") or {}))  # as the model was trained (no masks here)
+    if pre.mask_outside_lungs and len(grays):
+        raise LungclsError("this model was trained with dataset.mask_outside_lungs=true and needs each image's lung mask, "
+                           "which images scored one by one do not have; score a folder with masks/ next to images/ "
+                           "with lungcls-evaluate ckpt_path=... dataset=folder dataset.root=...")
     batches = (
         (torch.stack([gray_to_input(pre.apply(g), size) for g in grays[start : start + batch_size]]), None)
         for start in range(0, len(grays), batch_size)
