@@ -3,6 +3,8 @@
 A sweep leaves one run folder per job. This reads them (``lungcls.runs.folders``), builds one row per run
 with what set it apart, accuracy per split, per-class recall and missed disease
 (``lungcls.comparison.ranking``), and writes ``comparison.md``, ``comparison.csv`` and ``comparison.png``.
+Leave-one-source-out runs (``dataset.folds=source``) are also folded into ``generalisation.csv`` and a
+section of comparison.md (``lungcls.comparison.generalisation``).
 
     lungcls-compare outputs/multirun/2026-01-31/10-00-00
     lungcls-compare runs_a/ runs_b/ --out report/ --rank-by val/macro_f1 --stage val
@@ -18,6 +20,7 @@ from pathlib import Path
 from lungcls.errors import LungclsError
 from lungcls.comparison.paired import paired_rows
 from lungcls.comparison.chart import plot_comparison
+from lungcls.comparison.generalisation import generalisation_rows, markdown_section
 from lungcls.comparison.ranking import DEFAULT_MISSED, STAGES, rank_runs, to_csv, to_markdown
 from lungcls.runs.folders import STATUS_OK, collect_runs, read_yaml
 
@@ -76,6 +79,11 @@ def compare(
         text += "\n## Paired comparison (test split)\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
         paths.append(out / "comparison_paired.csv")
         paths[-1].write_text(to_csv(pairs))
+    general, lines = generalisation_rows(runs, missed)
+    if general:
+        text += markdown_section(general, lines)
+        paths.append(out / "generalisation.csv")
+        paths[-1].write_text(to_csv(general))
     paths[0].write_text(text)
     paths[1].write_text(to_csv(rows))
     plot_comparison(rows, paths[2], missed=missed, stage=stage, title=f"Runs, best first: {order}")

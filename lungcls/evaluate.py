@@ -28,6 +28,7 @@ from lungcls.errors import LungclsError
 from lungcls.inference.prediction import Predictions, predict_split, tta_copies
 from lungcls.runs.results import check_stats, print_summary, write_results
 from lungcls.inference.screening import checkpoint_sha256, screening_line
+from lungcls.data.preprocess import mitigation_settings
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ class EvaluateSettings:
 def data_settings_for(given: dict[str, Any], ckpt: Path, model) -> tuple[DatasetSettings, str]:
     """The data to score: the run's own (with its splits.csv) unless a dataset is given."""
     split = str(given["split"])
-    if "name" in given:
-        data = dataset_settings(given)
+    if "name" in given:  # other data, decoded as the model was trained (crop_border, equalize, mask_outside_lungs)
+        data = dataset_settings({**given, **mitigation_settings(model.hparams.get("data") or {})})
     else:  # the checkpoint's own data: read only, never generated, no cache written where it says
         saved = model.hparams.get("data")
         if not saved:
@@ -71,7 +72,8 @@ def data_settings_for(given: dict[str, Any], ckpt: Path, model) -> tuple[Dataset
         data = replace(dataset_settings(saved, stored=True), cache_dir=given["cache_dir"])
         run = RunFolder.find(ckpt)
         if run is not None and run.splits_csv.is_file() and split != "all":
-            data = replace(data, splits_csv=str(run.splits_csv))
+            # the saved split already is the fold (k-fold or leave-one-source-out)
+            data = replace(data, splits_csv=str(run.splits_csv), folds=None)
         if data.splits_csv:
             data = replace(data, max_per_class=None)
     # the model's working size, whatever the data config says; classes the data lack are reported

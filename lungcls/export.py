@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from lungcls.cli import hydra_main
 from lungcls.data.images import load_image
+from lungcls.data.preprocess import preprocess_from
 from lungcls.data.inputs import collect_inputs
 from lungcls.data.splits import read_splits_csv
 from lungcls.errors import LungclsError, require_extra
@@ -148,6 +149,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     fmt = e.format
     ckpt = checkpoint_argument(cfg.ckpt)
     model = load_classifier(str(ckpt), map_location="cpu")
+    if preprocess_from(dict(model.hparams.get("data") or {})).active:
+        raise LungclsError(f"{ckpt} was trained with decode-time mitigations (dataset.crop_border, equalize or "
+                           "mask_outside_lungs) that an exported file does not carry; use the checkpoint itself "
+                           "(lungcls-predict, lungcls-serve), which decodes as it was trained")
     paths = sample_paths(e.samples, ckpt, e.num_samples)
     size = int(model.hparams.image_size)
     images = torch.stack([load_image(p, size) for p in paths])  # the decoder every lungcls path uses

@@ -206,3 +206,46 @@ def test_cli_user_errors_are_one_line_exit_2(multirun, tmp_path, capsys, args):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lungcls-compare: error: ") and "\n" not in err
+
+
+def source_fold_run(folder: Path, fold, site: str, accuracy: float, trained: list[str], tested: dict[str, int],
+                    overrides=None) -> Path:
+    """A leave-one-source-out run: metrics.json, and a splits.csv naming each image's source."""
+    folds = [] if fold is None else ["dataset.folds=source", f"dataset.fold={fold}"]
+    make_run(folder, ["dataset.demo.sources=3", *folds, *(overrides or [])], "resnet18", "full")
+    config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+    config["dataset"].update(folds=None if fold is None else "source", fold=fold or 0)
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    block = stage(accuracy, accuracy - 0.1, {c: 0.5 for c in CLASSES}, {"COVID": 2, "Viral Pneumonia": 1})
+    for c in CLASSES:
+        block["per_class"][c]["support"] = tested.get(c, 0)
+        block["per_class"][c]["recall"] = 0.5 if tested.get(c) else None
+    block["ci"] = {"accuracy": [accuracy - 0.05, accuracy + 0.05], "macro_f1": [accuracy - 0.2, accuracy]}
+    (folder / "metrics.json").write_text(json.dumps(full_metrics(block, 10)))
+    with (folder / "splits.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split", "source"])
+        w.writerows([[f"{site}-{c}-{i}.png", c, "test", site] for c, n in tested.items() for i in range(n)])
+        w.writerows([[f"other-{c}.png", c, "train", "other"] for c in trained])
+    return folder
+
+
+def test_leave_one_source_out_runs_become_generalisation_csv_beside_the_in_source_result(tmp_path, capsys):
+    root = tmp_path / "loso"
+    source_fold_run(root / "0", 0, "site-A", 0.6, CLASSES, {"COVID": 10, "Normal": 5, "Lung_Opacity": 5})
+    source_fold_run(root / "1", 1, "site-B", 0.5, ["COVID", "Normal", "Lung_Opacity"], {c: 5 for c in CLASSES})
+    source_fold_run(tmp_path / "random" / "0", None, "", 0.9, CLASSES, {c: 5 for c in CLASSES})
+    assert main([str(root), str(tmp_path / "random"), "--out", str(tmp_path / "out")]) == 0
+    rows = {r["source"]: r for r in csv.DictReader((tmp_path / "out" / "generalisation.csv").open())}
+    assert set(rows) == {"site-A", "site-B"}
+    a, b = rows["site-A"], rows["site-B"]
+    assert a["images"] == "20" and float(a["accuracy"]) == 0.6 and float(a["accuracy_lo"]) == pytest.approx(0.55)
+    assert float(a["in_source_accuracy"]) == 0.9 and float(a["gap"]) == pytest.approx(0.3)
+    assert a["recall/Viral Pneumonia"] == "" and a["recall/COVID"] == "0.5"  # no test images: null, not 0
+    assert b["recall/Viral Pneumonia"] == "" and b["fn_to_normal/Viral Pneumonia"] == ""  # never trained on: null
+    assert b["fn_to_normal/COVID"] == "2" and b["missed"] == "2"
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert "## Leave-one-source-out (generalisation.csv)" in text
+    assert "held out site-B (loso/1): no training images of Viral Pneumonia: their metrics are null" in text
+    assert "held out site-A (loso/0): no test images of Viral Pneumonia" in text
+    assert "0.600 [0.550, 0.650]" in text

@@ -367,3 +367,51 @@ def test_shortcut_zero_tags_nothing_and_bad_values_are_clear_errors(tmp_path: Pa
     for bad in (1.5, -0.1, "most", True):  # a share, not a count or a word
         with pytest.raises(LungclsError, match=r"dataset.demo.shortcut must be a share in \[0, 1\]"):
             ensure_demo_dataset(tmp_path / "d", images_per_class=1, image_size=64, shortcut=bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# The multi-source demo (dataset.demo.sources, dataset.demo.source_bias)
+# ------------------------------------------------------------------------------------------------
+
+
+def _site_rows(root: Path) -> list[dict[str, str]]:
+    with open(root / "demo_annotations.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sites_differ_like_hospitals_while_the_patient_stays_the_same() -> None:
+    plain = render_demo_case("COVID", 3, 64, seed=0)
+    a, b = (render_demo_case("COVID", 3, 64, seed=0, site=s) for s in (0, 1))
+    assert plain.site == "" and (a.site, b.site) == ("site-A", "site-B")
+    assert np.array_equal(a.lung_mask, plain.lung_mask) and np.array_equal(a.lesion_mask, b.lesion_mask)
+    gap = np.abs(a.image.astype(int) - b.image.astype(int)).mean()
+    assert gap > 10  # exposure, noise, blur, edge and marker differ between the sites
+    assert np.array_equal(render_demo_case("COVID", 3, 64, seed=0, site=1).image, b.image)  # and deterministically
+
+
+def test_source_bias_ties_each_class_to_its_site_and_sites_are_a_manifest_column(tmp_path: Path) -> None:
+    n = 40
+    root = ensure_demo_dataset(tmp_path / "sites", images_per_class=n, image_size=64, sources=3, source_bias=0.75)
+    rows = _site_rows(root)
+    assert {r["site"] for r in rows} == {"site-A", "site-B", "site-C"}
+    for i, c in enumerate(DEMO_CLASSES):
+        own = sum(1 for r in rows if r["label"] == c and r["site"] == "site-" + "ABC"[i % 3]) / n
+        assert 0.6 < own < 0.98  # about 0.75 + 0.25/3 = 0.83 from its own site, the rest anywhere
+    for r in rows[:: max(1, len(rows) // 8)]:  # the written pixels are the site's rendering
+        c, i = r["label"], int(r["path"].rsplit("-", 1)[1].split(".")[0])
+        site = "ABC".index(r["site"][-1])
+        assert np.array_equal(_load(root / r["path"]), render_demo_case(c, i, 64, seed=0, site=site).image)
+    unbiased = _site_rows(ensure_demo_dataset(tmp_path / "even", images_per_class=n, image_size=64, sources=3))
+    for i, c in enumerate(DEMO_CLASSES):
+        assert sum(1 for r in unbiased if r["label"] == c and r["site"] == "site-" + "ABC"[i % 3]) / n < 0.6
+
+
+def test_one_site_is_todays_demo_and_bad_site_settings_are_clear(tmp_path: Path) -> None:
+    root = ensure_demo_dataset(tmp_path / "one", images_per_class=2, image_size=64, sources=1)
+    assert "sources" not in json.loads((root / "demo.json").read_text())  # the same folder as before the option
+    assert "site" not in _site_rows(root)[0]
+    for kwargs, message in [({"sources": 0}, "dataset.demo.sources must be a whole number"),
+                            ({"sources": 2, "source_bias": 1.5}, r"dataset.demo.source_bias must be a share in \[0, 1\]"),
+                            ({"sources": 1, "source_bias": 0.5}, "needs dataset.demo.sources >= 2")]:
+        with pytest.raises(LungclsError, match=message):
+            ensure_demo_dataset(tmp_path / "bad", images_per_class=1, image_size=64, **kwargs)

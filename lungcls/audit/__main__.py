@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lungcls.audit.findings import class_statistics, cross_split, data_root, duplicate_findings, relative, source_counts
+from lungcls.audit.findings import (class_statistics, cross_split, data_root, duplicate_findings, relative, source_confounding,
+                                   source_counts)
 from lungcls.audit.outputs import check_fail_on, failures, summary_lines, write_audit
 from lungcls.audit.probe import check_probe_settings, shortcut_probe
 from lungcls.audit.scan import scan
@@ -56,6 +57,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
         "unreadable": [{"path": relative(samples[i].path, root), "error": e} for i, e in sorted(scanned.errors.items())],
         "classes": class_statistics(samples, scanned, class_names),
         "sources": source_counts(samples, class_names),
+        "source_confounding": source_confounding(samples, class_names),
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
     out_dir = Path(cfg.paths.output_dir)

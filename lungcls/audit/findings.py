@@ -1,6 +1,6 @@
 """The findings of an audit, as ``audit.json`` stores them: duplicates (paths relative to the data
-root), label conflicts, groups a split would put on both sides, unreadable files, and statistics per
-class and per source."""
+root), label conflicts, groups a split would put on both sides, unreadable files, statistics per
+class and per source, and how strongly the source predicts the label (``source_confounding``)."""
 
 from __future__ import annotations
 
@@ -103,3 +103,52 @@ def source_counts(samples: Sequence[Sample], class_names: Sequence[str]) -> dict
         row = out.setdefault(s.source or "(none)", {c: 0 for c in class_names})
         row[class_names[s.label]] += 1
     return dict(sorted(out.items()))
+
+
+CONFOUNDING_V = 0.3  # Cramer's V from which source and label are called confounded (a moderate association)
+CONFOUNDING_RESAMPLES = 1000
+
+
+def cramers_v(tables: np.ndarray) -> np.ndarray:
+    """Cramer's V of each contingency table in ``tables`` [..., rows, columns] (as scipy's
+    ``contingency.association(method="cramer")``, for a whole batch of bootstrap tables at once);
+    empty rows and columns are left out, a table with one row or column left gives 0."""
+    t = np.asarray(tables, dtype=np.float64)
+    n = t.sum(axis=(-2, -1))
+    rows, cols = t.sum(axis=-1), t.sum(axis=-2)
+    expected = rows[..., :, None] * cols[..., None, :] / np.maximum(n, 1)[..., None, None]
+    chi2 = np.where(expected > 0, (t - expected) ** 2 / np.where(expected > 0, expected, 1), 0).sum(axis=(-2, -1))
+    k = np.minimum((rows > 0).sum(axis=-1), (cols > 0).sum(axis=-1)) - 1
+    return np.where(k > 0, np.sqrt(chi2 / np.maximum(n, 1) / np.maximum(k, 1)), 0.0)
+
+
+def source_confounding(samples: Sequence[Sample], class_names: Sequence[str], seed: int = 0) -> dict[str, Any] | None:
+    """Cramer's V between source and label (95% bootstrap interval over images), and per class the
+    sources it comes from; ``flagged`` when a class comes from one source only or V >= 0.3. A
+    model can then score well by recognising the source (DeGrave et al. 2021). None without sources."""
+    counts = source_counts(samples, class_names)
+    if not counts:
+        return None
+    sources = list(counts)
+    table = np.array([[counts[src][c] for src in sources] for c in class_names], dtype=np.int64)
+    present = table.sum(axis=1) > 0
+    v = float(cramers_v(table))
+    rng = np.random.default_rng(seed)
+    flat = table.ravel()
+    draws = rng.multinomial(int(flat.sum()), flat / flat.sum(), size=CONFOUNDING_RESAMPLES)
+    vs = cramers_v(draws.reshape(-1, *table.shape))
+    classes: dict[str, Any] = {}
+    for i, name in enumerate(class_names):
+        if not present[i]:
+            continue
+        row = {src: int(n) for src, n in zip(sources, table[i]) if n}
+        top = max(row, key=row.get)
+        classes[name] = {"sources": row, "single_source": len(row) == 1 and len(sources) > 1,
+                         "main_source": top, "main_share": row[top] / int(table[i].sum())}
+    single = [c for c, r in classes.items() if r["single_source"]]
+    return {
+        "sources": len(sources), "cramers_v": v,
+        "ci": [float(np.quantile(vs, 0.025)), float(np.quantile(vs, 0.975))], "level": 0.95,
+        "resamples": CONFOUNDING_RESAMPLES, "threshold": CONFOUNDING_V, "classes": classes,
+        "single_source_classes": single, "flagged": len(sources) > 1 and (bool(single) or v >= CONFOUNDING_V),
+    }

@@ -49,6 +49,19 @@ def _probe_line(probe: dict[str, Any]) -> str:
             f"(95% CI {lo:.3f}-{hi:.3f}, chance {probe['chance']:.3f}): {verdict}")
 
 
+def confounding_line(conf: dict[str, Any]) -> str:
+    """``source confounding: Cramer's V 0.71 (95% CI 0.66-0.75) over 3 sources: FLAGGED (...)``."""
+    lo, hi = conf["ci"]
+    head = f"source confounding: Cramer's V {conf['cramers_v']:.2f} (95% CI {lo:.2f}-{hi:.2f}) between source and label over {conf['sources']} sources"
+    if not conf["flagged"]:
+        return head + ": not flagged"
+    why = [f"{c} only from {r['main_source']}" for c, r in conf["classes"].items() if r["single_source"]]
+    why += [f"{c} {r['main_share']:.0%} from {r['main_source']}" for c, r in conf["classes"].items()
+            if not r["single_source"] and r["main_share"] >= 0.5]
+    return (head + ": FLAGGED, a model can score by recognising the source" + (f" ({'; '.join(why)})" if why else "")
+            + "; test on held-out sources (dataset.folds=source)")
+
+
 def summary_lines(audit: dict[str, Any]) -> list[str]:
     c = counts(audit)
     cs = audit["cross_split"]
@@ -61,6 +74,8 @@ def summary_lines(audit: dict[str, Any]) -> list[str]:
         f"{cs['near']} near groups (a split ignoring duplicates: {cs['if_ignored']['exact']} exact, {cs['if_ignored']['near']} near)",
         _probe_line(audit["shortcut_probe"]),
     ]
+    if audit.get("source_confounding"):
+        lines.append(confounding_line(audit["source_confounding"]))
     if audit.get("sources"):
         lines.append("images per source and class: " + "; ".join(
             f"{src}: " + ", ".join(f"{k} {v}" for k, v in row.items() if v) for src, row in audit["sources"].items()))

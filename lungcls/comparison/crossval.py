@@ -66,7 +66,8 @@ def fold_groups(runs: Sequence[dict]) -> tuple[list[list[dict]], list[str]]:
     order: list[tuple] = []
     for i, run in enumerate(runs):
         ds = _dataset(run)
-        key = ("folds", ds.get("folds"), _setting(run["overrides"])) if ds.get("folds") and not ds.get("splits_csv") else ("run", i)
+        kfold = ds.get("folds") and ds.get("folds") != "source" and not ds.get("splits_csv")  # source folds: generalisation.py
+        key = ("folds", ds.get("folds"), _setting(run["overrides"])) if kfold else ("run", i)
         if key not in groups:
             order.append(key)
         groups.setdefault(key, []).append(run)

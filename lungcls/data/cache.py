@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
 
-def cache_key(paths: Sequence[str], image_size: int) -> str:
-    """Identifies the decoded content: file paths, sizes and modification times, and the working size."""
-    h = hashlib.sha256(f"v{CACHE_FORMAT}:{image_size}".encode())
+def cache_key(paths: Sequence[str], image_size: int, steps: str = "") -> str:
+    """Identifies the decoded content: file paths, sizes and modification times, the working size
+    and the decode-time preprocessing ``steps`` (``Preprocess.key()``)."""
+    h = hashlib.sha256(f"v{CACHE_FORMAT}:{image_size}{':' + steps if steps else ''}".encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -40,7 +41,8 @@ def cache_key(paths: Sequence[str], image_size: int) -> str:
 
 
 def decode_images(paths: Sequence[str], image_size: int, workers: int | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, out: torch.Tensor | None = None) -> torch.Tensor:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, preprocess=None,
+                  masks: Sequence[str | None] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [N, 1, S, S] (written into ``out`` when given, e.g. a memory-mapped array); decoding
     runs on a thread pool (PIL releases the GIL while inflating)."""
     if out is None:
@@ -50,7 +52,7 @@ def decode_images(paths: Sequence[str], image_size: int, workers: int | None = N
     workers = workers or min(32, os.cpu_count() or 1)
 
     def one(i: int) -> None:
-        out[i] = load_image(paths[i], image_size, max_pixels)
+        out[i] = load_image(paths[i], image_size, max_pixels, preprocess, masks[i] if masks else None)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(one, range(len(paths))):
@@ -59,11 +61,13 @@ def decode_images(paths: Sequence[str], image_size: int, workers: int | None = N
 
 
 def load_or_decode(paths: Sequence[str], image_size: int, cache_dir: str | Path | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Decoded images, read from ``cache_dir`` when a cache of exactly these files exists."""
+                   max_pixels: int = DEFAULT_MAX_PIXELS, preprocess=None,
+                   masks: Sequence[str | None] | None = None) -> torch.Tensor:
+    """Decoded images (after ``preprocess``, see ``lungcls.data.preprocess``), read from
+    ``cache_dir`` when a cache of exactly these files and steps exists."""
     if cache_dir is None:
-        return decode_images(paths, image_size, max_pixels=max_pixels)
-    key = cache_key(paths, image_size)
+        return decode_images(paths, image_size, max_pixels=max_pixels, preprocess=preprocess, masks=masks)
+    key = cache_key(paths, image_size, preprocess.key() if preprocess is not None else "")
     file = Path(cache_dir) / f"images-{image_size}px-{key}.pt"
     if file.is_file():
         try:
@@ -73,7 +77,7 @@ def load_or_decode(paths: Sequence[str], image_size: int, cache_dir: str | Path 
                 return images
         except Exception as e:  # a truncated or foreign file: rebuild it
             log.warning("ignoring unreadable cache %s (%s)", file, e)
-    images = decode_images(paths, image_size, max_pixels=max_pixels)
+    images = decode_images(paths, image_size, max_pixels=max_pixels, preprocess=preprocess, masks=masks)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(f".tmp{os.getpid()}")
     torch.save(images, tmp)

@@ -16,12 +16,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lungcls.data.cache import cache_key
 from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
-from lungcls.data.folds import fold_splits
+from lungcls.data.folds import SOURCE, fold_gaps, fold_splits, source_fold, source_fold_splits
 from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
 from lungcls.data.images import load_image, to_unit_float
 from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
 from lungcls.data.mapped import MachineImages, writable_folder
 from lungcls.data.normalization import normalization_stats
+from lungcls.data.preprocess import preprocess_from
 from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
 from lungcls.data.streaming import (prepared_assignment, prepared_normalization, read_meta, streaming_loader,
                                     whole_split_loader)
@@ -73,15 +74,16 @@ def build_augment(cfg: Mapping[str, Any] | None, image_size: int):
     except LungclsError:
         raise
     except Exception as e:
-        raise LungclsError(f"cannot build augment {cfg.get('_target_')} ({' '.join(str(e).split())[:200]}); check augment.* values") from None
+        raise LungclsError(f"cannot build augment {cfg['_target_']} ({' '.join(str(e).split())[:200]}); check augment.* values") from None
     return augment if getattr(augment, "active", True) else None
 
 
 class LazyImages(Dataset):
     """Decode each image when asked (``dataset.cache=none``): for sets too large for memory."""
 
-    def __init__(self, samples: Sequence[Sample], rows: Sequence[int], image_size: int, max_pixels: int):
+    def __init__(self, samples: Sequence[Sample], rows: Sequence[int], image_size: int, max_pixels: int, preprocess=None):
         self.samples, self.rows, self.image_size, self.max_pixels = samples, list(rows), image_size, max_pixels
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -89,7 +91,7 @@ class LazyImages(Dataset):
     def __getitem__(self, i: int):
         row = self.rows[i]
         s = self.samples[row]
-        return load_image(s.path, self.image_size, self.max_pixels), torch.tensor(s.label), torch.tensor(row)
+        return load_image(s.path, self.image_size, self.max_pixels, self.preprocess, s.mask), torch.tensor(s.label), torch.tensor(row)
 
 
 class LungDataModule(pl.LightningDataModule):
@@ -105,6 +107,7 @@ class LungDataModule(pl.LightningDataModule):
         self.class_names: list[str] = list(self.cfg.classes)
         self.normal_class: str | None = self.cfg.normal_class
         self.image_size = self.cfg.image_size
+        self.preprocess = preprocess_from(self.cfg.as_dict())  # crop_border / equalize / mask_outside_lungs
         self.samples: list[Sample] = []
         self.assignment: dict[str, str] = {}
         self.fingerprints: Fingerprints | None = None
@@ -134,6 +137,7 @@ class LungDataModule(pl.LightningDataModule):
         if getattr(LAYOUTS.get(self.cfg.layout), "streamed", False):
             return self._setup_streamed(samples)
         samples = cap_per_class(samples, self.cfg.max_per_class, self.cfg.split_seed)
+        self._check_before_decoding(samples)
         if self.cfg.splits_csv:
             assignment = apply_splits_csv(samples, self.cfg.splits_csv)
             samples = [s for s in samples if s.path in assignment]
@@ -141,7 +145,10 @@ class LungDataModule(pl.LightningDataModule):
         if not self.cfg.splits_csv:
             groups = duplicate_groups(samples, self.duplicates)
             seed = self.cfg.split_seed
-            if self.cfg.folds:
+            if self.cfg.folds == SOURCE:
+                assignment = self._source_fold(samples, groups, seed)
+                samples = [s for s in samples if s.path in assignment]
+            elif self.cfg.folds:
                 assignment = fold_splits(samples, groups, self.cfg.folds, self.cfg.fold, self.cfg.val_fraction, seed)
             else:
                 assignment = make_splits(samples, val_fraction=self.cfg.val_fraction,
@@ -177,6 +184,28 @@ class LungDataModule(pl.LightningDataModule):
         self._augment = build_augment(self.augment_cfg, self.image_size)
         self._ready = True
 
+    def _check_before_decoding(self, samples: list[Sample]) -> None:
+        """Settings that the found images make impossible, before any image is decoded."""
+        if self.cfg.folds == SOURCE:
+            source_fold(samples, self.cfg.fold)
+        if self.preprocess.mask_outside_lungs:
+            bare = [s.path for s in samples if s.mask is None]
+            if bare:
+                raise LungclsError(
+                    f"dataset.mask_outside_lungs=true but {len(bare)} image(s) have no lung mask, e.g. {bare[0]}; "
+                    "use data with masks/ next to images/ (the Radiography Database, the demo) or dataset.mask_outside_lungs=false")
+
+    def _source_fold(self, samples: list[Sample], groups: list[str], seed: int) -> dict[str, str]:
+        """Leave-one-source-out: test on one source, train and validate on the others."""
+        assignment, held = source_fold_splits(samples, groups, self.cfg.fold, self.cfg.val_fraction, seed)
+        left = sum(1 for s in samples if s.path not in assignment)
+        log.info("leave-one-source-out: testing on source %s%s", held,
+                 f" ({left} copies of its images left out of training)" if left else "")
+        gap = fold_gaps(samples, assignment, self.class_names, f"{source_fold(samples, self.cfg.fold)[0]} ({held})")
+        if gap:
+            log.warning(gap)
+        return assignment
+
     def _find_duplicates(self, samples: list[Sample]) -> list[Sample]:
         """Fingerprint every image (pixel and perceptual hashes), then find duplicates and apply
         ``dataset.on_label_conflict``. An unreadable image stops here, before any training."""
@@ -199,7 +228,7 @@ class LungDataModule(pl.LightningDataModule):
         if mode == "none":  # decoded batch by batch later; every file was read once by the fingerprints
             return
         self._machine = MachineImages([s.path for s in self.samples], self.image_size, mode, self.cfg.cache_dir,
-                                      self.cfg.max_image_pixels)
+                                      self.cfg.max_image_pixels, self.preprocess, [s.mask for s in self.samples])
         self.images = self._machine.decode()
         self._cache_where = self._machine.where
 
@@ -233,7 +262,8 @@ class LungDataModule(pl.LightningDataModule):
         rows = self._rows["train"]
         if self.images is not None:
             return self.images[rows.to(self.images.device)]
-        return torch.stack([load_image(self.samples[int(r)].path, self.image_size) for r in rows[:512]])
+        return torch.stack([load_image(self.samples[int(r)].path, self.image_size, preprocess=self.preprocess,
+                                       mask=self.samples[int(r)].mask) for r in rows[:512]])
 
     def _target_device(self) -> torch.device:
         trainer = getattr(self, "trainer", None)
@@ -295,7 +325,7 @@ class LungDataModule(pl.LightningDataModule):
         self._place_cache()
         if self.images is not None:
             return CachedImages(self.images, self.labels, rows, self._machine.check if self._machine else None)
-        return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg.max_image_pixels)
+        return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg.max_image_pixels, self.preprocess)
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:
         bs = int(batch_size or self.cfg.batch_size)

@@ -6,6 +6,10 @@ file-loading path as the real data. Each disease class has its finding at a know
 `<Class>/lesion_masks/`, so Grad-CAM localisation can be scored against ground truth. With
 ``shortcut=p`` a share p of each class's images also carries a class-specific tag in the border
 band (a planted shortcut, recorded in `demo_annotations.csv`), so shortcut learning can be shown.
+With ``sources=k`` (k >= 2) the films come from k hospitals that expose, blur, collimate and mark
+them differently, and ``source_bias=p`` ties a share p of each class to one hospital (see
+`lungcls.data.phantom.sites`); each image's site is the `site` column of `demo_annotations.csv`, a
+manifest (`path,label,...,site`), so leave-one-source-out runs on the demo with no download.
 
 Determinism: every image is drawn from its own `numpy.random.Generator(PCG64)` seeded from
 (seed, class, index), and the pixel maths uses only IEEE-exact operations (+, -, *, /, sqrt, no
@@ -33,6 +37,7 @@ from PIL import Image
 
 from lungcls.data.phantom import FINDINGS, DemoCase
 from lungcls.data.phantom import render_demo_case as _render_case
+from lungcls.data.phantom.sites import MAX_SITES, pick_site
 from lungcls.errors import LungclsError
 
 try:  # POSIX; elsewhere concurrent first use is simply not locked
@@ -44,6 +49,8 @@ __all__ = [
     "DEMO_CLASSES",
     "GENERATOR_VERSION",
     "DemoCase",
+    "demo_folder",
+    "demo_sites",
     "ensure_demo_dataset",
     "lesion_mask_path",
     "lung_mask_path",
@@ -82,6 +89,8 @@ def ensure_demo_dataset(
     classes: Sequence[str] = DEMO_CLASSES,
     workers: int = 1,
     shortcut: float = 0.0,
+    sources: int = 1,
+    source_bias: float = 0.0,
 ) -> Path:
     """Make sure `root` holds the demo data set for these parameters, generating it if needed.
 
@@ -96,6 +105,7 @@ def ensure_demo_dataset(
     root = Path(root).expanduser()
     classes = tuple(classes)
     _validate(images_per_class, image_size, seed, classes, shortcut)
+    _validate_sites(sources, source_bias)
     params = {
         "images_per_class": images_per_class if isinstance(images_per_class, (int, np.integer)) else dict(images_per_class),
         "image_size": int(image_size),
@@ -103,6 +113,8 @@ def ensure_demo_dataset(
         "classes": list(classes),
         "shortcut": float(shortcut),
     }
+    if sources > 1:  # only then: a single-source demo folder stays what it always was
+        params.update(sources=int(sources), source_bias=float(source_bias))
     if isinstance(params["images_per_class"], np.integer):
         params["images_per_class"] = int(params["images_per_class"])
     if _is_current(root, params):
@@ -131,16 +143,41 @@ def ensure_demo_dataset(
     return root
 
 
+def demo_folder(root: str | os.PathLike[str], sources: int = 1, source_bias: float = 0.0) -> Path:
+    """Where a demo with these sites lives: `root` itself for one site, else a sibling named after
+    the sites (so a multi-source demo never replaces the single-source one a run was trained on)."""
+    root = Path(root).expanduser()
+    return root if sources <= 1 else root.with_name(f"{root.name}-sites{int(sources)}-bias{float(source_bias):g}")
+
+
+def demo_sites(root: str | os.PathLike[str]) -> dict[str, str]:
+    """``{image path: site}`` from a multi-source demo's annotations (empty for one site)."""
+    root = Path(root)
+    with open(root / ANNOTATIONS_FILE, newline="") as f:
+        return {str(root / r["path"]): r["site"] for r in csv.DictReader(f) if r.get("site")}
+
+
 def class_count(params: Mapping, class_name: str) -> int:
     """How many images of `class_name` the data set has."""
     n = params["images_per_class"]
     return int(n[class_name]) if isinstance(n, Mapping) else int(n)
 
 
-def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: int = 0, shortcut: float = 0.0) -> DemoCase:
-    """Render one phantom in memory; exactly the pixels `ensure_demo_dataset` writes for it."""
+def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: int = 0, shortcut: float = 0.0,
+                     site: int | None = None) -> DemoCase:
+    """Render one phantom in memory; exactly the pixels `ensure_demo_dataset` writes for it (pass
+    the `site` its annotation names, ``site-A`` = 0, for a multi-source demo)."""
     _validate(1, image_size, seed, (class_name,), shortcut)
-    return _render_case(class_name, index, image_size, seed, shortcut)
+    return _render_case(class_name, index, image_size, seed, shortcut, site)
+
+
+def _validate_sites(sources: int, source_bias: float) -> None:
+    if isinstance(sources, bool) or not isinstance(sources, (int, np.integer)) or not 1 <= sources <= MAX_SITES:
+        raise LungclsError(f"dataset.demo.sources must be a whole number of sites in [1, {MAX_SITES}], got {sources!r}")
+    if isinstance(source_bias, bool) or not isinstance(source_bias, (int, float, np.number)) or not 0.0 <= source_bias <= 1.0:
+        raise LungclsError(f"dataset.demo.source_bias must be a share in [0, 1] (e.g. 0.8), got {source_bias!r}")
+    if source_bias > 0 and sources < 2:
+        raise LungclsError("dataset.demo.source_bias ties classes to sites and needs dataset.demo.sources >= 2, e.g. dataset.demo.sources=3")
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,14 +279,15 @@ def _locked(lock_path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _write_images(job: tuple[str, str, int, int, int, int, float]) -> list[tuple[dict, str]]:
+def _write_images(job: tuple) -> list[tuple[dict, str]]:
     """Render and write images `start..stop-1` of one class; returns (annotation row, pixel digest)
     per image. Runs in worker processes too, so it takes and returns plain data."""
-    out, class_name, start, stop, size, seed, shortcut = job
+    out, class_name, start, stop, size, seed, shortcut, class_index, sources, bias = job
     dirs = {k: Path(out) / class_name / k for k in ("images", "masks", "lesion_masks")}
     done = []
     for i in range(start, stop):
-        case = _render_case(class_name, i, size, seed, shortcut)
+        site = pick_site(class_index, class_name, i, seed, sources, bias) if sources > 1 else None
+        case = _render_case(class_name, i, size, seed, shortcut, site)
         name = _image_name(class_name, i)
         digest = hashlib.sha256()
         for key, arr in {"images": case.image, "masks": case.lung_mask, "lesion_masks": case.lesion_mask}.items():
@@ -270,6 +308,7 @@ def _write_images(job: tuple[str, str, int, int, int, int, float]) -> list[tuple
             "tag_y0": case.tag_box[1],
             "tag_x1": case.tag_box[2],
             "tag_y1": case.tag_box[3],
+            **({"site": case.site} if site is not None else {}),
         }
         done.append((row, digest.hexdigest()))
     return done
@@ -280,11 +319,13 @@ def _write_dataset(out: Path, params: dict, workers: int = 1) -> str:
     pixel digest, in class and index order (the same however many workers wrote them)."""
     size, seed, shortcut = params["image_size"], params["seed"], params["shortcut"]
     jobs = []
-    for class_name in params["classes"]:
+    sources, bias = params.get("sources", 1), params.get("source_bias", 0.0)  # absent: a single-source demo
+    for class_index, class_name in enumerate(params["classes"]):
         for k in ("images", "masks", "lesion_masks"):
             (out / class_name / k).mkdir(parents=True)
         n = class_count(params, class_name)
-        jobs += [(str(out), class_name, s, min(s + 256, n + 1), size, seed, shortcut) for s in range(1, n + 1, 256)]
+        jobs += [(str(out), class_name, s, min(s + 256, n + 1), size, seed, shortcut, class_index, sources, bias)
+                 for s in range(1, n + 1, 256)]
     if workers > 1 and len(jobs) > 1:
         # spawn: workers need only numpy and PIL, never the parent's threads or CUDA state
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -139,9 +139,16 @@ def gray_to_input(gray: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(resize_gray(gray, size).copy()).unsqueeze(0)
 
 
-def load_image(path: str | Path, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Decode and resize one image: a uint8 tensor [1, size, size]."""
-    return gray_to_input(read_gray(path, max_pixels), size)
+def load_image(path: str | Path, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS, preprocess=None,
+               mask: str | Path | None = None) -> torch.Tensor:
+    """Decode and resize one image: a uint8 tensor [1, size, size]. ``preprocess`` (a
+    ``lungcls.data.preprocess.Preprocess``) runs on the full-size image first; ``mask`` is its lung
+    mask file, when it has one."""
+    gray = read_gray(path, max_pixels)
+    if preprocess is not None and preprocess.active:
+        lungs = read_gray(mask) > 127 if mask is not None and preprocess.mask_outside_lungs else None
+        gray = preprocess.apply(gray, lungs, name=str(path))
+    return gray_to_input(gray, size)
 
 
 def load_mask(path: str | Path | None, size: int) -> np.ndarray | None:

@@ -23,7 +23,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,22 +143,58 @@ class FolderLayout(RadiographyLayout):
 
 @LAYOUTS.register("demo")
 class DemoLayout(RadiographyLayout):
-    """The synthetic phantom in the radiography layout, generated into ``root`` on first use."""
+    """The synthetic phantom in the radiography layout, generated into ``root`` on first use (a
+    multi-source demo, ``dataset.demo.sources=k``, into a sibling named after its sites); each
+    image's site becomes its source."""
+
+    def _sites(self) -> tuple[int, float]:
+        demo = self.cfg.demo
+        return demo.sources, demo.source_bias
+
+    def _folder(self) -> Path:
+        from lungcls.data.demo import demo_folder
+
+        if self.cfg.root is None:
+            raise LungclsError("dataset.root is not set; the demo needs a folder to generate its images into")
+        return demo_folder(Path(str(self.cfg.root)), *self._sites()).resolve()
+
+    def _root(self) -> Path:
+        folder = self._folder()
+        if not folder.is_dir():
+            raise LungclsError(f"demo folder {folder} does not exist; run lungcls-train (or lungcls-audit) with this "
+                               "dataset.demo.* once to generate it")
+        return folder
+
+    def where(self) -> str:
+        return str(self._folder())
+
+    def data_root(self) -> Path:
+        return self._folder()
 
     def prepare(self) -> None:
         from lungcls.data.demo import ensure_demo_dataset
 
         demo = self.cfg.demo
-        if self.cfg.root is None:
-            raise LungclsError("dataset.root is not set; the demo needs a folder to generate its images into")
+        sources, bias = self._sites()
         ensure_demo_dataset(
-            Path(str(self.cfg.root)),
+            self._folder(),
             images_per_class=demo.images_per_class,
             image_size=demo.source_size,
             seed=demo.seed,
             classes=tuple(self.cfg.classes),
             shortcut=demo.shortcut,
+            sources=sources,
+            source_bias=bias,
         )
+
+    def find(self, classes: Sequence[str]) -> list[Sample]:
+        samples = super().find(classes)
+        if self._sites()[0] <= 1:
+            return samples
+        from lungcls.data.demo import demo_sites
+
+        sites = demo_sites(self._root())
+        return [replace(s, source=sites.get(s.path)) for s in samples]
 
 
 @LAYOUTS.register("litdata")
@@ -174,7 +210,6 @@ class LitdataLayout(Layout):
         meta = read_meta(str(self.cfg.root))
         check_meta(meta, dataclasses.replace(self.cfg, classes=list(classes)))
         return prepared_samples(meta)
-
 
 
 @LAYOUTS.register("manifest")
@@ -287,6 +322,10 @@ def find_samples(data: Mapping[str, Any] | DatasetSettings, prepare: bool = True
     if prepare:
         layout.prepare()
     samples = layout.find(classes)
+    if cfg.source_from:
+        from lungcls.data.sources import attach_sources
+
+        samples = attach_sources(samples, cfg.as_dict(), layout.data_root())
     counts = Counter(s.label for s in samples)
     empty = [name for i, name in enumerate(classes) if counts[i] == 0]
     if empty and len(empty) == len(classes):

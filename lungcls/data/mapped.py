@@ -157,7 +157,8 @@ def map_images(file: Path, shape: tuple[int, ...], temporary: bool, wait_s: floa
 
 
 def write_mapped(file: Path, paths: Sequence[str], image_size: int, temporary: bool,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, images: torch.Tensor | None = None) -> MappedImages:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, images: torch.Tensor | None = None,
+                 preprocess=None, masks: Sequence[str | None] | None = None) -> MappedImages:
     """Decode ``paths`` into ``file`` (or copy already decoded ``images``) and map it read-only. Under
     a file lock: a process that finds the file already written by another maps it instead."""
     shape = (len(paths), 1, image_size, image_size)
@@ -176,7 +177,8 @@ def write_mapped(file: Path, paths: Sequence[str], image_size: int, temporary: b
         if images is not None:
             array[:] = images.cpu().numpy()
         else:
-            decode_images(paths, image_size, max_pixels=max_pixels, out=torch.from_numpy(array))
+            decode_images(paths, image_size, max_pixels=max_pixels, preprocess=preprocess, masks=masks,
+                          out=torch.from_numpy(array))
         array.flush()
         del array
         _record_file(file).unlink(missing_ok=True)  # a stale record never describes the new file
@@ -223,14 +225,17 @@ class MachineImages:
     barrier, the others map the file read-only, and a temporary file is removed.
     """
 
-    def __init__(self, paths: Sequence[str], image_size: int, mode: str, cache_dir: str | None, max_pixels: int):
+    def __init__(self, paths: Sequence[str], image_size: int, mode: str, cache_dir: str | None, max_pixels: int,
+                 preprocess=None, masks: Sequence[str | None] | None = None):
         self.paths, self.image_size, self.mode, self.cache_dir, self.max_pixels = list(paths), image_size, mode, cache_dir, max_pixels
+        self.preprocess, self.masks = preprocess, masks  # decode-time mitigations (lungcls.data.preprocess)
         self.shape = (len(self.paths), 1, image_size, image_size)
         self.mapped: MappedImages | None = None
         self.pending = False  # another process of this machine decodes; map its file when joined
         self.joined = False
         self.where = "ram"
-        self.key = cache_key(self.paths, image_size)  # the files' sizes and times, read once
+        # the files' sizes and times (read once) and the decode-time steps
+        self.key = cache_key(self.paths, image_size, preprocess.key() if preprocess is not None else "")
 
     def _file(self) -> tuple[Path, bool]:
         return mapped_file(self.paths, self.image_size, self.cache_dir, self.key)
@@ -245,10 +250,11 @@ class MachineImages:
         self.where = "mmap" if where != "gpu" and launched_processes() > 1 else where
         if self.where == "mmap":
             file, temporary = self._file()
-            self.mapped = write_mapped(file, self.paths, self.image_size, temporary, self.max_pixels)
+            self.mapped = write_mapped(file, self.paths, self.image_size, temporary, self.max_pixels,
+                                       preprocess=self.preprocess, masks=self.masks)
             atexit.register(self.mapped.discard)  # a temporary file never outlives the job
             return self.mapped.images
-        images = load_or_decode(self.paths, self.image_size, self.cache_dir, self.max_pixels)
+        images = load_or_decode(self.paths, self.image_size, self.cache_dir, self.max_pixels, self.preprocess, self.masks)
         log.info("decoded %d images (%.0f MB), kept in %s", len(images), images.numel() / 2**20, self.where.upper())
         return images
 

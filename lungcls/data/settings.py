@@ -36,11 +36,15 @@ class DemoSettings:
     source_size: int
     seed: int
     shortcut: float
+    sources: int
+    source_bias: float
 
     def __post_init__(self) -> None:
         check_range(self.images_per_class, "dataset.demo.images_per_class", 1)
         check_range(self.source_size, "dataset.demo.source_size", 32)
         check_range(self.shortcut, "dataset.demo.shortcut", 0, 1)
+        check_range(self.sources, "dataset.demo.sources", 1)
+        check_range(self.source_bias, "dataset.demo.source_bias", 0, 1)
 
 
 @dataclasses.dataclass
@@ -62,8 +66,8 @@ class DatasetSettings:
     val_fraction: float
     test_fraction: float
     split_seed: int
-    folds: Optional[int]
-    fold: int
+    folds: Optional[Any]      # k, or "source": one fold per source
+    fold: Any                 # an index, or a source's name
     splits_csv: Optional[str]
     split: str
     batch_size: int
@@ -74,6 +78,13 @@ class DatasetSettings:
     near_duplicate_bits: int
     on_label_conflict: str
     source_column: Optional[str]
+    source_from: Optional[str]
+    source_regex: Optional[str]
+    crop_border: float
+    equalize: Optional[str]
+    clahe_clip_limit: float
+    clahe_grid: int
+    mask_outside_lungs: bool
     demo: Optional[DemoSettings]
 
     def __post_init__(self) -> None:
@@ -101,6 +112,9 @@ class DatasetSettings:
             self.folds, self.fold = check_folds(self.folds, self.fold)
             if self.splits_csv:
                 raise LungclsError("dataset.folds and dataset.splits_csv both choose the test images; use one of them")
+        from lungcls.data.preprocess import preprocess_from
+
+        preprocess_from(self.as_dict())  # crop_border, equalize, clahe_*: ranges and names
         if self.cache_dir is not None and Path(self.cache_dir).expanduser().exists() and not Path(self.cache_dir).expanduser().is_dir():
             raise LungclsError(f"dataset.cache_dir={self.cache_dir} is a file, not a folder; give a folder (it is created if missing)")
 

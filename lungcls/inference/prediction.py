@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from lungcls.data.images import gray_to_input, load_image, to_unit_float
+from lungcls.data.layouts import sibling_mask
+from lungcls.data.preprocess import preprocess_from
 from lungcls.models.device import autocast_for
 from lungcls.errors import LungclsError
 
@@ -123,11 +126,15 @@ def predict_split(model, datamodule, split: str, device: torch.device | None = N
     )
 
 
-def file_batches(paths: Sequence[str], image_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, slice]]:
-    """Decode files at ``image_size`` into uint8 batches ``[B, 1, S, S]`` (with their index range)."""
+def file_batches(paths: Sequence[str], image_size: int, batch_size: int, preprocess=None) -> Iterator[tuple[torch.Tensor, slice]]:
+    """Decode files at ``image_size`` into uint8 batches ``[B, 1, S, S]`` (with their index range),
+    through the model's decode-time ``preprocess`` (``lungcls.data.preprocess``; lung masks are
+    looked up next to each image when it masks outside the lungs)."""
+    masked = preprocess is not None and preprocess.mask_outside_lungs
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        yield torch.stack([load_image(p, image_size) for p in chunk]), slice(start, start + len(chunk))
+        yield torch.stack([load_image(p, image_size, preprocess=preprocess, mask=sibling_mask(Path(p), "masks") if masked else None)
+                           for p in chunk]), slice(start, start + len(chunk))
 
 
 def predict_files(model, paths: Sequence[str], labels: Sequence[int] | None = None, batch_size: int = 32,
@@ -135,7 +142,8 @@ def predict_files(model, paths: Sequence[str], labels: Sequence[int] | None = No
     """Probabilities for image files, decoded at the model's working size."""
     size = int(model.hparams.image_size)
     names = list(model.class_names)
-    out = [p for p, _ in predict_batches(model, file_batches(list(paths), size, batch_size), device, tta=tta)]
+    pre = preprocess_from(dict(model.hparams.get("data") or {}))  # as the model was trained
+    out = [p for p, _ in predict_batches(model, file_batches(list(paths), size, batch_size, pre), device, tta=tta)]
     probs = torch.cat(out).numpy() if out else np.zeros((0, len(names)), dtype=np.float32)
     y = np.asarray(labels if labels is not None else [-1] * len(paths), dtype=int)
     return Predictions(list(paths), y, probs, names)
@@ -148,8 +156,13 @@ def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, dev
     whichever of the two scores it (the web service and ``lungcls-predict`` decode once for
     several models)."""
     size = int(model.hparams.image_size)
+    pre = preprocess_from(dict(model.hparams.get("data") or {}))  # as the model was trained (no masks here)
+    if pre.mask_outside_lungs and len(grays):
+        raise LungclsError("this model was trained with dataset.mask_outside_lungs=true and needs each image's lung mask, "
+                           "which images scored one by one do not have; score a folder with masks/ next to images/ "
+                           "with lungcls-evaluate ckpt_path=... dataset=folder dataset.root=...")
     batches = (
-        (torch.stack([gray_to_input(g, size) for g in grays[start : start + batch_size]]), None)
+        (torch.stack([gray_to_input(pre.apply(g), size) for g in grays[start : start + batch_size]]), None)
         for start in range(0, len(grays), batch_size)
     )
     out = [p for p, _ in predict_batches(model, batches, device, tta=tta)]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lungcls.data.preprocess import mitigation_settings
 from lungcls.errors import LungclsError
 
 # What decides which images a run trains on and how they are split: a resumed run must match.
 SPLIT_KEYS = ("layout", "root", "manifest", "classes", "val_fraction", "test_fraction", "split_seed",
               "splits_csv", "max_per_class", "image_size", "demo", "folds", "fold", "duplicates",
-              "near_duplicate_bits", "on_label_conflict")
+              "near_duplicate_bits", "on_label_conflict", "source_column", "source_from", "source_regex",
+              "crop_border", "equalize", "mask_outside_lungs", "clahe_clip_limit", "clahe_grid")
 
 
 def _resume_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
@@ -20,6 +22,9 @@ def _resume_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]
     for d in (data_saved, data_now):  # the fold only matters in a k-fold run
         if not d.get("folds"):
             d["fold"] = None
+        d.update(mitigation_settings(d))  # a checkpoint from before these keys decoded without them
+        if isinstance(d.get("demo"), dict):  # nor had it demo sites
+            d["demo"] = {"sources": 1, "source_bias": 0, **d["demo"]}
     out = [(f"dataset.{k}", data_saved.get(k), data_now.get(k)) for k in SPLIT_KEYS if data_saved.get(k) != data_now.get(k)]
     model_keys = (("backbone.name", ("backbone", "name")), ("finetune.name", ("finetune", "name")),
                   ("finetune.fraction", ("finetune", "fraction")), ("optimizer._target_", ("optimizer", "_target_")))

@@ -19,6 +19,7 @@ from lungcls.data.phantom.anatomy import Anatomy, Pose, draw_anatomy, organs
 from lungcls.data.phantom.burned_in import burn_in_tag, is_tagged, text_bitmap
 from lungcls.data.phantom.findings import finding as draw_finding
 from lungcls.data.phantom.shapes import blob, blur, clip01, ridges, smoothstep, value_noise
+from lungcls.data.phantom.sites import apply_site, site_name
 
 # Which finding each supported class carries (None: clear lungs).
 FINDINGS: dict[str, str | None] = {
@@ -34,6 +35,9 @@ _CONFOUNDER_STREAM = 0x4D41524B
 # Stream key of the planted shortcut tag (ASCII "TAGS"): tagging changes no other pixel.
 _TAG_STREAM = 0x54414753
 
+# Stream key of a site's detector noise (ASCII "SNOI").
+_SITE_NOISE_STREAM = 0x534E4F49
+
 
 @dataclass(frozen=True)
 class DemoCase:
@@ -47,18 +51,24 @@ class DemoCase:
     border_sides: str  # subset of "tblr": sides with a bright collimation edge
     tag: str = ""  # the planted class-specific shortcut tag's text ("" = none)
     tag_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # x0, y0, x1, y1 (exclusive end); zeros if none
+    site: str = ""  # the hospital of a multi-source demo ("" = the single-source demo)
 
 
-def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: int = 0, shortcut: float = 0.0) -> DemoCase:
+def render_demo_case(class_name: str, index: int, image_size: int = 128, seed: int = 0, shortcut: float = 0.0,
+                     site: int | None = None) -> DemoCase:
     """Render one phantom in memory; exactly the pixels the demo data set writes for it.
 
-    `shortcut` is the share of the class's images that carry its planted tag (see `burned_in`)."""
+    `shortcut` is the share of the class's images that carry its planted tag (see `burned_in`);
+    `site` the hospital of a multi-source demo that takes the film (see `sites`; None: none)."""
     class_key = zlib.crc32(class_name.encode("utf-8"))
     # Anatomy, exposure and finding depend on the class; confounders only on (seed, index), so
     # markers and borders are identical across classes and carry no label signal at all.
     anatomy = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, class_key, index])))
     confound = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _CONFOUNDER_STREAM, index])))
     case = _render(int(image_size), anatomy, confound, FINDINGS[class_name])
+    if site is not None:
+        detector = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _SITE_NOISE_STREAM, class_key, index])))
+        case = replace(case, image=apply_site(case.image, site, detector), site=site_name(site))
     if not is_tagged(class_name, index, seed, shortcut):
         return case
     tags = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _TAG_STREAM, class_key, index])))
