@@ -62,7 +62,7 @@ def test_mask_outside_lungs_fills_with_the_image_mean_and_needs_masks(tmp_path):
 
 
 def test_bad_values_and_old_checkpoints():
-    with pytest.raises(LungclsError, match=r"dataset.crop_border=0.45 is outside \[0.0, 0.4\]"):
+    with pytest.raises(LungclsError, match=r"dataset.crop_border=0.45 must be in \[0.0, 0.4\]"):
         preprocess_from({**OFF, "crop_border": 0.45})
     with pytest.raises(LungclsError, match="dataset.equalize=hist is not one of none, clahe"):
         preprocess_from({**OFF, "equalize": "hist"})

@@ -61,7 +61,7 @@ def test_the_run_records_each_images_site_in_splits_csv(tmp_path, data_dir):
     ([*SITES, "dataset.folds=source", "dataset.fold=3"], r"dataset.fold=3 must be in 0..2 .*0=site-A, 1=site-B, 2=site-C"),
     ([*SITES, "dataset.folds=source", "dataset.fold=site-Z"], "dataset.fold=site-Z is not a source; the sources are 0=site-A"),
     (["dataset.folds=source", "dataset.fold=-1"], "must be a source's index"),
-    (["dataset.crop_border=0.5"], r"dataset.crop_border=0.5 is outside \[0.0, 0.4\]"),
+    (["dataset.crop_border=0.5"], r"dataset.crop_border=0.5 must be in \[0.0, 0.4\]"),
     (["dataset.equalize=histeq"], "dataset.equalize=histeq is not one of none, clahe"),
     (["dataset.source_from=hospital"], "dataset.source_from=hospital is not one of folder, regex"),
     (["dataset.source_from=regex"], "needs dataset.source_regex"),
@@ -72,7 +72,8 @@ def test_bad_source_and_mitigation_settings_are_one_line_before_any_image_is_dec
         raise AssertionError("an image was decoded before the settings were checked")
 
     monkeypatch.setattr("lungcls.data.datamodule.load_or_compute", refuse)
-    monkeypatch.setattr("lungcls.data.datamodule.load_or_decode", refuse)
+    monkeypatch.setattr("lungcls.data.mapped.load_or_decode", refuse)
+    monkeypatch.setattr("lungcls.data.mapped.decode_images", refuse)
     with pytest.raises(LungclsError, match=message) as err:
         data_module(tmp_path, data_dir, *overrides).setup()
     assert "\n" not in str(err.value)
