@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import shutil
 import struct
 import sys
@@ -118,11 +119,18 @@ def run_command(module: str, args: list[str], monkeypatch, capsys) -> tuple[int,
     """``main()`` of a command with ``args`` as its command line: (exit status, stdout, stderr)."""
     main = importlib.import_module(module).main
     monkeypatch.setattr(sys, "argv", [module, *args])
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # Hydra adds a file handler in the run folder
     code = 0
     try:
         main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -216,7 +216,7 @@ def test_folds_partition_the_images_and_keep_copies_together(tmp_path):
     assert sum(len(t) for t in tests) == 28 and len(set().union(*tests)) == 28  # each image tested once
 
 
-@pytest.mark.parametrize("folds, fold, message", [(1, 0, "must be at least 2"), (3, 3, "must be in 0..2"), ("x", 0, "dataset.folds=x must be a whole number")])
+@pytest.mark.parametrize("folds, fold, message", [(1, 0, "must be at least 2"), (3, 3, "must be in 0..2"), ("x", 0, "dataset.folds=x and dataset.fold=0 must be whole numbers")])
 def test_fold_settings_are_one_line_errors(folds, fold, message):
     from lungcls.data.settings import dataset_settings
     from lungcls.errors import LungclsError

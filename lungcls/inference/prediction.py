@@ -142,7 +142,7 @@ def predict_files(model, paths: Sequence[str], labels: Sequence[int] | None = No
     """Probabilities for image files, decoded at the model's working size."""
     size = int(model.hparams.image_size)
     names = list(model.class_names)
-    pre = preprocess_from(dict(model.hparams.get("data") or {}))  # as the model was trained
+    pre = preprocess_from(dict(getattr(model.hparams, "data", None) or {}))  # as the model was trained
     out = [p for p, _ in predict_batches(model, file_batches(list(paths), size, batch_size, pre), device, tta=tta)]
     probs = torch.cat(out).numpy() if out else np.zeros((0, len(names)), dtype=np.float32)
     y = np.asarray(labels if labels is not None else [-1] * len(paths), dtype=int)
@@ -156,7 +156,7 @@ def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, dev
     whichever of the two scores it (the web service and ``lungcls-predict`` decode once for
     several models)."""
     size = int(model.hparams.image_size)
-    pre = preprocess_from(dict(model.hparams.get("data") or {}))  # as the model was trained (no masks here)
+    pre = preprocess_from(dict(getattr(model.hparams, "data", None) or {}))  # as the model was trained (no masks here)
     if pre.mask_outside_lungs and len(grays):
         raise LungclsError("this model was trained with dataset.mask_outside_lungs=true and needs each image's lung mask, "
                            "which images scored one by one do not have; score a folder with masks/ next to images/ "
