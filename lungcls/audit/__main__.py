@@ -37,7 +37,8 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     class_names = list(data["classes"])
     samples = cap_per_class(find_samples(data), data.get("max_per_class"), int(data.get("split_seed", 1)))
     border_frac = float(settings.get("border_frac", 0.1))
-    scanned = scan(samples, str(settings["probe"].get("region", "auto")), border_frac)
+    scanned = scan(samples, str(settings["probe"].get("region", "auto")), border_frac,
+                   cache_dir=data.get("cache_dir"))
     near_bits = int(data.get("near_duplicate_bits", 12))
     dups = find_duplicates(scanned.fingerprints, near_bits)
     root = data_root(data)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lungcls.errors import LungclsError
+from lungcls.runs.progress import progress
 
 QUERY_CHUNK = 65536  # queries per faiss call: bounds the memory of one call's results
 
@@ -99,11 +100,13 @@ def _index(packed: np.ndarray, p: Plan):
 def _range(index, queries: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query row, index row, distance) of every hit within ``max_bits`` (faiss's radius is strict)."""
     rows, hits, dists = [], [], []
-    for start in range(0, len(queries), QUERY_CHUNK):
-        lims, d, ids = index.range_search(np.ascontiguousarray(queries[start : start + QUERY_CHUNK]), max_bits + 1)
-        rows.append(start + np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64))))
-        hits.append(ids)
-        dists.append(d)
+    with progress("near-duplicate search", total=len(queries), unit="hashes") as bar:
+        for start in range(0, len(queries), QUERY_CHUNK):
+            lims, d, ids = index.range_search(np.ascontiguousarray(queries[start : start + QUERY_CHUNK]), max_bits + 1)
+            rows.append(start + np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64))))
+            hits.append(ids)
+            dists.append(d)
+            bar.update(len(lims) - 1)
     if not rows:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
     return np.concatenate(rows), np.concatenate(hits).astype(np.int64), np.concatenate(dists).astype(np.int32)

@@ -18,6 +18,7 @@ import torch
 from lungcls.data.images import gray_to_input, load_image, to_unit_float
 from lungcls.models.device import autocast_for
 from lungcls.errors import LungclsError
+from lungcls.runs.progress import tracked
 
 
 @dataclass
@@ -125,7 +126,8 @@ def predict_split(model, datamodule, split: str, device: torch.device | None = N
 
 def file_batches(paths: Sequence[str], image_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, slice]]:
     """Decode files at ``image_size`` into uint8 batches ``[B, 1, S, S]`` (with their index range)."""
-    for start in range(0, len(paths), batch_size):
+    for start in tracked(range(0, len(paths), batch_size), "predict", len(paths),
+                         step=lambda start: min(batch_size, len(paths) - start)):
         chunk = paths[start : start + batch_size]
         yield torch.stack([load_image(p, image_size) for p in chunk]), slice(start, start + len(chunk))
 

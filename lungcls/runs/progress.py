@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TypeVar
 
 from tqdm import tqdm
+
+T = TypeVar("T")
 
 
 class _Counter:
@@ -56,3 +58,13 @@ def progress(label: str, total: int | None, unit: str = "images", stream: IO[str
     counter = _Counter()
     yield counter
     print(summary_line(label, counter.n, time.perf_counter() - started, unit), file=stream, flush=True)
+
+
+def tracked(items: Iterable[T], label: str, total: int | None, unit: str = "images",
+            step: int | Callable[[T], int] = 1) -> Iterator[T]:
+    """``items`` unchanged, with ``progress`` advancing ``step`` per item (or ``step(item)``, e.g.
+    a batch's size)."""
+    with progress(label, total, unit) as bar:
+        for item in items:
+            yield item
+            bar.update(step(item) if callable(step) else step)
