@@ -60,8 +60,16 @@ def run_child(stage: str, args: dict[str, Any], log: Path) -> tuple[float, float
     return seconds, usage.ru_maxrss / 1024  # kilobytes on Linux
 
 
+def _result(stages: dict[str, dict[str, list]], image_size: int, sizes: list[int]) -> dict[str, Any]:
+    for row in stages.values():
+        e = exponent(row["images"], row["seconds"])
+        row["exponent"] = None if e is None else round(e, 3)
+    return {"stages": stages, "image_size": image_size, "sizes": sizes}
+
+
 def ladder(sizes: list[int], image_size: int, gen_dir: str, out: Path) -> dict[str, Any]:
-    """Every stage at every size; what scale.json holds."""
+    """Every stage at every size; what scale.json holds (written after each size, so a ladder
+    stopped early keeps the sizes it finished)."""
     stages: dict[str, dict[str, list]] = {s: {"images": [], "seconds": [], "peak_rss_mb": []} for s in STAGES}
     for n in sizes:
         root = ensure_bench_dataset(Path(gen_dir) / f"bench-{n}x{image_size}", n, image_size)
@@ -73,10 +81,11 @@ def ladder(sizes: list[int], image_size: int, gen_dir: str, out: Path) -> dict[s
             print(f"[bench] {n:>8,} images  {stage:<16}{seconds:>9.2f} s {rss:>9.0f} MB", flush=True)
             for key, value in (("images", n), ("seconds", round(seconds, 3)), ("peak_rss_mb", round(rss, 1))):
                 stages[stage][key].append(value)
-    for row in stages.values():
-        e = exponent(row["images"], row["seconds"])
-        row["exponent"] = None if e is None else round(e, 3)
-    return {"stages": stages, "image_size": image_size, "sizes": sizes}
+        done = _result(stages, image_size, sizes[: sizes.index(n) + 1])
+        tmp = out / "scale.json.tmp"
+        tmp.write_text(json.dumps(done, indent=2) + "\n")
+        os.replace(tmp, out / "scale.json")
+    return done
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -118,7 +127,6 @@ def run_scale(sizes: list[int], image_size: int, gen_dir: str, out: str) -> Path
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ladder(sizes, image_size, gen_dir, out_dir)
     path = out_dir / "scale.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out_dir / "scale.png")
     print(format_table(result))
     print(f"\nwritten: {path} and {out_dir / 'scale.png'}")

@@ -35,7 +35,7 @@ def _compose(config: str, overrides: list[str], out: str):
 
 def _data_overrides(a: dict[str, Any]) -> list[str]:
     return ["dataset=covid_radiography", f"dataset.root={a['root']}", f"dataset.image_size={a['image_size']}",
-            "dataset.near_duplicate_bits=6", "dataset.cache=ram"]
+            "dataset.near_duplicate_bits=6", "dataset.cache=ram", "dataset.on_label_conflict=keep"]
 
 
 def _dataset(a: dict[str, Any]) -> dict[str, Any]:
