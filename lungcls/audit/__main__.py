@@ -17,12 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.audit.findings import class_statistics, cross_split, data_root, duplicate_findings, relative, source_counts
 from lungcls.audit.outputs import check_fail_on, failures, summary_lines, write_audit
-from lungcls.audit.probe import check_probe_settings, shortcut_probe
+from lungcls.audit.probe import shortcut_probe
+from lungcls.audit.settings import AuditSettings
 from lungcls.audit.scan import scan
 from lungcls.cli import hydra_main
 from lungcls.data.duplicates import duplicate_groups, find_duplicates
 from lungcls.data.checks import check_dataset_config
 from lungcls.data.layouts import cap_per_class, find_samples
+from lungcls.settings import typed
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +32,13 @@ log = logging.getLogger(__name__)
 def audit(cfg: DictConfig) -> dict[str, Any]:
     """Audit ``cfg.dataset``; returns what audit.json holds."""
     started = time.perf_counter()
-    settings = OmegaConf.to_container(cfg.audit, resolve=True)
-    fail_on = check_fail_on(settings.get("fail_on"))
-    check_probe_settings(settings.get("probe") or {})
+    settings = typed(cfg.audit, AuditSettings, "audit")
+    fail_on = check_fail_on(settings.fail_on)
     data = check_dataset_config(OmegaConf.to_container(cfg.dataset, resolve=True))
     class_names = list(data["classes"])
     samples = cap_per_class(find_samples(data), data.get("max_per_class"), int(data.get("split_seed", 1)))
-    border_frac = float(settings.get("border_frac", 0.1))
-    scanned = scan(samples, str(settings["probe"].get("region", "auto")), border_frac,
+    border_frac = settings.border_frac
+    scanned = scan(samples, settings.probe.region, border_frac,
                    cache_dir=data.get("cache_dir"))
     near_bits = int(data.get("near_duplicate_bits", 12))
     dups = find_duplicates(scanned.fingerprints, near_bits)
@@ -45,7 +46,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     readable = [i for i in range(len(samples)) if i not in scanned.errors]
     groups = duplicate_groups(samples, dups)
     probe = shortcut_probe(scanned.features[readable], [samples[i].label for i in readable], [groups[i] for i in readable],
-                           class_names, scanned.region, settings["probe"])
+                           class_names, scanned.region, settings.probe)
     result: dict[str, Any] = {
         "data_root": str(root),
         "images": len(samples) - len(scanned.errors),
@@ -60,7 +61,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
     out_dir = Path(cfg.paths.output_dir)
-    json_path, md_path = write_audit(out_dir, result, int(settings.get("max_rows", 50)))
+    json_path, md_path = write_audit(out_dir, result, settings.max_rows)
     for line in summary_lines(result):
         print(line)
     print(f"audit: {json_path} and {md_path} ({result['seconds']} s)")
