@@ -151,3 +151,14 @@ def test_audit_read_pass_of_a_grown_data_set_reads_only_the_new_file(tmp_path, m
     assert again.stats[:12] == first.stats and np.allclose(again.features[:12], first.features)
     fresh = scanmod.scan(grown, "border", 0.1)
     assert again.stats == fresh.stats and np.allclose(again.features, fresh.features)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_line(tmp_path):
+    from lungcls.errors import LungclsError
+
+    paths = write_images(tmp_path / "images", 3)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LungclsError) as e:
+        load_or_compute(paths, blocker / "cache")
+    assert "is not a writable folder" in str(e.value) and "dataset.cache_dir=null" in str(e.value) and "\n" not in str(e.value)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lungcls.errors import LungclsError
+
 log = logging.getLogger(__name__)
 
 KEY_COLUMNS = ("path", "size", "mtime_ns")
@@ -78,7 +80,11 @@ def update(file: str | Path, paths: Sequence[str], sizes: np.ndarray, mtimes: np
         mine = set(new["path"].tolist())
         stay = np.array([p not in mine for p in old["path"].tolist()], dtype=bool)
         new = {k: np.concatenate([old[k][stay], new[k]]) for k in new}
-    file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **new)
-    os.replace(tmp, file)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **new)
+        os.replace(tmp, file)
+    except OSError as e:
+        raise LungclsError(f"dataset.cache_dir={file.parent} is not a writable folder ({e.strerror or e}); "
+                           "give a folder you can write to, or dataset.cache_dir=null") from None
