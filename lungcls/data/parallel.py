@@ -1,7 +1,7 @@
 """The read pass on every core: a function applied to chunks of files in worker processes.
 
-Decoding a PNG and hashing it hold Python's GIL part of the time, so threads of one process stop
-scaling near two cores (measured in the README's Throughput section); processes do not share a GIL.
+Decoding a PNG and hashing it hold Python's GIL part of the time, so threads of one process cannot
+use every core for the whole pass; processes do not share a GIL.
 Workers are forked, as torch's DataLoader does on Linux (starting them by ``spawn`` re-imports torch
 in each: 17 s for two workers on a busy 2-core machine, against 2 s for the whole 400-image pass),
 unless CUDA is already initialised in this process (then ``spawn``: a forked CUDA context is
