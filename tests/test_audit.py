@@ -15,6 +15,7 @@ from PIL import Image, ImageEnhance
 
 from lungcls.audit.probe import shortcut_probe
 from lungcls.audit.scan import scan
+from lungcls.audit.settings import ProbeSettings
 from lungcls.data.datamodule import LungDataModule
 from lungcls.data.demo import ensure_demo_dataset
 from lungcls.data.fingerprints import CROP_LEVELS, HASH_SIZE, compute_fingerprints, near_pairs
@@ -22,6 +23,7 @@ from lungcls.data.images import read_gray
 from lungcls.data.layouts import find_samples
 from lungcls.errors import LungclsError
 from lungcls.metrics import summarize_by_source
+from lungcls.settings import typed
 from lungcls.train import train
 
 from conftest import SHARED_REAL, requires_shared, run_cli
@@ -211,7 +213,17 @@ def probe_of(root: Path, region: str = "auto") -> dict:
     samples = find_samples({"layout": "radiography", "root": str(root), "classes": CLASSES})
     scanned = scan(samples, region)
     return shortcut_probe(scanned.features, [s.label for s in samples], [s.path for s in samples], CLASSES,
-                          scanned.region, {"resamples": 500})
+                          scanned.region, probe_settings(resamples=500))
+
+
+def probe_settings(**overrides) -> ProbeSettings:
+    """conf/audit.yaml's ``audit.probe`` with ``overrides``, typed as the audit types it."""
+    from omegaconf import OmegaConf
+
+    from lungcls.cli import CONF_DIR
+
+    node = OmegaConf.merge(OmegaConf.load(Path(CONF_DIR) / "audit.yaml").audit.probe, overrides)
+    return typed(node, ProbeSettings, "audit.probe")
 
 
 @pytest.mark.parametrize("region", ["auto", pytest.param("border", marks=pytest.mark.slow)])
@@ -341,6 +353,10 @@ def test_a_copy_follows_its_fixed_split_and_fingerprints_are_cached(demo, tmp_pa
 @pytest.mark.parametrize("override, needle", [
     ("audit.fail_on=[dups]", "audit.fail_on has unknown finding(s) ['dups']"),
     ("audit.probe.region=lungs", "audit.probe.region=lungs is not one of auto, border, outside_lungs"),
+    ("audit.probe.folds=1", "audit.probe.folds=1 is outside [2, inf]"),
+    ("audit.probe.C=0", "audit.probe.C=0"),
+    ("audit.border_frac=0.7", "audit.border_frac=0.7 is outside"),
+    ("+audit.probe.foldz=3", "audit.probe.foldz"),
 ])
 def test_bad_audit_settings_are_one_line_errors(demo, tmp_path, override, needle):
     from conftest import compose_cfg

@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from lungcls.errors import LungclsError
+from lungcls.audit.settings import ProbeSettings
 from lungcls.metrics.bootstrap import percentile_interval
 
 log = logging.getLogger(__name__)
@@ -92,49 +92,30 @@ def bootstrap_balanced_accuracy(y: np.ndarray, correct: np.ndarray, resamples: i
     return percentile_interval(np.mean(recalls, axis=0), level)
 
 
-def check_probe_settings(settings: dict[str, Any]) -> None:
-    """``audit.probe.*`` checked before any image is read (one line naming the key)."""
-    def whole(key: str, minimum: int) -> None:
-        value = settings.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise LungclsError(f"audit.probe.{key}={value} must be a whole number of at least {minimum}")
-
-    whole("folds", 2)
-    whole("resamples", 100)
-    whole("max_images", 20)
-    whole("seed", 0)
-    for key in ("margin", "C"):
-        value = settings.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "C" and value == 0):
-            raise LungclsError(f"audit.probe.{key}={value} must be a {'positive' if key == 'C' else 'non-negative'} number")
-    if settings.get("region", "auto") not in ("auto", "border", "outside_lungs"):
-        raise LungclsError(f"audit.probe.region={settings.get('region')} is not one of auto, border, outside_lungs")
-
-
 def _unfit(region: str, note: str) -> dict[str, Any]:
     return {"balanced_accuracy": None, "ci": None, "chance": None, "flagged": False, "region": region, "note": note}
 
 
 def shortcut_probe(features: np.ndarray, labels: Sequence[int], groups: Sequence[str], class_names: Sequence[str],
-                   region: str, settings: dict[str, Any]) -> dict[str, Any]:
+                   region: str, settings: ProbeSettings) -> dict[str, Any]:
     """Cross-validated balanced accuracy of the probe, its interval, chance and the verdict."""
-    folds, seed = int(settings.get("folds", 5)), int(settings.get("seed", 0))
+    folds, seed = settings.folds, settings.seed
     y = np.asarray(labels, dtype=int)
     counts = Counter(y.tolist())
     usable = np.array([counts[v] >= folds for v in y.tolist()], dtype=bool)
     if len({v for v in y.tolist() if counts[v] >= folds}) < 2:
         return _unfit(region, f"fewer than two classes with at least {folds} readable images")
     idx = np.flatnonzero(usable)
-    idx = idx[_subsample(y[idx], int(settings.get("max_images", 5000)), seed)]
+    idx = idx[_subsample(y[idx], settings.max_images, seed)]
     X, y, g = features[idx], y[idx], np.asarray(groups, dtype=object)[idx]
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=float(settings.get("C", 0.05)), max_iter=3000))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=settings.C, max_iter=3000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter; the interval says how good the fit is
         oof = cross_val_predict(model, X, y, cv=StratifiedGroupKFold(folds, shuffle=True, random_state=seed), groups=g)
     present = np.unique(y)
     chance = 1.0 / len(present)
-    ci = bootstrap_balanced_accuracy(y, oof == y, int(settings.get("resamples", 1000)), seed)
-    margin = float(settings.get("margin", 0.05))
+    ci = bootstrap_balanced_accuracy(y, oof == y, settings.resamples, seed)
+    margin = settings.margin
     return {
         "balanced_accuracy": float(balanced_accuracy_score(y, oof)),
         "ci": ci,

@@ -1,22 +1,32 @@
 """One pass over the audited files: each image is decoded once and yields its fingerprints (pixel
 hash, perceptual hashes), its statistics (size, mode, bit depth, mean and border intensity) and the
-features the shortcut probe sees. A file that cannot be read is recorded, never a crash."""
+features the shortcut probe sees. A file that cannot be read is recorded, never a crash.
+
+The pass runs on every core (worker processes: decoding and hashing hold the GIL part of the time),
+and with ``dataset.cache_dir`` each file's results are kept keyed by its path, size and modification
+time, so auditing a data set that grew reads only the new files. (The store is per probe region and
+border width; a lung mask edited in place without touching its image is not noticed: clear the
+cache folder then.)"""
 
 from __future__ import annotations
 
-import os
+import functools
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from lungcls.audit.probe import PROBE_SIZE, region_features, region_mask
+from lungcls.data import filestore
+from lungcls.data.filestore import file_keys
 from lungcls.data.fingerprints import CROP_LEVELS, HASH_BITS, Fingerprints, fingerprint_array
 from lungcls.data.images import load_mask, read_gray_and_mode, resize_gray
 from lungcls.data.layouts import Sample
+from lungcls.data.parallel import map_chunks
 from lungcls.errors import LungclsError
 
+SCAN_FORMAT = 1  # the per-file store of the read pass (dataset.cache_dir)
 BIT_DEPTH = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 
 
@@ -69,28 +79,86 @@ def choose_region(samples: Sequence[Sample], wanted: str) -> str:
     return wanted if wanted != "auto" else ("outside_lungs" if has_masks else "border")
 
 
-def scan(samples: Sequence[Sample], region: str = "auto", border_frac: float = 0.1, workers: int | None = None) -> Scan:
-    """Read every sample once, on a thread pool (PIL and numpy release the GIL)."""
+STAT_COLUMNS = ("width", "height", "mode", "bit_depth", "mean", "border_mean")
+
+
+def scan_files(samples: Sequence[Sample], region: str, border_frac: float) -> list[tuple]:
+    """What one worker sends back per sample: pixel hash, packed perceptual-hash bits, statistics,
+    probe features and the error (None when read)."""
+    out = []
+    for sample in samples:
+        try:
+            digest, bits, stats, feats = _one(sample, region, border_frac)
+            out.append((digest, np.packbits(bits), stats, feats, None))
+        except LungclsError as e:
+            out.append((None, None, None, None, str(e)))
+    return out
+
+
+def _stored(file: Path, paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple]]:
+    """The rows of the per-file store still valid for ``paths`` (see ``lungcls.data.filestore``)."""
+    sizes, mtimes = file_keys(paths)
+    hit, cols = filestore.lookup(file, paths, sizes, mtimes, ("pixel_hash", "phash", "features", "error", *STAT_COLUMNS))
+    rows = []
+    for k in range(int(hit.sum())):
+        if cols["error"][k]:
+            rows.append((None, None, None, None, str(cols["error"][k])))
+            continue
+        stats = {c: cols[c][k].item() for c in STAT_COLUMNS}
+        rows.append((str(cols["pixel_hash"][k]), cols["phash"][k], stats, cols["features"][k], None))
+    return hit, sizes, mtimes, rows
+
+
+def _store(file: Path, paths: list[str], sizes: np.ndarray, mtimes: np.ndarray, rows: list[tuple], width: int) -> None:
+    n_bytes = -(-len(CROP_LEVELS) * HASH_BITS // 8)
+    blank = {"width": 0, "height": 0, "mode": "", "bit_depth": 0, "mean": 0.0, "border_mean": 0.0}
+    stats = [r[2] or blank for r in rows]
+    filestore.update(file, paths, sizes, mtimes, {
+        "pixel_hash": np.array([r[0] or "" for r in rows], dtype=str),
+        "phash": np.stack([r[1] if r[1] is not None else np.zeros(n_bytes, np.uint8) for r in rows]),
+        "features": np.stack([r[3] if r[3] is not None else np.zeros(width, np.float32) for r in rows]).astype(np.float32),
+        "error": np.array([r[4] or "" for r in rows], dtype=str),
+        **{c: np.array([st[c] for st in stats]) for c in STAT_COLUMNS}})
+
+
+def read_all(samples: Sequence[Sample], region: str, border_frac: float, cache_dir: str | None, workers: int | None) -> list[tuple]:
+    """``scan_files`` for every sample: rows of unchanged files from the store in ``cache_dir``,
+    the others read on every core (and then stored)."""
+    read = functools.partial(scan_files, region=region, border_frac=border_frac)
+    if not cache_dir:
+        return map_chunks(read, list(samples), "audit: read", workers)
+    file = Path(cache_dir) / f"audit-scan-v{SCAN_FORMAT}-{region}-border{border_frac:g}.npz"
+    paths = [s.path for s in samples]
+    hit, sizes, mtimes, cached = _stored(file, paths)
+    todo = np.flatnonzero(~hit).tolist()
+    fresh = map_chunks(read, [samples[i] for i in todo], "audit: read", workers) if todo else []
+    rows: list[tuple] = [()] * len(samples)
+    for i, row in zip(np.flatnonzero(hit).tolist(), cached):
+        rows[i] = row
+    for i, row in zip(todo, fresh):
+        rows[i] = row
+    width = next((len(r[3]) for r in rows if r[3] is not None), 0)
+    if todo:
+        _store(file, [paths[i] for i in todo], sizes[todo], mtimes[todo], fresh, width)
+    return rows
+
+
+def scan(samples: Sequence[Sample], region: str = "auto", border_frac: float = 0.1, workers: int | None = None,
+         cache_dir: str | None = None) -> Scan:
+    """Read every sample once, on every core (worker processes); with ``cache_dir``, files whose
+    path, size and modification time are unchanged since an earlier audit are not read again."""
     region = choose_region(samples, region)
     n = len(samples)
-    hashes: list[str | None] = [None] * n
+    rows = read_all(samples, region, border_frac, cache_dir, workers)
     bits = np.zeros((n, len(CROP_LEVELS), HASH_BITS), dtype=bool)
-    stats: list[dict | None] = [None] * n
-    feats: list[np.ndarray | None] = [None] * n
-    errors: dict[int, str] = {}
-
-    def run(i: int) -> None:
-        try:
-            hashes[i], bits[i], stats[i], feats[i] = _one(samples[i], region, border_frac)
-        except LungclsError as e:
-            errors[i] = str(e)
-
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(run, range(n)))
-    width = next((len(f) for f in feats if f is not None), 0)
+    for i, row in enumerate(rows):
+        if row[1] is not None:
+            bits[i] = np.unpackbits(row[1])[: bits[i].size].reshape(bits[i].shape).astype(bool)
+    errors = {i: row[4] for i, row in enumerate(rows) if row[4] is not None}
+    width = next((len(r[3]) for r in rows if r[3] is not None), 0)
     features = np.zeros((n, width), dtype=np.float32)
-    for i, f in enumerate(feats):
-        if f is not None:
-            features[i] = f
-    fp = Fingerprints([s.path for s in samples], hashes, bits, {samples[i].path: e for i, e in errors.items()})
-    return Scan(fp, stats, features, region, errors)
+    for i, row in enumerate(rows):
+        if row[3] is not None:
+            features[i] = row[3]
+    fp = Fingerprints([s.path for s in samples], [r[0] for r in rows], bits, {samples[i].path: e for i, e in errors.items()})
+    return Scan(fp, [r[2] for r in rows], features, region, errors)

@@ -143,12 +143,41 @@ def run_bench(s: Settings) -> dict[str, Any]:
     }
 
 
+def run_data_scale(args: Any) -> int:
+    """``--scale`` or ``--near-duplicates``: the data-size measurements, not the throughput run."""
+    from lungcls.benchmark.neardup import run_near_duplicates
+    from lungcls.benchmark.scale import parse_scale, run_scale
+
+    gen_dir = args.gen_dir or os.environ.get("LUNGCLS_DATA_DIR") or "outputs/data"
+    out = Path(args.out or Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    try:
+        if args.scale is not None:
+            if args.scale_image_size < 32:
+                raise LungclsError(f"--scale-image-size {args.scale_image_size} is too small; use 32 or more (e.g. 64)")
+            run_scale(parse_scale(args.scale), args.scale_image_size, gen_dir, str(out))
+        if args.near_duplicates is not None:
+            if (out / "near_duplicates.json").exists():
+                raise LungclsError(f"{out}/near_duplicates.json exists; give another --out")
+            result = run_near_duplicates(args.near_duplicates, args.near_duplicate_bits, gen_dir, args.recall_subset)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "near_duplicates.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(f"near duplicates: {result['codes']:,} codes, {result['pairs']:,} pairs within {result['max_bits']} bits "
+                  f"in {result['seconds']} s; recall {result['recall']} against all pairs on {result['recall_subset']:,} codes")
+            print(f"written: {out / 'near_duplicates.json'}")
+    except LungclsError as e:
+        print(f"lungcls-bench: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 all measurements ran, 1 one failed, 2 bad input, 3 a target missed (with
     ``--check-targets``)."""
     import torch
 
     args = build_parser().parse_args(argv)
+    if args.scale is not None or args.near_duplicates is not None:
+        return run_data_scale(args)
     threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     try:
         if args.threads is not None:

@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default="", help=f"comma-separated measurements to skip: {', '.join(MEASUREMENTS)} (or a-e)")
     p.add_argument("--out", help="output folder (default: outputs/bench/<timestamp>)")
     p.add_argument("--check-targets", action="store_true", help="exit with status 3 when a target is missed (CUDA only)")
+    p.add_argument("--scale", help="instead of the throughput run: the scale ladder over these data set sizes "
+                   "(increasing, e.g. 1000,4000,16000): seconds and peak RSS of every stage; writes scale.json and scale.png")
+    p.add_argument("--scale-image-size", type=int, default=64, help="side of the generated PNGs and working size of the scale ladder (default 64)")
+    p.add_argument("--near-duplicates", type=int, metavar="N", help="instead of the throughput run: the near-duplicate search "
+                   "on N synthetic hashes distributed like the phantom's, with recall against all pairs; writes near_duplicates.json")
+    p.add_argument("--near-duplicate-bits", type=int, default=12, help="threshold of --near-duplicates (default 12, as for real X-rays)")
+    p.add_argument("--recall-subset", type=int, default=20000, help="codes checked against all pairs for --near-duplicates' recall (default 20000)")
     return p
 
 

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 
 from lungcls.data.images import DEFAULT_MAX_PIXELS, load_image
+from lungcls.runs.progress import tracked
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def decode_images(paths: Sequence[str], image_size: int, workers: int | None = N
         out[i] = load_image(paths[i], image_size, max_pixels, preprocess, masks[i] if masks else None)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(one, range(len(paths))):
+        for _ in tracked(pool.map(one, range(len(paths))), "decode into the cache", len(paths)):
             pass
     return out
 

@@ -39,6 +39,7 @@ from lungcls.data.phantom import FINDINGS, DemoCase
 from lungcls.data.phantom import render_demo_case as _render_case
 from lungcls.data.phantom.sites import MAX_SITES, pick_site
 from lungcls.errors import LungclsError
+from lungcls.runs.progress import tracked
 
 try:  # POSIX; elsewhere concurrent first use is simply not locked
     import fcntl
@@ -326,12 +327,13 @@ def _write_dataset(out: Path, params: dict, workers: int = 1) -> str:
         n = class_count(params, class_name)
         jobs += [(str(out), class_name, s, min(s + 256, n + 1), size, seed, shortcut, class_index, sources, bias)
                  for s in range(1, n + 1, 256)]
+    total = sum(job[3] - job[2] for job in jobs)
     if workers > 1 and len(jobs) > 1:
         # spawn: workers need only numpy and PIL, never the parent's threads or CUDA state
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_write_images, jobs))
+            results = list(tracked(pool.map(_write_images, jobs), "phantom", total, step=len))
     else:
-        results = [_write_images(job) for job in jobs]
+        results = [_write_images(job) for job in tracked(jobs, "phantom", total, step=lambda job: job[3] - job[2])]
     rows = [row for chunk in results for row, _ in chunk]
     digest = hashlib.sha256("".join(d for chunk in results for _, d in chunk).encode())
     with open(out / ANNOTATIONS_FILE, "w", newline="") as f:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,11 @@ import numpy as np
 import scipy.fft
 from PIL import Image
 
+from lungcls.data import filestore
+from lungcls.data.filestore import file_keys
+from lungcls.data.hashindex import indexed_near_pairs
 from lungcls.data.images import DEFAULT_MAX_PIXELS, read_gray
+from lungcls.data.parallel import map_chunks
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ HIGHFREQ_FACTOR = 4
 CROP_LEVELS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
 HASH_BITS = HASH_SIZE * HASH_SIZE
 DEFAULT_NEAR_BITS = 12
-FORMAT = 1
+FORMAT = 2  # the per-file store (path, size, mtime -> hashes)
 
 
 @dataclass
@@ -89,7 +92,7 @@ def fingerprint_array(gray: np.ndarray) -> tuple[str, np.ndarray]:
     return pixel_hash(gray), phash_bits(_crop_thumbnails(gray))
 
 
-def _one(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str | None, np.ndarray | None, str | None]:
+def _one(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str | None, np.ndarray | None, str | None]:
     try:
         gray = read_gray(path, max_pixels)
     except LungclsError as e:
@@ -97,25 +100,27 @@ def _one(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str | None, n
     return (*fingerprint_array(gray), None)
 
 
-def compute_fingerprints(paths: Sequence[str], workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Fingerprints:
-    """Decode each file once (threads: PIL and the DCT release the GIL). An unreadable file gets no
-    hash and its one-line reason in ``errors``; it never stops the pass."""
+def fingerprint_files(paths: Sequence[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[tuple]:
+    """``_one`` for each path, bits packed (what a worker process sends back)."""
+    out = []
+    for p in paths:
+        digest, bits, error = _one(p, max_pixels)
+        out.append((digest, None if bits is None else np.packbits(bits), error))
+    return out
+
+
+def compute_fingerprints(paths: Sequence[str], workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Fingerprints:
+    """Decode each file once, on every core (worker processes). An unreadable file gets no hash
+    and its one-line reason in ``errors``; it never stops the pass."""
     paths = [str(p) for p in paths]
-    hashes: list[str | None] = [None] * len(paths)
-    bits = np.zeros((len(paths), len(CROP_LEVELS), HASH_BITS), dtype=bool)
-    errors: dict[str, str] = {}
-
-    def run(i: int) -> None:
-        digest, image_bits, error = _one(paths[i], max_pixels)
-        hashes[i] = digest
-        if image_bits is not None:
-            bits[i] = image_bits
-        if error is not None:
-            errors[paths[i]] = error
-
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(run, range(len(paths))))
-    return Fingerprints(paths, hashes, bits, errors)
+    shape = (len(CROP_LEVELS), HASH_BITS)
+    rows = map_chunks(functools.partial(fingerprint_files, max_pixels=max_pixels), paths, "fingerprints", workers)
+    bits = np.zeros((len(paths), *shape), dtype=bool)
+    for i, (_, packed, _) in enumerate(rows):
+        if packed is not None:
+            bits[i] = np.unpackbits(packed)[: shape[0] * shape[1]].reshape(shape).astype(bool)
+    errors = {paths[i]: error for i, (_, _, error) in enumerate(rows) if error is not None}
+    return Fingerprints(paths, [digest for digest, _, _ in rows], bits, errors)
 
 
 def phash_hex(bits: np.ndarray) -> str:
@@ -131,11 +136,18 @@ def phash_from_hex(text: str) -> np.ndarray | None:
     return np.unpackbits(raw)[:n].astype(bool).reshape(len(CROP_LEVELS), HASH_BITS)
 
 
-def near_pairs(a: np.ndarray, b: np.ndarray | None = None, max_bits: int = DEFAULT_NEAR_BITS,
-               chunk: int = 512) -> list[tuple[int, int, int]]:
+def near_pairs(a: np.ndarray, b: np.ndarray | None = None, max_bits: int = DEFAULT_NEAR_BITS) -> list[tuple[int, int, int]]:
     """``(i, j, distance)`` for images within ``max_bits``: of ``a`` among themselves (i < j) or
-    between ``a`` and ``b``. Hamming distances for all pairs come from one matrix product per
-    chunk (|x| + |y| - 2 x.y on 0/1 vectors), the min over full-vs-crop hashes both ways."""
+    between ``a`` and ``b``, full image against every crop level both ways. Found through a
+    multi-index hash (``lungcls.data.hashindex``): the same pairs as comparing all of them."""
+    return indexed_near_pairs(a, b, max_bits=max_bits)
+
+
+def near_pairs_brute(a: np.ndarray, b: np.ndarray | None = None, max_bits: int = DEFAULT_NEAR_BITS,
+                     chunk: int = 512) -> list[tuple[int, int, int]]:
+    """``near_pairs`` by comparing every pair (time grows with the square): the reference that the
+    index's recall is checked against. Hamming distances come from one matrix product per chunk
+    (|x| + |y| - 2 x.y on 0/1 vectors), the min over full-vs-crop hashes both ways."""
     same = b is None
     b = a if b is None else b
     n_levels = a.shape[1]
@@ -160,29 +172,40 @@ def _hamming(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.rint(x.sum(1)[:, None] + y.sum(1)[None, :] - 2.0 * (x @ y.T)).astype(np.int32)
 
 
-def cache_file(cache_dir: str | Path, key: str) -> Path:
-    return Path(cache_dir) / f"fingerprints-v{FORMAT}-{key}.npz"
+def store_file(cache_dir: str | Path, max_pixels: int | None) -> Path:
+    """The per-file fingerprint store of ``cache_dir`` (one per pixel limit: it decides what is unreadable)."""
+    return Path(cache_dir) / f"fingerprints-v{FORMAT}-max{max_pixels}.npz"
 
 
 def load_or_compute(paths: Sequence[str], cache_dir: str | Path | None = None, key: str | None = None,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Fingerprints:
-    """Fingerprints, read from ``cache_dir`` when a file for exactly these files (``key``) exists."""
-    if cache_dir is None or key is None:
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Fingerprints:
+    """Fingerprints, each read from the per-file store in ``cache_dir`` while its file's path, size
+    and modification time are unchanged; only new or changed files are decoded (and then stored).
+    ``key`` is not used (the store is keyed per file); it stays for callers that pass it."""
+    paths = [str(p) for p in paths]
+    if cache_dir is None:
         return compute_fingerprints(paths, max_pixels=max_pixels)
-    file = cache_file(cache_dir, key)
-    if file.is_file():
-        try:
-            data = np.load(file, allow_pickle=False)
-            if list(data["paths"]) == list(paths):
-                hashes = [h or None for h in data["pixel_hash"].tolist()]
-                errors = dict(zip(data["error_paths"].tolist(), data["error_text"].tolist()))
-                return Fingerprints(list(paths), hashes, data["phash"].astype(bool), errors)
-        except Exception as e:  # a truncated or foreign file: rebuild it
-            log.warning("ignoring unreadable fingerprint cache %s (%s)", file, e)
-    fp = compute_fingerprints(paths, max_pixels=max_pixels)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, paths=np.array(fp.paths), pixel_hash=np.array([h or "" for h in fp.pixel_hash]), phash=fp.phash,
-             error_paths=np.array(list(fp.errors), dtype=str), error_text=np.array(list(fp.errors.values()), dtype=str))
-    os.replace(tmp, file)
-    return fp
+    file = store_file(cache_dir, max_pixels)
+    sizes, mtimes = file_keys(paths)
+    hit, cached = filestore.lookup(file, paths, sizes, mtimes, ("pixel_hash", "phash", "error"))
+    hashes: list[str | None] = [None] * len(paths)
+    bits = np.zeros((len(paths), len(CROP_LEVELS), HASH_BITS), dtype=bool)
+    errors: dict[str, str] = {}
+    for i, digest, packed, error in zip(np.flatnonzero(hit).tolist(), cached.get("pixel_hash", []), cached.get("phash", []),
+                                        cached.get("error", [])):
+        hashes[i] = str(digest) or None
+        bits[i] = np.unpackbits(packed)[: bits[i].size].reshape(bits[i].shape).astype(bool)
+        if error:
+            errors[paths[i]] = str(error)
+    todo = np.flatnonzero(~hit).tolist()
+    if todo:
+        log.info("fingerprints: %d of %d file(s) are new or changed; reading them (%s)", len(todo), len(paths), file)
+        fresh = compute_fingerprints([paths[i] for i in todo], max_pixels=max_pixels)
+        for k, i in enumerate(todo):
+            hashes[i], bits[i] = fresh.pixel_hash[k], fresh.phash[k]
+        errors.update(fresh.errors)
+        filestore.update(file, fresh.paths, sizes[todo], mtimes[todo], {
+            "pixel_hash": np.array([h or "" for h in fresh.pixel_hash], dtype=str),
+            "phash": np.packbits(fresh.phash.reshape(len(todo), -1), axis=1),
+            "error": np.array([fresh.errors.get(p, "") for p in fresh.paths], dtype=str)})
+    return Fingerprints(paths, hashes, bits, {p: errors[p] for p in paths if p in errors})

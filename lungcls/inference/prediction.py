@@ -21,6 +21,7 @@ from lungcls.data.layouts import sibling_mask
 from lungcls.data.preprocess import preprocess_from
 from lungcls.models.device import autocast_for
 from lungcls.errors import LungclsError
+from lungcls.runs.progress import tracked
 
 
 @dataclass
@@ -131,7 +132,8 @@ def file_batches(paths: Sequence[str], image_size: int, batch_size: int, preproc
     through the model's decode-time ``preprocess`` (``lungcls.data.preprocess``; lung masks are
     looked up next to each image when it masks outside the lungs)."""
     masked = preprocess is not None and preprocess.mask_outside_lungs
-    for start in range(0, len(paths), batch_size):
+    for start in tracked(range(0, len(paths), batch_size), "predict", len(paths),
+                         step=lambda start: min(batch_size, len(paths) - start)):
         chunk = paths[start : start + batch_size]
         yield torch.stack([load_image(p, image_size, preprocess=preprocess, mask=sibling_mask(Path(p), "masks") if masked else None)
                            for p in chunk]), slice(start, start + len(chunk))

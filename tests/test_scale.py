@@ -1,0 +1,72 @@
+"""``lungcls-bench --scale`` and ``--near-duplicates``: bad input is one line, the growth exponent is
+the log-log slope, synthetic hashes follow measured bit statistics (not uniform bits), and (slow) both
+commands run end to end: scale.json with every stage, recall 1.0 against all pairs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lungcls.benchmark.__main__ import main
+from lungcls.benchmark.neardup import calibrate, draw_codes, pair_quantiles
+from lungcls.benchmark.scale import exponent, parse_scale
+from lungcls.benchmark.stages import STAGES
+from lungcls.errors import LungclsError
+
+
+@pytest.mark.parametrize("text", ["4000,1000", "1000", "1000,1000", "0,10", "10,abc", "-5,10"])
+def test_a_bad_scale_list_is_one_line_naming_the_fix(text, tmp_path, capsys):
+    with pytest.raises(LungclsError) as e:
+        parse_scale(text)
+    assert "increasing" in str(e.value) and "--scale 1000,4000,16000" in str(e.value) and "\n" not in str(e.value)
+    assert main([f"--scale={text}", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lungcls-bench: error: --scale")
+    assert not (tmp_path / "out").exists()
+
+
+def test_exponent_is_the_log_log_slope():
+    n = [1000, 4000, 16000]
+    assert exponent(n, [0.002 * x for x in n]) == pytest.approx(1.0)
+    assert exponent(n, [1e-6 * x * x for x in n]) == pytest.approx(2.0)
+    assert exponent(n, [5.0, 5.0, 5.0]) == pytest.approx(0.0, abs=1e-9)
+    assert exponent([1000], [1.0]) is None
+
+
+def test_synthetic_hashes_follow_the_templates_bit_statistics():
+    rng = np.random.default_rng(0)
+    freq = np.clip(rng.beta(0.4, 0.4, 144), 0.01, 0.99)  # skewed, as chest film hashes are
+    templates = np.repeat((rng.random((300, 144)) < freq)[:, None, :], 6, axis=1)
+    templates[:, 1:] ^= rng.random((300, 5, 144)) < 0.1
+    rho, fit = calibrate(templates, rng)
+    codes = draw_codes(templates, 20000, rho, rng)
+    assert np.abs(codes[:, 0].mean(0) - templates[:, 0].mean(0)).max() < 0.05  # the measured frequencies
+    assert fit["same_template_q01_bits"] >= fit["phantom_q01_bits"] or rho == 1.0
+    median, q01 = pair_quantiles(codes[:, 0], rng)
+    assert median < 60  # uniform random bits would sit at 72 of 144
+    crop_gap = (codes[:, 0] != codes[:, 3]).sum(1).mean()
+    assert crop_gap == pytest.approx((templates[:, 0] != templates[:, 3]).sum(1).mean(), rel=0.25)
+
+
+@pytest.mark.slow
+def test_near_duplicates_bench_has_recall_one(tmp_path):
+    out = tmp_path / "nd"
+    assert main(["--near-duplicates", "4000", "--recall-subset", "2000", "--gen-dir", str(tmp_path / "data"), "--out", str(out)]) == 0
+    result = json.loads((out / "near_duplicates.json").read_text())
+    assert result["codes"] == 4000 and result["recall"] == 1.0 and result["recall_pairs"] > 0
+    assert result["extra_pairs_in_subset"] == 0 and result["pairs"] >= result["recall_pairs"]
+    assert main(["--near-duplicates", "4000", "--gen-dir", str(tmp_path / "data"), "--out", str(out)]) == 2  # never over a result
+
+
+@pytest.mark.slow
+def test_scale_ladder_writes_every_stage(tmp_path):
+    out = tmp_path / "scale"
+    assert main(["--scale", "8,16", "--scale-image-size", "32", "--gen-dir", str(tmp_path / "data"), "--out", str(out)]) == 0
+    result = json.loads((out / "scale.json").read_text())
+    assert set(result["stages"]) == set(STAGES)
+    for row in result["stages"].values():
+        assert row["images"] == [8, 16] and len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"])
+        assert all(m > 50 for m in row["peak_rss_mb"]) and isinstance(row["exponent"], float)
+    assert (out / "scale.png").stat().st_size > 1000
