@@ -127,7 +127,7 @@ def test_deletion_falls_faster_for_the_map_that_marks_what_the_model_uses():
     assert full.min() - gone.max() > 0.5  # the blur removes what the model reads
     assert (good.deletion_auc < rand.deletion_auc - 0.1).all()
     assert (bad.deletion_auc > good.deletion_auc + 0.3).all() and bad.deletion_auc.mean() > rand.deletion_auc.mean()
-    assert (good.insertion_auc > rand.insertion_auc + 0.1).all()
+    assert (good.insertion_auc > rand.insertion_auc + 0.05).all() and (good.insertion_auc > bad.insertion_auc + 0.3).all()
 
 
 def test_edge_control_is_the_sobel_magnitude_and_ignores_the_model():
@@ -136,4 +136,4 @@ def test_edge_control_is_the_sobel_magnitude_and_ignores_the_model():
     edge = METHODS.get("edge")
     a = finish(edge.compute(None, x, torch.zeros(2, dtype=torch.long)), edge.convention, 16)
     assert a.shape == (2, 16, 16) and float(a.max()) == 1.0
-    assert float(a[:, :, 7:9].min()) > 0.4 and float(a[:, :, :6].max()) == 0.0 and float(a[:, :, 10:].max()) == 0.0
+    assert float(a[:, :, 7:9].min()) > 0.4 and float(a[:, :, :6].max()) < 0.01 and float(a[:, :, 10:].max()) < 0.01

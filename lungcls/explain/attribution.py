@@ -43,6 +43,7 @@ class MethodRun:
     ms_per_image: float
     sanity: SanityResult | None
     curves: Curves
+    seconds: float = 0.0  # wall time of the maps, their sanity check and curves
 
 
 def _timed(fn: Callable[[], Tensor], device: torch.device, n: int) -> tuple[Tensor, float]:
@@ -127,9 +128,10 @@ def explain_methods(model: ReportModel, layer: CamLayer, images: Sequence[Report
     """Grad-CAM pass (probabilities, explained classes), every method that can run, the random-order
     yardstick, and one-line notes for the methods skipped."""
     device = next(iter(model.model.parameters())).device
-    x = image_batch(images, model.image_size).to(device)
+    x_cpu = image_batch(images, model.image_size)  # Grad-CAM moves its batches itself; the weight map stays on the CPU
     targets = class_targets(s.target, model, images)
-    base, base_ms = _timed(lambda: explain_batch(model, x, targets, s.batch_size, layer), device, len(x))
+    base, base_ms = _timed(lambda: explain_batch(model, x_cpu, targets, s.batch_size, layer), device, len(x_cpu))
+    x = x_cpu.to(device)
     fine = None if model.explained_by_weights else model.cam_layer(AUTO, s.layercam_min_cells)
     runs, notes = [], []
     for method in methods:
@@ -140,7 +142,9 @@ def explain_methods(model: ReportModel, layer: CamLayer, images: Sequence[Report
             continue
         log.info("%s of %s on %d images", method.title, model.name, len(images))
         try:
+            start = time.perf_counter()
             runs.append(_one_method(model, method, x, base, layer, fine, s, base_ms))
+            runs[-1].seconds = time.perf_counter() - start
         except RuntimeError as e:  # an architecture a Captum method cannot handle
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             notes.append(f"{method.name} skipped for {model.name}: it could not run on this backbone ({first[:200]})")
