@@ -91,6 +91,11 @@ def test_hit_and_iou_on_hand_made_maps():
     plateau = np.zeros((10, 10))
     plateau[1:4, 1:4] = 1.0  # 9 maximal pixels, 4 of them on the lesion: no majority, a miss
     assert hit_and_iou(plateau, mask)["hit"] == 0.0
+    beside = np.zeros((10, 10))
+    beside[2, 5] = 1.0  # two pixels right of the lesion's edge
+    assert hit_and_iou(beside, mask)["hit"] == 0.0
+    assert hit_and_iou(beside, mask, tolerance=0.2)["hit"] == 1.0  # within 2 px (0.2 of the side)
+    assert hit_and_iou(beside, mask, tolerance=0.1)["hit"] == 0.0
     assert hit_and_iou(cam, None) == {"hit": None, "iou": None}
     assert hit_and_iou(cam, np.zeros((10, 10))) == {"hit": None, "iou": None}  # nothing to find
     assert hit_and_iou(np.zeros((10, 10)), mask) == {"hit": None, "iou": None}  # an all-zero map

@@ -170,7 +170,7 @@ def method_rows(model: ReportModel, run: MethodRun, base: CamResult, rand: Curve
                "deletion_auc": float(del_auc[i]), "insertion_auc": float(ins_auc[i]),
                "deletion_auc_random": float(del_rand[i]), "insertion_auc_random": float(ins_rand[i])}
         row.update(energy_shares(display[i], lung, lesion, border_frac=s.border_frac))
-        row.update(hit_and_iou(display[i], lesion))
+        row.update(hit_and_iou(display[i], lesion, s.hit_tolerance))
         rows.append(row)
     return rows
 

@@ -47,6 +47,7 @@ class ReportSettings:
     smoothgrad_noise: float
     layercam_min_cells: int
     methods_figure_images: int
+    hit_tolerance: float
 
     def __post_init__(self) -> None:
         self.target = "true" if self.target is True else str(self.target)
@@ -67,6 +68,7 @@ class ReportSettings:
         check_range(self.smoothgrad_samples, "report.smoothgrad_samples", 1)
         check_range(self.smoothgrad_noise, "report.smoothgrad_noise", 0.0)
         check_range(self.methods_figure_images, "report.methods_figure_images", 1)
+        check_range(self.hit_tolerance, "report.hit_tolerance", 0.0, 0.5)
         if self.per_class is not None:
             check_range(self.per_class, "report.per_class", 0)
         if self.log_to and not Path(self.log_to).expanduser().is_dir():
