@@ -168,7 +168,8 @@ def trust_section(out_dir: Path, unique: Sequence[ReportImage], per_model: Seque
     """"Which map to trust": the methods table, a sentence per method, the recommendation, the figure
     with one column per method and the deletion curves."""
     figures = write_method_figures(out_dir, unique, per_model, s.methods_figure_images, s.display_size, target_text)
-    figures.append(write_curve_figure(out_dir, per_model, randoms))
+    curves = write_curve_figure(out_dir, per_model, randoms)
+    figures += [curves] if curves is not None else []
     lines = [*recommendation(table, s.sanity_threshold, _model_free()), *verdict_lines(table, s.sanity_threshold), *skipped]
     shown = [{c: r[c] for c in ("model", "method", "grid", "images", "hit_rate", "iou", "lesion_share", "lesion_ratio",
                                 "lung_share", "border_share", "deletion_auc", "deletion_auc_random", "insertion_auc",

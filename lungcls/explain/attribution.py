@@ -42,7 +42,7 @@ class MethodRun:
     grid: str
     ms_per_image: float
     sanity: SanityResult | None
-    curves: Curves
+    curves: Curves | None  # None: report.faithfulness off
     seconds: float = 0.0  # wall time of the maps, their sanity check and curves
 
 
@@ -110,8 +110,10 @@ def _one_method(model: ReportModel, method: AttributionMethod, x: Tensor, base: 
             def again(net: nn.Module) -> Tensor:
                 return run_method(method, _context(net, layer, fine, s), x, targets, s.batch_size)
             sanity = randomised_check(model, cams, _sanity_layer(model, method, layer, fine), again, s.sanity_threshold)
-    curves = faithfulness_curves(model.model, x, cams.to(device), targets, s.faithfulness_steps, s.faithfulness_blur,
-                                 s.batch_size)
+    curves = None
+    if s.faithful_curves():
+        curves = faithfulness_curves(model.model, x, cams.to(device), targets, s.faithfulness_steps, s.faithfulness_blur,
+                                     s.batch_size)
     return MethodRun(method, cams, method_grid(method, layer, fine, x.shape[-1], s), ms, sanity, curves)
 
 
@@ -124,7 +126,7 @@ def skip_reason(model: ReportModel, method: AttributionMethod, fine: CamLayer | 
 
 
 def explain_methods(model: ReportModel, layer: CamLayer, images: Sequence[ReportImage],
-                    methods: Sequence[AttributionMethod], s: ReportSettings) -> tuple[CamResult, list[MethodRun], Curves, list[str]]:
+                    methods: Sequence[AttributionMethod], s: ReportSettings) -> tuple[CamResult, list[MethodRun], Curves | None, list[str]]:
     """Grad-CAM pass (probabilities, explained classes), every method that can run, the random-order
     yardstick, and one-line notes for the methods skipped."""
     device = next(iter(model.model.parameters())).device
@@ -149,31 +151,34 @@ def explain_methods(model: ReportModel, layer: CamLayer, images: Sequence[Report
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             notes.append(f"{method.name} skipped for {model.name}: it could not run on this backbone ({first[:200]})")
             print(notes[-1])
-    rand = faithfulness_curves(model.model, x, random_maps(len(x), x.shape[-1]).to(device), base.targets.to(device),
-                               s.faithfulness_steps, s.faithfulness_blur, s.batch_size)
+    rand = None
+    if s.faithful_curves():
+        rand = faithfulness_curves(model.model, x, random_maps(len(x), x.shape[-1]).to(device), base.targets.to(device),
+                                   s.faithfulness_steps, s.faithfulness_blur, s.batch_size)
     return base, runs, rand, notes
 
 
-def method_rows(model: ReportModel, run: MethodRun, base: CamResult, rand: Curves, images: Sequence[ReportImage],
+def method_rows(model: ReportModel, run: MethodRun, base: CamResult, rand: Curves | None, images: Sequence[ReportImage],
                 common: Sequence[Mapping[str, Any]], masks: Mapping[str, tuple[Any, Any]], s: ReportSettings,
                 display: Tensor) -> list[dict[str, Any]]:
     """One ``gradcam.csv`` row per image for one method: ``common`` (selection, prediction...) plus
     the localisation, faithfulness and sanity numbers of this method's map."""
     rows = []
-    del_auc, ins_auc = run.curves.deletion_auc, run.curves.insertion_auc
-    del_rand, ins_rand = rand.deletion_auc, rand.insertion_auc
+    none = [None] * len(images)
+    del_auc, ins_auc = (none, none) if run.curves is None else (run.curves.deletion_auc, run.curves.insertion_auc)
+    del_rand, ins_rand = (none, none) if rand is None else (rand.deletion_auc, rand.insertion_auc)
     for i, im in enumerate(images):
         lung, lesion = masks[im.path]
         row = {**common[i], "method": run.method.name, "layer": run.grid, "ms_per_image": run.ms_per_image,
                "sanity_spearman": run.sanity.spearman[i] if run.sanity is not None else None,
                "sanity_flag": run.sanity.flagged[i] if run.sanity is not None else None,
-               "deletion_auc": float(del_auc[i]), "insertion_auc": float(ins_auc[i]),
-               "deletion_auc_random": float(del_rand[i]), "insertion_auc_random": float(ins_rand[i])}
+               "deletion_auc": _float(del_auc[i]), "insertion_auc": _float(ins_auc[i]),
+               "deletion_auc_random": _float(del_rand[i]), "insertion_auc_random": _float(ins_rand[i])}
         row.update(energy_shares(display[i], lung, lesion, border_frac=s.border_frac))
         row.update(hit_and_iou(display[i], lesion, s.hit_tolerance))
         rows.append(row)
     return rows
 
 
-def display_maps(run: MethodRun, size: int) -> Tensor:
-    return to_display(run.cams, size)
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -169,6 +169,11 @@ def method_images(images: Sequence[ReportImage], n: int) -> list[int]:
     return (with_lesion + rest)[:n]
 
 
+def _method_cell(row: Mapping[str, Any]) -> str:
+    deletion = row.get("deletion_auc")
+    return ("" if deletion is None else f"del {deletion:.2f}") + (" (!)" if row.get("sanity_flag") else "")
+
+
 def write_method_figures(out_dir: Path, images: Sequence[ReportImage], per_model: Sequence[Sequence[Explained]],
                          n_images: int, display_size: int, target_text: str) -> list[FigureSection]:
     """One figure per model with one column per method on the same X-rays (PNG 300 dpi + PDF)."""
@@ -183,8 +188,7 @@ def write_method_figures(out_dir: Path, images: Sequence[ReportImage], per_model
             [e.display_cams[chosen] for e in runs],
             image_titles=[_image_title(images[i]) for i in chosen],
             model_names=[e.method for e in runs],
-            cell_titles=[[f"del {e.rows[i]['deletion_auc']:.2f}" + (" (!)" if e.rows[i].get("sanity_flag") else "")
-                          for i in chosen] for e in runs],
+            cell_titles=[[_method_cell(e.rows[i]) for i in chosen] for e in runs],
             path=out_dir / f"{name}.png", bar_label="attribution (each map scaled to max = 1)",
         )
         sections.append(FigureSection(
@@ -195,15 +199,19 @@ def write_method_figures(out_dir: Path, images: Sequence[ReportImage], per_model
     return sections
 
 
-def write_curve_figure(out_dir: Path, per_model: Sequence[Sequence[Explained]], random: Sequence[Curves]) -> FigureSection:
-    """The mean deletion and insertion curves of every method of every model against random order."""
+def write_curve_figure(out_dir: Path, per_model: Sequence[Sequence[Explained]],
+                       random: Sequence[Curves | None]) -> FigureSection | None:
+    """The mean deletion and insertion curves of every method of every model against random order
+    (None when the curves were not computed, ``report.faithfulness=false``)."""
     panels = []
     for runs, rand in zip(per_model, random):
-        if not runs:
+        if not runs or rand is None:
             continue
         name = runs[0].model.name
         panels.append((f"Deletion: {name}", {e.method: e.curves.deletion.mean(axis=0) for e in runs}, rand.deletion.mean(axis=0)))
         panels.append((f"Insertion: {name}", {e.method: e.curves.insertion.mean(axis=0) for e in runs}, rand.insertion.mean(axis=0)))
+    if not panels:
+        return None
     png = plot_curves(panels, out_dir / "methods_deletion.png", xlabel="share of pixels blurred (deletion) or restored (insertion)")
     return FigureSection(
         "Deletion and insertion curves", png,

@@ -48,6 +48,7 @@ class ReportSettings:
     layercam_min_cells: int
     methods_figure_images: int
     hit_tolerance: float
+    faithfulness: Optional[bool]  # null: on when two or more methods are compared
 
     def __post_init__(self) -> None:
         self.target = "true" if self.target is True else str(self.target)
@@ -73,6 +74,13 @@ class ReportSettings:
             check_range(self.per_class, "report.per_class", 0)
         if self.log_to and not Path(self.log_to).expanduser().is_dir():
             raise LungclsError(f"report.log_to={self.log_to} is not a folder; give a training run folder (or leave it unset)")
+
+    def faithful_curves(self) -> bool:
+        """Deletion/insertion curves: on when asked, or by default when methods are compared (a
+        Grad-CAM-only report stays as fast as before)."""
+        if self.faithfulness is not None:
+            return self.faithfulness
+        return self.methods == "all" or len(self.methods) > 1
 
     def check_image_size(self, size: int, model_name: str) -> None:
         """Occlusion's window must fit in every model's input image."""

@@ -50,6 +50,8 @@ def bootstrap_mean(values: Sequence[float | None], seed: int = 0) -> tuple[float
 
 def _value(row: Mapping[str, Any], key: str) -> float | None:
     if key == "deletion_gain":
+        if row["deletion_auc"] is None or row["deletion_auc_random"] is None:
+            return None
         return row["deletion_auc_random"] - row["deletion_auc"]
     value = row.get(key)
     if value is None:
@@ -90,12 +92,12 @@ def write_methods_csv(path: Path, table: Sequence[Mapping[str, Any]]) -> Path:
     return path
 
 
-def _checks(row: Mapping[str, Any], threshold: float) -> tuple[bool | None, bool, bool | None]:
+def _checks(row: Mapping[str, Any], threshold: float) -> tuple[bool | None, bool | None, bool | None]:
     """(localises, faithful, passes the sanity check); None where it cannot be told."""
     localises = None
     if row["lesion_share_lo"] is not None:
         localises = bool(row["lesion_share_lo"] > _uniform(row))
-    faithful = row["deletion_gain_lo"] is not None and row["deletion_gain_lo"] > 0
+    faithful = None if row["deletion_gain_lo"] is None else bool(row["deletion_gain_lo"] > 0)
     sane = None if row["sanity_spearman"] is None else bool(row["sanity_spearman"] < threshold)
     return localises, faithful, sane
 
@@ -119,7 +121,8 @@ def verdict_lines(table: Sequence[Mapping[str, Any]], threshold: float) -> list[
         else:
             loc = (f"{'localises' if localises else 'does NOT localise'} (lesion share {_f(row['lesion_ratio'])}x "
                    f"uniform, hit rate {_f(row['hit_rate'])}, IoU {_f(row['iou'])})")
-        faith = (f"{'faithful' if faithful else 'NOT faithful'} (deletion AUC {_f(row['deletion_auc'])} vs "
+        faith = ("faithfulness not measured (report.faithfulness=false)" if faithful is None else
+                 f"{'faithful' if faithful else 'NOT faithful'} (deletion AUC {_f(row['deletion_auc'])} vs "
                  f"{_f(row['deletion_auc_random'])} in random order)")
         sanity = ("sanity check not run" if sane is None else
                   f"{'passes' if sane else 'FAILS'} the sanity check (mean Spearman {_f(row['sanity_spearman'])})")
@@ -134,6 +137,10 @@ def recommendation(table: Sequence[Mapping[str, Any]], threshold: float, model_f
     for model in dict.fromkeys(r["model"] for r in table):
         rows = [r for r in table if r["model"] == model and r["method"] not in model_free]
         good = [r for r in rows if _checks(r, threshold)[1] and _checks(r, threshold)[2] is not False]
+        if rows and all(_checks(r, threshold)[1] is None for r in rows):
+            lines.append(f"No recommendation for {model}: faithfulness was not measured (report.faithfulness=true "
+                         "turns it on; it is on by default when two or more methods are compared).")
+            continue
         if not good:
             lines.append(f"Recommended for {model}: none; no method is both faithful and passes the sanity check, "
                          "so read its maps with care.")
