@@ -131,7 +131,8 @@ def make_report(cfg: DictConfig) -> Path:
     write_summary_csv(out_dir / "gradcam_summary.csv", per_model_rows)
     table = method_table(rows)
     write_methods_csv(out_dir / "methods.csv", table)
-    trust = trust_section(out_dir, unique, per_model, randoms, table, skipped, s, target_text)
+    compared = len(resolve_methods(s.methods)) > 1  # one method: the page stays as it was
+    trust = trust_section(out_dir, unique, per_model, randoms, table, skipped, s, target_text) if compared else None
     loc_lines = localisation_lines(summary)
     lines = summary_lines(notes, explained, len(unique), target_text, s.display_size, s.border_frac, loc_lines)
     html = write_html(out_dir, models, unique, rows, per_model_rows, explained, figures, lines, s, trust)
@@ -140,7 +141,8 @@ def make_report(cfg: DictConfig) -> Path:
         print(f"  {line}")
     print_methods(table, s)
     if s.log_to:
-        log_report_to_wandb(s.log_to, figures + [(f"methods_{k}", sec) for k, sec in enumerate(trust.figures)],
+        extra = [(f"methods_{k}", sec) for k, sec in enumerate(trust.figures)] if trust is not None else []
+        log_report_to_wandb(s.log_to, figures + extra,
                             rows, CSV_COLUMNS, tables={"methods": (METHOD_COLUMNS, table)})
     print(f"report: {html}")
     print(f"figures: {', '.join(str(sec.image) for _, sec in figures)} (and PDF); tables: {csv_path}, "
@@ -184,12 +186,12 @@ def trust_section(out_dir: Path, unique: Sequence[ReportImage], per_model: Seque
 
 def write_html(out_dir: Path, models: Sequence[ReportModel], unique: Sequence[ReportImage], rows: Sequence[dict],
                per_model: Sequence[dict], explained: Sequence[Explained], figures: Sequence, lines: Sequence[str],
-               s: ReportSettings, trust: GroupSection) -> Path:
+               s: ReportSettings, trust: GroupSection | None) -> Path:
     """The self-contained page: summary, legend, which map to trust, per-model and sanity tables,
     figures, per-image table."""
     common = os.path.commonpath([im.path for im in unique]) if len(unique) > 1 else str(Path(unique[0].path).parent)
     table = [{"image": os.path.relpath(r["path"], common), **{c: r.get(c) for c in CSV_COLUMNS if c != "path"}} for r in rows]
-    tables = [TableSection(f"Per model, {explained[0].method_title} (gradcam_summary.csv)", per_model,
+    tables = [TableSection("Per model (gradcam_summary.csv)", per_model,
                            "Mean shares over the images shown (lesion: disease images only), their ratio to a uniform "
                            "map, and the sanity check: mean rank correlation and how many maps were flagged.", "per-model")]
     cascade = cascade_rows(explained)
@@ -201,7 +203,7 @@ def write_html(out_dir: Path, models: Sequence[ReportModel], unique: Sequence[Re
         out_dir, f"Grad-CAM report: {', '.join(m.name for m in models)}", [section for _, section in figures],
         table, lines, table_title=f"Per image x model x method (gradcam.csv; images under {common})", tables=tables,
         legend=legend_lines(s.border_frac, s.sanity_threshold if s.sanity else None),
-        groups=[trust] if len(trust.lines) > 0 else [],
+        groups=[trust] if trust is not None else [],
     )
 
 

@@ -110,7 +110,8 @@ def test_default_report_runs_gradcam_only(two_runs, tmp_path, data_dir):
     assert {r["method"] for r in rows} == {"gradcam"} and len(rows) == 4
     assert all(r["deletion_auc"] == "" for r in rows)  # one method: no curves unless asked (as fast as before)
     assert [t["method"] for t in read_rows(out / "methods.csv")] == ["gradcam"]
-    assert (out / "gradcam_per_class.png").is_file()
+    assert (out / "gradcam_per_class.png").is_file() and not (out / "methods.png").exists()
+    assert "Which map to trust" not in (out / "report.html").read_text()  # the page of one method is as before
 
 
 def _table(out: Path) -> dict[str, dict[str, str]]:
