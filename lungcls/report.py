@@ -15,93 +15,80 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lungcls.cli import hydra_main
 from lungcls.data.images import load_mask
-from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
-from lungcls.explain.cams import ReportModel, batch_size_of, class_targets, explain_batch, image_batch, load_models, to_display
-from lungcls.explain.html import TableSection, write_report_html
-from lungcls.explain.layers import DEFAULT_MIN_CELLS, CamLayer, layer_requests
-from lungcls.explain.localisation import energy_shares, localisation_lines, summarize_localisation
-from lungcls.explain.outputs import CSV_COLUMNS, TARGET_TEXT, Explained, sanity_line, summary_lines, write_csv, write_figures
-from lungcls.explain.sanity import DEFAULT_THRESHOLD, sanity_check
-from lungcls.explain.tables import cascade_rows, legend_lines, model_rows, write_summary_csv
+from lungcls.explain.attribution import explain_methods, method_rows
+from lungcls.explain.cams import ReportModel, class_targets, load_models, to_display
+from lungcls.explain.html import GroupSection, TableSection, write_report_html
+from lungcls.explain.layers import CamLayer, layer_requests
+from lungcls.explain.localisation import localisation_lines, summarize_localisation
+from lungcls.explain.methods import METHODS, resolve_methods
+from lungcls.explain.outputs import (CSV_COLUMNS, TARGET_TEXT, Explained, sanity_line, summary_lines, write_csv,
+                                     write_curve_figure, write_figures, write_method_figures)
 from lungcls.explain.selection import ReportImage, select_images
+from lungcls.explain.settings import ReportSettings, report_settings
+from lungcls.explain.tables import cascade_rows, legend_lines, model_rows, write_summary_csv
+from lungcls.explain.trust import METHOD_COLUMNS, method_table, recommendation, verdict_lines, write_methods_csv
+from lungcls.models.device import pick_device
 from lungcls.training.loggers import log_report_to_wandb
 
 log = logging.getLogger(__name__)
 
 
+def _common_rows(m: ReportModel, base, unique: Sequence[ReportImage], membership: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """The columns every method of one model shares for each image: selection, prediction, target."""
+    classes = m.class_names
+    return [{
+        "selection": ";".join(membership[im.path]), "path": im.path, "label": im.label, "model": m.name,
+        "prediction": classes[int(base.preds[i])], "probability": float(base.pred_probs[i]),
+        "target": classes[int(base.targets[i])], "target_probability": float(base.target_probs[i]),
+    } for i, im in enumerate(unique)]
+
+
+def _layer_column(run, layer: CamLayer, fine_path: str | None) -> str:
+    if run.method.grid == "layer":
+        return layer.path or "weights"
+    if run.method.grid == "fine layer":
+        return fine_path or "weights"
+    return "image" if run.method.model_free else "input"
+
+
 def explain_all(models: Sequence[ReportModel], layers: Sequence[CamLayer], unique: Sequence[ReportImage],
-                membership: Mapping[str, Sequence[str]], settings: Mapping[str, Any]) -> list[Explained]:
-    """CAMs of every model on the same images, the sanity check, and the CSV rows (shares at the
-    display size)."""
-    size, border = settings["display_size"], settings["border_frac"]
+                membership: Mapping[str, Sequence[str]], s: ReportSettings) -> tuple[list[list[Explained]], list, list[str]]:
+    """Per model, every requested method's maps on the same images (one `Explained` per method, with
+    its CSV rows: shares at the display size, faithfulness, sanity), the random-order curves, and
+    one line per method a model had to skip."""
+    size = s.display_size
     masks = {im.path: (load_mask(im.mask, size), load_mask(im.lesion_mask, size)) for im in unique}
-    explained = []
+    methods = resolve_methods(s.methods)
+    per_model, randoms, notes = [], [], []
     for m, layer in zip(models, layers):
-        log.info("Grad-CAM of %s (%s) on %d images", m.name, layer.describe(), len(unique))
-        x = image_batch(unique, m.image_size)
-        result = explain_batch(m, x, class_targets(settings["target"], m, unique), settings["batch_size"], layer)
-        sanity = None
-        if settings["sanity"]:
-            sanity = sanity_check(m, x, result, layer, settings["batch_size"], settings["sanity_threshold"])
-        item = Explained(m, result, to_display(result.cams, size), layer=layer, sanity=sanity)
-        classes = m.class_names
-        for i, im in enumerate(unique):
-            row: dict[str, Any] = {
-                "selection": ";".join(membership[im.path]),
-                "path": im.path,
-                "label": im.label,
-                "model": m.name,
-                "prediction": classes[int(result.preds[i])],
-                "probability": float(result.pred_probs[i]),
-                "target": classes[int(result.targets[i])],
-                "target_probability": float(result.target_probs[i]),
-                "layer": layer.path or "weights",
-                "sanity_spearman": sanity.spearman[i] if sanity is not None else None,
-                "sanity_flag": sanity.flagged[i] if sanity is not None else None,
-            }
-            row.update(energy_shares(item.display_cams[i], *masks[im.path], border_frac=border))
-            item.rows.append(row)
-        explained.append(item)
-    return explained
-
-
-def report_settings(cfg: DictConfig) -> dict[str, Any]:
-    """``report.*`` checked before any model is loaded."""
-    report = OmegaConf.to_container(cfg.report, resolve=True)
-    display_size = int(report.get("display_size", 256))
-    if display_size < 16:
-        raise LungclsError(f"report.display_size={display_size} is too small; use 16 or more pixels")
-    target = report.get("target", "predicted")
-    log_to = report.get("log_to")
-    if log_to and not Path(str(log_to)).expanduser().is_dir():
-        raise LungclsError(f"report.log_to={log_to} is not a folder; give a training run folder (or leave it unset)")
-    min_cells = report.get("min_cells", DEFAULT_MIN_CELLS)
-    if isinstance(min_cells, bool) or not isinstance(min_cells, int) or min_cells < 1:
-        raise LungclsError(f"report.min_cells={min_cells} must be a positive integer (cells across the map)")
-    threshold = report.get("sanity_threshold", DEFAULT_THRESHOLD)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
-        raise LungclsError(f"report.sanity_threshold={threshold} must be a rank correlation in [-1, 1], e.g. 0.5")
-    sanity = report.get("sanity", True)
-    if not isinstance(sanity, bool):
-        raise LungclsError(f"report.sanity={sanity} must be true or false")
-    return {
-        **report,
-        "display_size": display_size,
-        "border_frac": float(report.get("border_frac", 0.1)),
-        "batch_size": batch_size_of(report),
-        "target": "true" if target is True else str(target),  # `report.target=true` arrives as a YAML bool
-        "min_cells": min_cells,
-        "sanity": sanity,
-        "sanity_threshold": float(threshold),
-    }
+        log.info("%s of %s (%s) on %d images", ", ".join(x.name for x in methods), m.name, layer.describe(), len(unique))
+        base, runs, rand, skipped = explain_methods(m, layer, unique, methods, s)
+        notes += skipped
+        common = _common_rows(m, base, unique, membership)
+        fine = None if m.explained_by_weights else m.cam_layer("auto", s.layercam_min_cells).path
+        items = []
+        for run in runs:
+            print(f"{run.method.name} of {m.name}: {run.ms_per_image:.1f} ms per image for the maps on {next(m.model.parameters()).device.type}"
+                  f"; {run.seconds:.0f} s with its sanity check and deletion/insertion curves")
+            display = to_display(run.cams, size)
+            rows = method_rows(m, run, base, rand, unique, common, masks, s, display)
+            for row in rows:
+                row["layer"] = _layer_column(run, layer, fine)
+                row["grid"] = run.grid
+            items.append(Explained(m, replace(base, cams=run.cams), display, rows, layer=layer, sanity=run.sanity,
+                                   method=run.method.name, method_title=run.method.title, curves=run.curves))
+        per_model.append(items)
+        randoms.append(rand)
+    return per_model, randoms, notes
 
 
 def unique_images(selections: Mapping[str, Sequence[ReportImage]]) -> tuple[list[ReportImage], dict[str, int], dict[str, list[str]]]:
@@ -119,41 +106,89 @@ def unique_images(selections: Mapping[str, Sequence[ReportImage]]) -> tuple[list
 
 
 def make_report(cfg: DictConfig) -> Path:
-    """Write the Grad-CAM report into ``cfg.paths.output_dir``; returns the path of report.html."""
+    """Write the report into ``cfg.paths.output_dir``; returns the path of report.html."""
     s = report_settings(cfg)
+    resolve_methods(s.methods)  # an unknown method fails before any model is loaded
     out_dir = Path(cfg.paths.output_dir)
-    models = load_models(cfg.ckpt, pick_device(str(s.get("device", "auto"))))
+    models = load_models(cfg.ckpt, pick_device(s.device))
     for m in models:
-        class_targets(s["target"], m, [])  # an unknown class name fails before any work
-    layers = [m.cam_layer(req, s["min_cells"]) for m, req in zip(models, layer_requests(s.get("layer"), len(models)))]
-    selections, notes = select_images(s, models, seed=int(cfg.get("seed", 1)))
+        class_targets(s.target, m, [])  # an unknown class name fails before any work
+        s.check_image_size(m.image_size, m.name)
+    layers = [m.cam_layer(req, s.min_cells) for m, req in zip(models, layer_requests(s.layer, len(models)))]
+    selections, notes = select_images(s, models, seed=int(cfg.seed))
     unique, index, membership = unique_images(selections)
     out_dir.mkdir(parents=True, exist_ok=True)
-    explained = explain_all(models, layers, unique, membership, s)
-    rows = [e.rows[i] for i in range(len(unique)) for e in explained]
+    per_model, randoms, skipped = explain_all(models, layers, unique, membership, s)
+    explained = [items[0] for items in per_model if items]  # the first method shown per model
+    if not explained:
+        raise LungclsError(f"no method of report.methods={s.methods} could run on these models; add gradcam")
+    rows = [r for i in range(len(unique)) for items in per_model for e in items for r in [e.rows[i]]]
     csv_path = write_csv(out_dir / "gradcam.csv", rows)
-    target_text = TARGET_TEXT.get(s["target"], f"class {s['target']}")
-    figures = write_figures(out_dir, selections, index, explained, s["display_size"], target_text)
-    summary = summarize_localisation(rows)
-    per_model = model_rows(explained, summary)
-    write_summary_csv(out_dir / "gradcam_summary.csv", per_model)
+    target_text = TARGET_TEXT.get(s.target, f"class {s.target}")
+    figures = write_figures(out_dir, selections, index, explained, s.display_size, target_text)
+    summary = summarize_localisation([r for e in explained for r in e.rows])
+    per_model_rows = model_rows(explained, summary)
+    write_summary_csv(out_dir / "gradcam_summary.csv", per_model_rows)
+    table = method_table(rows)
+    write_methods_csv(out_dir / "methods.csv", table)
+    compared = len(resolve_methods(s.methods)) > 1  # one method: the page stays as it was
+    trust = trust_section(out_dir, unique, per_model, randoms, table, skipped, s, target_text) if compared else None
     loc_lines = localisation_lines(summary)
-    lines = summary_lines(notes, explained, len(unique), target_text, s["display_size"], s["border_frac"], loc_lines)
-    html = write_html(out_dir, models, unique, rows, per_model, explained, figures, lines, s)
-    print("Grad-CAM localisation (mean share of CAM energy vs a uniform map):")
+    lines = summary_lines(notes, explained, len(unique), target_text, s.display_size, s.border_frac, loc_lines)
+    html = write_html(out_dir, models, unique, rows, per_model_rows, explained, figures, lines, s, trust)
+    print(f"{explained[0].method_title} localisation (mean share of map energy vs a uniform map):")
     for line in loc_lines + [line for e in explained if (line := sanity_line(e))]:
         print(f"  {line}")
-    if s.get("log_to"):
-        log_report_to_wandb(s["log_to"], figures, rows, CSV_COLUMNS)
+    print_methods(table, s)
+    if s.log_to:
+        extra = [(f"methods_{k}", sec) for k, sec in enumerate(trust.figures)] if trust is not None else []
+        log_report_to_wandb(s.log_to, figures + extra,
+                            rows, CSV_COLUMNS, tables={"methods": (METHOD_COLUMNS, table)})
     print(f"report: {html}")
-    print(f"figures: {', '.join(str(sec.image) for _, sec in figures)} (and PDF); tables: {csv_path}, gradcam_summary.csv")
+    print(f"figures: {', '.join(str(sec.image) for _, sec in figures)} (and PDF); tables: {csv_path}, "
+          "gradcam_summary.csv, methods.csv")
     return html
+
+
+def print_methods(table: Sequence[Mapping[str, Any]], s: ReportSettings) -> None:
+    """Time per method (on the device used) and the verdict lines, for the terminal."""
+    if len({r["method"] for r in table}) < 2:
+        return
+    print("Which map to trust (methods.csv):")
+    for row in table:
+        print(f"  {row['model']} {row['method']}: {row['ms_per_image']:.1f} ms per image")
+    for line in verdict_lines(table, s.sanity_threshold) + recommendation(table, s.sanity_threshold, _model_free()):
+        print(f"  {line}")
+
+
+def _model_free() -> set[str]:
+    return {name for name in METHODS.names() if METHODS.get(name).model_free}
+
+
+def trust_section(out_dir: Path, unique: Sequence[ReportImage], per_model: Sequence[Sequence[Explained]], randoms: Sequence,
+                  table: Sequence[Mapping[str, Any]], skipped: Sequence[str], s: ReportSettings, target_text: str) -> GroupSection:
+    """"Which map to trust": the methods table, a sentence per method, the recommendation, the figure
+    with one column per method and the deletion curves."""
+    figures = write_method_figures(out_dir, unique, per_model, s.methods_figure_images, s.display_size, target_text)
+    curves = write_curve_figure(out_dir, per_model, randoms)
+    figures += [curves] if curves is not None else []
+    lines = [*recommendation(table, s.sanity_threshold, _model_free()), *verdict_lines(table, s.sanity_threshold), *skipped]
+    shown = [{c: r[c] for c in ("model", "method", "grid", "images", "hit_rate", "iou", "lesion_share", "lesion_ratio",
+                                "lung_share", "border_share", "deletion_auc", "deletion_auc_random", "insertion_auc",
+                                "sanity_spearman", "sanity_flagged", "ms_per_image")} for r in table]
+    caption = ("Means over the images (95% bootstrap intervals in methods.csv). hit_rate: the map's maximum lies on "
+               "the lesion; iou: the map's top pixels (as many as the lesion has) against the lesion mask; "
+               "deletion_auc: lower is more faithful, compare it with deletion_auc_random; sanity_spearman: near 0 "
+               "means the map depends on the learned weights; ms_per_image on the device used.")
+    return GroupSection("Which map to trust", lines, [TableSection("Methods (methods.csv)", shown, caption, "methods")],
+                        figures, "trust")
 
 
 def write_html(out_dir: Path, models: Sequence[ReportModel], unique: Sequence[ReportImage], rows: Sequence[dict],
                per_model: Sequence[dict], explained: Sequence[Explained], figures: Sequence, lines: Sequence[str],
-               s: Mapping[str, Any]) -> Path:
-    """The self-contained page: summary, legend, per-model and sanity tables, figures, per-image table."""
+               s: ReportSettings, trust: GroupSection | None) -> Path:
+    """The self-contained page: summary, legend, which map to trust, per-model and sanity tables,
+    figures, per-image table."""
     common = os.path.commonpath([im.path for im in unique]) if len(unique) > 1 else str(Path(unique[0].path).parent)
     table = [{"image": os.path.relpath(r["path"], common), **{c: r.get(c) for c in CSV_COLUMNS if c != "path"}} for r in rows]
     tables = [TableSection("Per model (gradcam_summary.csv)", per_model,
@@ -166,8 +201,9 @@ def write_html(out_dir: Path, models: Sequence[ReportModel], unique: Sequence[Re
                                    "the rank correlation with the trained model's maps should fall toward 0.", "sanity"))
     return write_report_html(
         out_dir, f"Grad-CAM report: {', '.join(m.name for m in models)}", [section for _, section in figures],
-        table, lines, table_title=f"Per image x model (gradcam.csv; images under {common})", tables=tables,
-        legend=legend_lines(s["border_frac"], s["sanity_threshold"] if s["sanity"] else None),
+        table, lines, table_title=f"Per image x model x method (gradcam.csv; images under {common})", tables=tables,
+        legend=legend_lines(s.border_frac, s.sanity_threshold if s.sanity else None),
+        groups=[trust] if trust is not None else [],
     )
 
 

@@ -4,7 +4,7 @@ same images (Captum Grad-CAM for CNNs, the weight-map evidence for linear models
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,13 +141,6 @@ def image_batch(images: Sequence[ReportImage], size: int) -> torch.Tensor:
     if not images:
         return torch.zeros(0, 1, size, size)
     return torch.stack([load_image(im.path, size) for im in images]).float().div_(255.0)
-
-
-def batch_size_of(report: Mapping[str, Any]) -> int:
-    value = int(report.get("batch_size", 16))
-    if value < 1:
-        raise LungclsError(f"report.batch_size={value} must be a positive integer")
-    return value
 
 
 def class_targets(target: str, model: ReportModel, images: Sequence[ReportImage]) -> list[int] | None:

@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 
 from lungcls.errors import LungclsError  # noqa: E402
 
-__all__ = ["figure_parts", "images_per_row", "plot_cam_grid", "to_display_gray"]
+__all__ = ["figure_parts", "images_per_row", "plot_cam_grid", "plot_curves", "to_display_gray"]
 
 PAGE_WIDTH_IN = 7.0  # the text width of a journal page (two-column spread) or A4 with margins
 MAX_PANELS_PER_ROW = 6
@@ -117,6 +117,7 @@ def plot_cam_grid(
     min_cam: float = 0.05,
     dpi: int = DPI,
     formats: Sequence[str] = ("png", "pdf"),
+    bar_label: str = "Grad-CAM (each map scaled to max = 1)",
 ) -> Path:
     """Write the figure as `path` (PNG) plus its siblings in `formats`; returns the PNG's path.
 
@@ -157,7 +158,7 @@ def plot_cam_grid(
                     ax.imshow(np.ma.masked_less(cam, min_cam), cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha)
                     title = str(model_names[j - 1]) + ("" if cell_titles is None else f"\n{cell_titles[j - 1][i]}")
                 ax.set_title(_fit(title, pw), fontsize=FONT_PT, pad=1.5, linespacing=1.1)
-        _colour_bar(fig, width, cmap)
+        _colour_bar(fig, width, cmap, bar_label)
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
@@ -176,12 +177,43 @@ def _fit(title: str, panel_inches: float) -> str:
     )
 
 
-def _colour_bar(fig: Any, width: float, cmap: str) -> None:
+def _colour_bar(fig: Any, width: float, cmap: str, label: str) -> None:
     """A slim horizontal scale under the grid, at full opacity so the colours read clearly."""
     bar_w = 0.4 * width
     ax = fig.add_axes(((width - bar_w) / 2 / width, 0.27 / fig.get_figheight(), bar_w / width, 0.07 / fig.get_figheight()))
     scale = plt.cm.ScalarMappable(norm=plt.Normalize(0.0, 1.0), cmap=cmap)
     bar = fig.colorbar(scale, cax=ax, orientation="horizontal")
-    bar.set_label("Grad-CAM (each map scaled to max = 1)", fontsize=FONT_PT, labelpad=1.5)
+    bar.set_label(label, fontsize=FONT_PT, labelpad=1.5)
     bar.ax.tick_params(labelsize=FONT_PT - 0.5, length=2, width=0.4, pad=1)
     bar.outline.set_linewidth(0.4)
+
+
+def plot_curves(panels: Sequence[tuple[str, dict[str, np.ndarray], np.ndarray]], path: str | Path,
+                xlabel: str = "share of pixels removed (most attributed first)",
+                ylabel: str = "probability of the explained class", formats: Sequence[str] = ("png", "pdf")) -> Path:
+    """Page-wide line plots, one panel per (title, {method: mean curve}, random-order curve): the
+    deletion (or insertion) curves of every method against the random order (dashed, black)."""
+    cols = min(2, len(panels)) or 1
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH_IN, 2.4 * rows), squeeze=False)
+    try:
+        for ax, (title, curves, random_curve) in zip(axes.flat, panels):
+            for name, curve in curves.items():
+                ax.plot(np.linspace(0, 1, len(curve)), curve, linewidth=1.0, label=name)
+            ax.plot(np.linspace(0, 1, len(random_curve)), random_curve, "k--", linewidth=1.0, label="random order")
+            ax.set_title(_fit(title, PAGE_WIDTH_IN / cols), fontsize=FONT_PT + 1)
+            ax.set_xlabel(xlabel, fontsize=FONT_PT)
+            ax.set_ylabel(ylabel, fontsize=FONT_PT)
+            ax.set_ylim(0, 1.02)
+            ax.tick_params(labelsize=FONT_PT)
+            ax.legend(fontsize=FONT_PT - 0.5, frameon=False)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for fmt in formats:
+            fig.savefig(out.with_suffix(f".{fmt}"), dpi=DPI, format=fmt)
+    finally:
+        plt.close(fig)
+    return out.with_suffix(".png")

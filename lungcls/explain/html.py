@@ -20,7 +20,7 @@ import numpy as np
 
 from lungcls.errors import LungclsError
 
-__all__ = ["FigureSection", "TableSection", "write_report_html"]
+__all__ = ["FigureSection", "GroupSection", "TableSection", "write_report_html"]
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -130,6 +130,35 @@ def _table_section(table: TableSection, k: int) -> list[str]:
     return [f'<section id="{anchor}">', f"<h2>{html.escape(table.title)}</h2>", caption, _table(table.rows), "</section>"]
 
 
+@dataclass(frozen=True)
+class GroupSection:
+    """A titled section of sentences, tables and figures (the report's "Which map to trust")."""
+
+    title: str
+    lines: Sequence[str]
+    tables: Sequence[TableSection] = ()
+    figures: Sequence[FigureSection] = ()
+    anchor: str = ""
+
+
+def _figure(fig: FigureSection, anchor: str, level: str = "h2") -> list[str]:
+    alt = html.escape(fig.title, quote=True)
+    caption = f"<figcaption>{html.escape(fig.caption)}</figcaption>" if fig.caption else ""
+    return [f'<section id="{anchor}">', f"<{level}>{html.escape(fig.title)}</{level}>",
+            f'<figure><img src="{_data_uri(fig.image)}" alt="{alt}">{caption}</figure>', "</section>"]
+
+
+def _group(group: GroupSection, k: int) -> list[str]:
+    anchor = html.escape(group.anchor or f"group-{k}", quote=True)
+    items = "\n".join(f"<li>{html.escape(str(line))}</li>" for line in group.lines)
+    parts = [f'<section id="{anchor}">', f"<h2>{html.escape(group.title)}</h2>", f"<ul>\n{items}\n</ul>"]
+    for j, table in enumerate(group.tables, start=1):
+        parts += _table_section(table, 100 * k + j)
+    for j, fig in enumerate(group.figures, start=1):
+        parts += _figure(fig, f"{anchor}-figure-{j}", "h3")
+    return parts + ["</section>"]
+
+
 def write_report_html(
     out_dir: str | Path,
     title: str,
@@ -140,6 +169,7 @@ def write_report_html(
     tables: Sequence[TableSection] = (),
     legend: Sequence[str] = (),
     table_caption: str = "",
+    groups: Sequence[GroupSection] = (),
 ) -> Path:
     """Write `out_dir/report.html` and return its path.
 
@@ -147,6 +177,7 @@ def write_report_html(
     table_rows: the per-image CSV rows (dicts; columns in first-seen order), shown last.
     summary_lines: short statements for the top of the page. tables: more tables (per model, the
     sanity cascade), shown after the summary. legend: how to read the numbers, one line each.
+    groups: titled sections of sentences, tables and figures, shown right after the legend.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,17 +205,12 @@ def write_report_html(
     if legend:
         items = "\n".join(f"<li>{html.escape(str(line))}</li>" for line in legend)
         parts += ['<section id="legend">', "<h2>How to read the numbers</h2>", f'<ul class="legend">\n{items}\n</ul>', "</section>"]
+    for k, group in enumerate(groups, start=1):
+        parts += _group(group, k)
     for k, table in enumerate(tables, start=1):
         parts += _table_section(table, k)
     for k, fig in enumerate(figures, start=1):
-        alt = html.escape(fig.title, quote=True)
-        caption = f"<figcaption>{html.escape(fig.caption)}</figcaption>" if fig.caption else ""
-        parts += [
-            f'<section id="figure-{k}">',
-            f"<h2>{html.escape(fig.title)}</h2>",
-            f'<figure><img src="{_data_uri(fig.image)}" alt="{alt}">{caption}</figure>',
-            "</section>",
-        ]
+        parts += _figure(fig, f"figure-{k}")
     if table_rows:
         parts += _table_section(TableSection(table_title, table_rows, table_caption, "table"), 0)
     parts += ["</body>", "</html>", ""]

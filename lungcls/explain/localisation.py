@@ -13,10 +13,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 from lungcls.errors import LungclsError
 
-__all__ = ["energy_shares", "border_band", "summarize_localisation", "localisation_lines", "ratio"]
+__all__ = ["energy_shares", "hit_and_iou", "border_band", "summarize_localisation", "localisation_lines", "ratio"]
 
 SHARE_KEYS = ("lung", "lesion", "border")
 
@@ -105,6 +106,35 @@ def energy_shares(
         empty_lesion = key == "lesion" and not region.any()
         out[f"{key}_share"] = None if empty_lesion else _share(energy, total, region)
     return out
+
+
+def hit_and_iou(cam: Any, lesion_mask: Any, tolerance: float = 0.0) -> dict[str, float | None]:
+    """Saporta et al.'s (2022) two localisation scores against the lesion mask.
+
+    ``hit``: the pointing game, 1.0 when the map's maximum lies in the mask (where several pixels
+    share the maximum, as on occlusion's plateaus, when most of them do), else 0.0; with
+    ``tolerance`` > 0, within that share of the image side of the mask (Zhang et al. 2016 allowed
+    15 px at 224 px, 0.067); 0 is Saporta's strict rule. ``iou``: the map
+    thresholded to the mask's own area (its top-k pixels, k = the mask's pixel count) against the
+    mask, so no threshold has to be tuned per method. Both None without a mask, for an empty mask
+    or an all-zero map.
+    """
+    if lesion_mask is None:
+        return {"hit": None, "iou": None}
+    energy = _as_map(cam)
+    mask = _as_mask(lesion_mask, energy.shape, "lesion")
+    k = int(mask.sum())
+    peak = float(energy.max(initial=0.0))
+    if k == 0 or peak <= 0:
+        return {"hit": None, "iou": None}
+    at_peak = energy >= peak * (1 - 1e-6)
+    near = mask if tolerance <= 0 else distance_transform_edt(~mask) <= tolerance * max(energy.shape)
+    hit = float(near[at_peak].mean() > 0.5)
+    top = np.zeros(energy.size, dtype=bool)
+    top[np.argsort(-energy, axis=None, kind="stable")[:k]] = True
+    top = top.reshape(energy.shape)
+    iou = float((top & mask).sum() / (top | mask).sum())
+    return {"hit": hit, "iou": iou}
 
 
 def _mean(values: Iterable[float | None]) -> float | None:

@@ -15,7 +15,8 @@ import torch
 from lungcls.data.images import load_image
 from lungcls.data.splits import read_splits_csv
 from lungcls.explain.cams import ReportModel
-from lungcls.explain.figures import figure_parts, plot_cam_grid
+from lungcls.explain.faithfulness import Curves
+from lungcls.explain.figures import figure_parts, plot_cam_grid, plot_curves
 from lungcls.explain.gradcam import CamResult
 from lungcls.explain.html import FigureSection
 from lungcls.explain.layers import CamLayer
@@ -29,11 +30,13 @@ CSV_COLUMNS = (
     "path",
     "label",
     "model",
+    "method",
     "prediction",
     "probability",
     "target",
     "target_probability",
     "layer",
+    "grid",
     "lung_share",
     "lung_uniform",
     "lesion_share",
@@ -42,6 +45,13 @@ CSV_COLUMNS = (
     "border_uniform",
     "sanity_spearman",
     "sanity_flag",
+    "hit",
+    "iou",
+    "deletion_auc",
+    "insertion_auc",
+    "deletion_auc_random",
+    "insertion_auc_random",
+    "ms_per_image",
 )
 SHARE_COLUMNS = ("lung_share", "lung_uniform", "lesion_share", "lesion_uniform", "border_share", "border_uniform")
 TARGET_TEXT = {"predicted": "the predicted class", "true": "the true class"}
@@ -65,6 +75,9 @@ class Explained:
     rows: list[dict[str, Any]] = field(default_factory=list)
     layer: CamLayer | None = None
     sanity: SanityResult | None = None
+    method: str = "gradcam"
+    method_title: str = "Grad-CAM"
+    curves: Curves | None = None
 
 
 def _fmt(value: Any) -> str:
@@ -132,18 +145,79 @@ def write_figures(
                 model_names=names,
                 cell_titles=[[_cell_title(e.rows[r]) for r in rows] for e in explained],
                 path=out_dir / f"gradcam_{key}{suffix}.png",
+                bar_label=f"{explained[0].method_title} (each map scaled to max = 1)",
             )
             title = SELECTION_TITLES.get(key, key)
             if len(parts) > 1:
                 title += f" (part {k} of {len(parts)})"
             caption = (
-                f"{len(chosen)} X-rays. Each shows the image (headed by its true class and file), then each model's Grad-CAM of "
+                f"{len(chosen)} X-rays. Each shows the image (headed by its true class and file), then each model's "
+                f"{explained[0].method_title} of "
                 f"{target_text} over it, headed by the model's prediction and probability (\u2717 = wrong, "
                 "(!) = the map failed the sanity check). Also as PDF: "
                 f"{png.with_suffix('.pdf').name}." + (f" Models: {legend}." if legend else "")
             )
             out.append((f"{key}{suffix}", FigureSection(title, png, caption)))
     return out
+
+
+def method_images(images: Sequence[ReportImage], n: int) -> list[int]:
+    """Indices of the X-rays the methods figure shows: images with a lesion mask first (where the
+    maps can be checked by eye), then the rest, in report order."""
+    with_lesion = [i for i, im in enumerate(images) if im.lesion_mask is not None and im.label is not None]
+    rest = [i for i in range(len(images)) if i not in with_lesion]
+    return (with_lesion + rest)[:n]
+
+
+def _method_cell(row: Mapping[str, Any]) -> str:
+    deletion = row.get("deletion_auc")
+    return ("" if deletion is None else f"del {deletion:.2f}") + (" (!)" if row.get("sanity_flag") else "")
+
+
+def write_method_figures(out_dir: Path, images: Sequence[ReportImage], per_model: Sequence[Sequence[Explained]],
+                         n_images: int, display_size: int, target_text: str) -> list[FigureSection]:
+    """One figure per model with one column per method on the same X-rays (PNG 300 dpi + PDF)."""
+    chosen = method_images(images, n_images)
+    sections = []
+    for k, runs in enumerate(per_model, start=1):
+        if not runs or not chosen:
+            continue
+        name = "methods" if len(per_model) == 1 else f"methods_{k}"
+        png = plot_cam_grid(
+            [load_image(images[i].path, display_size)[0] for i in chosen],
+            [e.display_cams[chosen] for e in runs],
+            image_titles=[_image_title(images[i]) for i in chosen],
+            model_names=[e.method for e in runs],
+            cell_titles=[[_method_cell(e.rows[i]) for i in chosen] for e in runs],
+            path=out_dir / f"{name}.png", bar_label="attribution (each map scaled to max = 1)",
+        )
+        sections.append(FigureSection(
+            f"Every method on the same X-rays: {runs[0].model.name}", png,
+            f"Each row: the X-ray, then each method's map of {target_text}, headed by its deletion AUC on that image "
+            "(lower = the prediction falls faster as the most attributed pixels are blurred away; (!) = the map "
+            f"failed the sanity check). Also as PDF: {png.with_suffix('.pdf').name}."))
+    return sections
+
+
+def write_curve_figure(out_dir: Path, per_model: Sequence[Sequence[Explained]],
+                       random: Sequence[Curves | None]) -> FigureSection | None:
+    """The mean deletion and insertion curves of every method of every model against random order
+    (None when the curves were not computed, ``report.faithfulness=false``)."""
+    panels = []
+    for runs, rand in zip(per_model, random):
+        if not runs or rand is None:
+            continue
+        name = runs[0].model.name
+        panels.append((f"Deletion: {name}", {e.method: e.curves.deletion.mean(axis=0) for e in runs}, rand.deletion.mean(axis=0)))
+        panels.append((f"Insertion: {name}", {e.method: e.curves.insertion.mean(axis=0) for e in runs}, rand.insertion.mean(axis=0)))
+    if not panels:
+        return None
+    png = plot_curves(panels, out_dir / "methods_deletion.png", xlabel="share of pixels blurred (deletion) or restored (insertion)")
+    return FigureSection(
+        "Deletion and insertion curves", png,
+        "Mean probability of the explained class as the most attributed pixels are replaced by a blurred copy "
+        "(deletion: a faithful map falls fast, below the dashed random order) or restored into the blurred image "
+        f"(insertion: a faithful map rises fast). Also as PDF: {png.with_suffix('.pdf').name}.")
 
 
 def _train_overlap(models: Sequence[ReportModel], paths: Sequence[str]) -> list[str]:

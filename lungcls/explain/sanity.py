@@ -15,7 +15,7 @@ to identity statistics), on a copy: the caller's model is never touched.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,7 @@ from lungcls.explain.layers import CamLayer
 if TYPE_CHECKING:
     from lungcls.explain.cams import ReportModel
 
-__all__ = ["SanityResult", "cascade_stages", "rank_correlations", "sanity_check"]
+__all__ = ["SanityResult", "cascade_stages", "randomised_check", "rank_correlations", "sanity_check"]
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -130,3 +130,21 @@ def sanity_check(model: ReportModel, images: torch.Tensor, trained: CamResult, l
         per_stage.append((label, _mean(correlations)))
     flagged = [None if r is None else bool(r >= threshold) for r in correlations]
     return SanityResult(correlations, flagged, per_stage, threshold)
+
+
+def randomised_check(model: ReportModel, trained_cams: torch.Tensor, layer_path: str | None,
+                     maps: Callable[[nn.Module], torch.Tensor], threshold: float = DEFAULT_THRESHOLD,
+                     seed: int = 0) -> SanityResult:
+    """The same test for any attribution method, at the end of the cascade only (one extra pass of
+    the method, not one per stage): every stage from the classifier down to ``layer_path`` (a
+    method's own layer; for pixel-level methods the first feature block, so the whole network) is
+    re-initialised as `sanity_check` would, then ``maps(randomised_copy)`` gives the maps [N, S, S]
+    that are compared with ``trained_cams``. A model-free map (the edge control) is unchanged: 1.0."""
+    net = model.model
+    stages = cascade_stages(net.net, net.spec, layer_path)
+    randomised = prepare_for_cam(net)
+    for k, (_, paths) in enumerate(stages):
+        _reinitialise(randomised.net, paths, seed + k)
+    correlations = rank_correlations(trained_cams, maps(randomised))
+    flagged = [None if r is None else bool(r >= threshold) for r in correlations]
+    return SanityResult(correlations, flagged, [(stages[-1][0], _mean(correlations))], threshold)

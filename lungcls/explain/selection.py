@@ -16,7 +16,8 @@ from lungcls.data.layouts import discover_samples, sibling_mask
 from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.data.splits import SPLITS, read_splits_csv
 from lungcls.errors import LungclsError
-from lungcls.explain.cams import ReportImage, ReportModel, batch_size_of
+from lungcls.explain.cams import ReportImage, ReportModel
+from lungcls.explain.settings import ReportSettings
 from lungcls.inference.prediction import predict_files
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,13 @@ def _all_classes(models: Sequence[ReportModel]) -> list[str]:
     return classes
 
 
-def collect_pool(report: Mapping[str, Any], models: Sequence[ReportModel]) -> tuple[list[ReportImage], str]:
+def collect_pool(report: ReportSettings, models: Sequence[ReportModel]) -> tuple[list[ReportImage], str]:
     """The labelled images that `per_class` and `misses` draw from, and a phrase saying where from.
 
     `report.root`: a folder (class-per-folder or the database layout) or a manifest CSV, with the
     models' classes; otherwise `report.split` of the first checkpoint's run (its splits.csv).
     """
-    root = report.get("root")
+    root = report.root
     classes = _all_classes(models)
     if root:
         where = Path(str(root)).expanduser().resolve()
@@ -67,7 +68,7 @@ def collect_pool(report: Mapping[str, Any], models: Sequence[ReportModel]) -> tu
         pool = [ReportImage(s.path, classes[s.label], s.mask, s.lesion_mask) for s in samples]
         return pool, f"images of {where}"
 
-    split = str(report.get("split", "test"))
+    split = report.split
     if split not in (*SPLITS, "all"):
         raise LungclsError(f"report.split={split} must be one of {', '.join(SPLITS)} or all")
     first = models[0]
@@ -183,12 +184,12 @@ def _per_class(pool: Sequence[ReportImage], n: int, classes: Sequence[str], seed
     return chosen
 
 
-def _resolve_auto(report: Mapping[str, Any]) -> tuple[int, bool]:
+def _resolve_auto(report: ReportSettings) -> tuple[int, bool]:
     """per_class / misses: null means "on" unless explicit paths are given."""
-    has_paths = bool(report.get("paths"))
-    per_class = report.get("per_class")
+    has_paths = bool(report.paths)
+    per_class = report.per_class
     per_class = (0 if has_paths else DEFAULT_PER_CLASS) if per_class is None else int(per_class)
-    misses = report.get("misses")
+    misses = report.misses
     misses = (not has_paths) if misses is None else bool(misses)
     if per_class < 0:
         raise LungclsError(f"report.per_class={per_class} must be 0 or more images per class")
@@ -196,18 +197,17 @@ def _resolve_auto(report: Mapping[str, Any]) -> tuple[int, bool]:
 
 
 def select_images(
-    report: Mapping[str, Any], models: Sequence[ReportModel], seed: int = 1
+    report: ReportSettings, models: Sequence[ReportModel], seed: int = 1
 ) -> tuple[dict[str, list[ReportImage]], list[str]]:
     """The image selections (name -> images, in figure order) and notes for the summary."""
     per_class, misses = _resolve_auto(report)
-    paths = report.get("paths") or []
-    paths = [paths] if isinstance(paths, str) else list(paths)  # `report.paths=a.png` means one image
-    batch_size = batch_size_of(report)
+    paths = report.paths  # `report.paths=a.png` is one image (see ReportSettings)
+    batch_size = report.batch_size
     notes: list[str] = []
     pool: list[ReportImage] = []
     if per_class or misses:
         pool, where = collect_pool(report, models)
-        pool, left_out = leave_out_training_images(pool, report, models)
+        pool, left_out = leave_out_training_images(pool, vars(report), models)
         notes.append(f"Images drawn from {where} ({len(pool)} images).")
         notes += [left_out] if left_out else []
     selections: dict[str, list[ReportImage]] = {}
@@ -216,7 +216,7 @@ def select_images(
         if chosen:
             selections["per_class"] = chosen
     if misses:
-        limit = int(report.get("max_misses", 8))
+        limit = report.max_misses
         chosen = _missed(pool, models, batch_size, limit)
         normals = sorted({str(m.normal_class) for m in models})
         if chosen:

@@ -133,9 +133,12 @@ def _wandb_project(run_dir: Path) -> str:
 
 
 def log_report_to_wandb(run_dir: str | Path, figures: Sequence[tuple[str, Any]], rows: Sequence[Mapping[str, Any]],
-                        columns: Sequence[str]) -> tuple[Path, bool] | None:
+                        columns: Sequence[str],
+                        tables: Mapping[str, tuple[Sequence[str], Sequence[Mapping[str, Any]]]] | None = None,
+                        ) -> tuple[Path, bool] | None:
     """Log a report's figures (``(key, section)`` pairs with ``.image`` and ``.title``) and its
     per-image table to a training run folder's W&B run, offline, and print how to upload it.
+    ``tables``: more tables, ``name -> (columns, rows)``, logged as ``gradcam/<name>``.
 
     Resumes the folder's latest offline run (same id) or starts a new offline run in it. Returns
     the offline run folder and whether it resumed an earlier run, or None when W&B is off.
@@ -162,6 +165,8 @@ def log_report_to_wandb(run_dir: str | Path, figures: Sequence[tuple[str, Any]],
     try:
         payload: dict[str, Any] = {f"gradcam/{key}": wandb.Image(str(sec.image), caption=sec.title) for key, sec in figures}
         payload["gradcam/table"] = wandb.Table(columns=list(columns), data=[[row.get(c) for c in columns] for row in rows])
+        for name, (cols, items) in (tables or {}).items():
+            payload[f"gradcam/{name}"] = wandb.Table(columns=list(cols), data=[[row.get(c) for c in cols] for row in items])
         run.log(payload)
         offline_dir = Path(run.dir).parent
     finally:
