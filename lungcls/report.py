@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
 from lungcls.data.images import load_mask
@@ -32,6 +32,7 @@ from lungcls.explain.localisation import localisation_lines, summarize_localisat
 from lungcls.explain.methods import METHODS, resolve_methods
 from lungcls.explain.outputs import (CSV_COLUMNS, TARGET_TEXT, Explained, sanity_line, summary_lines, write_csv,
                                      write_curve_figure, write_figures, write_method_figures)
+from lungcls.data.settings import dataset_settings
 from lungcls.explain.selection import ReportImage, select_images
 from lungcls.explain.settings import ReportSettings, report_settings
 from lungcls.explain.tables import cascade_rows, legend_lines, model_rows, write_summary_csv
@@ -115,7 +116,9 @@ def make_report(cfg: DictConfig) -> Path:
         class_targets(s.target, m, [])  # an unknown class name fails before any work
         s.check_image_size(m.image_size, m.name)
     layers = [m.cam_layer(req, s.min_cells) for m, req in zip(models, layer_requests(s.layer, len(models)))]
-    selections, notes = select_images(s, models, seed=int(cfg.seed))
+    given = OmegaConf.to_container(cfg.dataset, resolve=True)  # dataset=<name>: the images, as training takes them
+    data = dataset_settings({**given, "allow_missing_classes": True}) if "name" in given else None
+    selections, notes = select_images(s, models, seed=int(cfg.seed), data=data)
     unique, index, membership = unique_images(selections)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_model, randoms, skipped = explain_all(models, layers, unique, membership, s)

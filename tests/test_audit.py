@@ -144,7 +144,7 @@ def test_audit_cli_lists_every_planted_finding_and_fail_on_sets_the_exit_status(
     assert "label conflicts: 1 groups" in out.stdout and (tmp_path / "a" / "audit.md").is_file()
     assert planted["conflict_b"] in (tmp_path / "a" / "audit.md").read_text()
     from conftest import compose_cfg
-    from lungcls.audit.__main__ import audit
+    from lungcls.audit.run import audit
 
     clean = copy_tree(demo, tmp_path / "clean", per_class=12)
     cfg = compose_cfg("audit", [f"dataset.root={clean}", "dataset.layout=radiography", "audit.probe.resamples=200",
@@ -318,7 +318,7 @@ def test_external_evaluation_leaves_out_training_copies_and_reports_per_source(d
 
     models = load_models(str(run / "checkpoints" / "best.ckpt"), torch.device("cpu"))
     pool = [ReportImage(str(p), p.parent.name) for p in sorted(ext.glob("*/*.*"))]
-    kept_pool, note = leave_out_training_images(pool, {"root": str(ext)}, models)
+    kept_pool, note = leave_out_training_images(pool, models)
     assert len(kept_pool) == 12 and all(Path(im.path).name.startswith("new-") for im in kept_pool)
     assert note.startswith("left out 6 of 18 images of the pool")
 
@@ -360,7 +360,7 @@ def test_a_copy_follows_its_fixed_split_and_fingerprints_are_cached(demo, tmp_pa
 ])
 def test_bad_audit_settings_are_one_line_errors(demo, tmp_path, override, needle):
     from conftest import compose_cfg
-    from lungcls.audit.__main__ import audit
+    from lungcls.audit.run import audit
 
     cfg = compose_cfg("audit", [f"dataset.root={demo}", "dataset.layout=radiography", override], tmp_path, tmp_path)
     with pytest.raises(LungclsError) as e:

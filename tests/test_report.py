@@ -494,3 +494,23 @@ def test_report_page_in_a_real_browser(runs, tmp_path, data_dir):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_the_report_draws_from_the_same_dataset_configs_as_training(logistic_run, class_tree, tmp_path):
+    """`lungcls-report dataset=folder dataset.root=X` draws the images `report.root=X` does (the
+    composition that used to fail with Hydra's "Could not override 'dataset'"), and not both at once."""
+    from lungcls.data.settings import dataset_settings
+    from lungcls.explain.cams import load_models
+    from lungcls.explain.selection import collect_pool
+    from lungcls.explain.settings import report_settings
+
+    ckpt = logistic_run / "checkpoints" / "best.ckpt"
+    cfg = compose_cfg("report", [f"ckpt={ckpt}", "dataset=folder", f"dataset.root={class_tree}",
+                                 "dataset.classes=[COVID,Normal,Viral Pneumonia]"], tmp_path, tmp_path)
+    models = load_models(cfg.ckpt, torch.device("cpu"))
+    data = dataset_settings({**cfg.dataset, "allow_missing_classes": True})
+    by_dataset, _ = collect_pool(report_settings(cfg), models, data)
+    by_root, _ = collect_pool(report_settings(compose_cfg("report", [f"ckpt={ckpt}", f"report.root={class_tree}"], tmp_path, tmp_path)), models)
+    assert len(by_dataset) == 30 and {(im.path, im.label) for im in by_dataset} == {(im.path, im.label) for im in by_root}
+    with pytest.raises(LungclsError, match="report.root and dataset= both name the images"):
+        collect_pool(report_settings(compose_cfg("report", [f"ckpt={ckpt}", f"report.root={class_tree}"], tmp_path, tmp_path)), models, data)

@@ -88,7 +88,7 @@ def run_stage(name: str, a: dict[str, Any]) -> float:
         find_samples(data)
         return time.perf_counter() - t0
     if name == "audit":
-        from lungcls.audit.__main__ import audit
+        from lungcls.audit.run import audit
 
         cfg = _compose("audit", _data_overrides(a), a["out"])
         t0 = time.perf_counter()

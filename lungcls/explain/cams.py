@@ -15,6 +15,7 @@ from omegaconf import ListConfig
 
 from lungcls.data.images import load_image
 from lungcls.errors import LungclsError
+from lungcls.runs.layout import RunFolder
 from lungcls.explain.gradcam import (
     CamResult,
     grad_cam,
@@ -83,7 +84,10 @@ class ReportModel:
 
 
 def _run_dir(ckpt: Path) -> Path:
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    """The checkpoint's run folder (``RunFolder``), or the folder it sits in when it is not in a run
+    (its name then tells models apart; a report needs no run files)."""
+    run = RunFolder.find(ckpt)
+    return run.path if run is not None else ckpt.parent
 
 
 def _ckpt_list(value: Any) -> list[Path]:

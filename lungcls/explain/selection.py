@@ -7,14 +7,14 @@ from __future__ import annotations
 import csv
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from lungcls.data.fingerprints import DEFAULT_NEAR_BITS, compute_fingerprints
-from lungcls.data.layouts import discover_samples, sibling_mask
+from lungcls.data.layouts import LAYOUTS, discover_samples, find_samples, sibling_mask
 from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.data.splits import SPLITS, read_splits_csv
+from lungcls.data.settings import DatasetSettings
 from lungcls.errors import LungclsError
 from lungcls.explain.cams import ReportImage, ReportModel
 from lungcls.explain.settings import ReportSettings
@@ -47,14 +47,22 @@ def _all_classes(models: Sequence[ReportModel]) -> list[str]:
     return classes
 
 
-def collect_pool(report: ReportSettings, models: Sequence[ReportModel]) -> tuple[list[ReportImage], str]:
+def collect_pool(report: ReportSettings, models: Sequence[ReportModel],
+                 data: DatasetSettings | None = None) -> tuple[list[ReportImage], str]:
     """The labelled images that `per_class` and `misses` draw from, and a phrase saying where from.
 
-    `report.root`: a folder (class-per-folder or the database layout) or a manifest CSV, with the
-    models' classes; otherwise `report.split` of the first checkpoint's run (its splits.csv).
+    A ``dataset=`` config (``data``, as training takes it); or `report.root`: a folder
+    (class-per-folder or the database layout) or a manifest CSV, with the models' classes; otherwise
+    `report.split` of the first checkpoint's run (its splits.csv).
     """
     root = report.root
     classes = _all_classes(models)
+    if data is not None:
+        if root:
+            raise LungclsError("report.root and dataset= both name the images; give one of them")
+        samples = find_samples(data)
+        pool = [ReportImage(s.path, data.classes[s.label], s.mask, s.lesion_mask) for s in samples]
+        return pool, f"images of {LAYOUTS.get(data.layout)(data).where()}"
     if root:
         where = Path(str(root)).expanduser().resolve()
         if not where.exists():
@@ -89,17 +97,17 @@ def collect_pool(report: ReportSettings, models: Sequence[ReportModel]) -> tuple
     return pool, f"the {split} split of {first.run_dir.name}"
 
 
-def leave_out_training_images(pool: list[ReportImage], report: Mapping[str, Any],
-                              models: Sequence[ReportModel]) -> tuple[list[ReportImage], str | None]:
+def leave_out_training_images(pool: list[ReportImage], models: Sequence[ReportModel], exclude: bool = True,
+                              training_split: bool = False) -> tuple[list[ReportImage], str | None]:
     """Leave out of the pool the images any of the models was trained on (same file, same pixels
-    or a near copy; from their runs' splits.csv), unless ``report.exclude_training_images=false``
-    or the training split itself was asked for. Returns the pool and a note saying what was done."""
-    if not report.get("root") and str(report.get("split", "test")) == "train":
+    or a near copy; from their runs' splits.csv), unless ``exclude`` is off
+    (``report.exclude_training_images=false``) or the ``training_split`` itself was asked for.
+    Returns the pool and a note saying what was done."""
+    if training_split:
         return pool, None
     files = [m.run_dir / "splits.csv" for m in models if (m.run_dir / "splits.csv").is_file()]
     if not files or not pool:
         return pool, None
-    exclude = bool(report.get("exclude_training_images", True))
     training = read_training_images(files)
     paths = [im.path for im in pool]
     near_bits = (models[0].model.hparams.get("data") or {}).get("near_duplicate_bits", DEFAULT_NEAR_BITS)
@@ -197,7 +205,7 @@ def _resolve_auto(report: ReportSettings) -> tuple[int, bool]:
 
 
 def select_images(
-    report: ReportSettings, models: Sequence[ReportModel], seed: int = 1
+    report: ReportSettings, models: Sequence[ReportModel], seed: int = 1, data: DatasetSettings | None = None
 ) -> tuple[dict[str, list[ReportImage]], list[str]]:
     """The image selections (name -> images, in figure order) and notes for the summary."""
     per_class, misses = _resolve_auto(report)
@@ -206,8 +214,9 @@ def select_images(
     notes: list[str] = []
     pool: list[ReportImage] = []
     if per_class or misses:
-        pool, where = collect_pool(report, models)
-        pool, left_out = leave_out_training_images(pool, vars(report), models)
+        pool, where = collect_pool(report, models, data)
+        pool, left_out = leave_out_training_images(pool, models, report.exclude_training_images,
+                                                   training_split=not report.root and data is None and report.split == "train")
         notes.append(f"Images drawn from {where} ({len(pool)} images).")
         notes += [left_out] if left_out else []
     selections: dict[str, list[ReportImage]] = {}

@@ -7,8 +7,6 @@ On a CUDA GPU that supports it everything runs in bf16 autocast (training throug
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from lungcls.errors import LungclsError
 from lungcls.metrics import class_probability_ci, source_lines, summarize_by_source, summarize_confusion
 from lungcls.metrics.bootstrap import bootstrap_ci
 from lungcls.metrics.calibration import calibration

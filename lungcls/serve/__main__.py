@@ -11,9 +11,8 @@ import logging
 import socket
 import sys
 import tempfile
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lungcls.cli import hydra_main
 from lungcls.models.device import pick_device
