@@ -96,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog=PROG,
         description="Rank run folders (a multirun folder, folders of runs, or run folders) and "
         "write comparison.md, comparison.csv and comparison.png.",
-        epilog="example: lungcls-compare outputs/multirun/2026-01-31/10-00-00 --rank-by val/macro_f1",
+        epilog="example: lungcls-compare outputs/multirun/2026-01-31/10-00-00 --rank-by val/macro_f1\n\n"
+        "Why flags and not Hydra key=value overrides: lungcls-compare trains and scores nothing, so it composes no "
+        "config; it reads finished run folders, whose own settings it takes from their .hydra/ folders, and its "
+        "few choices (ranking column, missed classes, split, paired tests) are options of the table.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="multirun folder(s) or run folder(s)")
     parser.add_argument(

@@ -353,9 +353,9 @@ def test_a_copy_follows_its_fixed_split_and_fingerprints_are_cached(demo, tmp_pa
 @pytest.mark.parametrize("override, needle", [
     ("audit.fail_on=[dups]", "audit.fail_on has unknown finding(s) ['dups']"),
     ("audit.probe.region=lungs", "audit.probe.region=lungs is not one of auto, border, outside_lungs"),
-    ("audit.probe.folds=1", "audit.probe.folds=1 is outside [2, inf]"),
+    ("audit.probe.folds=1", "audit.probe.folds=1 must be at least 2"),
     ("audit.probe.C=0", "audit.probe.C=0"),
-    ("audit.border_frac=0.7", "audit.border_frac=0.7 is outside"),
+    ("audit.border_frac=0.7", "audit.border_frac=0.7 must be in"),
     ("+audit.probe.foldz=3", "audit.probe.foldz"),
 ])
 def test_bad_audit_settings_are_one_line_errors(demo, tmp_path, override, needle):

@@ -28,8 +28,11 @@ def trainable_modules(net: nn.Module) -> set[str]:
 
 
 def build(name: str, finetune: dict) -> nn.Module:
+    """The network on the meta device: its layers and which of them train, without drawing 140M
+    random weights (VGG19_bn) for a test of structure."""
     spec = get_backbone(name)
-    net, _ = build_network(spec, {"name": name, "weights": None}, num_classes=4)
+    with torch.device("meta"):
+        net, _ = build_network(spec, {"name": name, "weights": None}, num_classes=4)
     apply_finetune(net, spec, finetune)
     return net
 
@@ -156,7 +159,11 @@ def test_class_weights():
         class_weight_tensor([1.0, 2.0], None, 4)
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+# the VGGs' training step takes seconds on a CPU: with the long tests (their structure is tested above)
+HEAVY = ("vgg16", "vgg19_bn")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in BACKBONES.names()])
 def test_every_backbone_trains_a_step_under_every_policy(name):
     """Each registered backbone: its config node builds the module, a training step changes the
     trainable weights, and every registered fine-tune policy leaves the head trainable."""

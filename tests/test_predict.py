@@ -125,13 +125,14 @@ def test_possible_missed_disease_flags_only_narrow_normal_wins():
 def test_predict_takes_the_same_dataset_configs_as_training(logistic_run, class_tree, tmp_path):
     """`dataset=folder dataset.root=X` scores the images `input=X` does, with their classes as labels;
     giving both (or neither) is one line naming the two ways."""
+    from conftest import compose_cfg
+    from lungcls.predict import predict
+
     ckpt = f"ckpt={logistic_run}/checkpoints/best.ckpt"
     by_input, by_dataset = tmp_path / "by_input", tmp_path / "by_dataset"
-    out = run_cli("lungcls.predict", ckpt, f"input={class_tree}", f"hydra.run.dir={by_input}")
-    assert out.returncode == 0, out.stderr
-    out = run_cli("lungcls.predict", ckpt, "dataset=folder", f"dataset.root={class_tree}",
-                  "dataset.classes=[COVID,Normal,Viral Pneumonia]", f"hydra.run.dir={by_dataset}")
-    assert out.returncode == 0, out.stderr
+    predict(compose_cfg("predict", [ckpt, f"input={class_tree}"], by_input, tmp_path))
+    predict(compose_cfg("predict", [ckpt, "dataset=folder", f"dataset.root={class_tree}",
+                                    "dataset.classes=[COVID,Normal,Viral Pneumonia]"], by_dataset, tmp_path))
     a, b = read_rows(by_input / "predictions.csv"), read_rows(by_dataset / "predictions.csv")
     assert len(a) == len(b) == 30
     assert {r["path"]: (r["label"], r["pred"]) for r in a} == {r["path"]: (r["label"], r["pred"]) for r in b}

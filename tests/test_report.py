@@ -374,9 +374,9 @@ def test_cli_error_is_one_line(tmp_path):
         (["report.root=/no/such/folder"], "report.root=/no/such/folder does not exist"),
         (["report.log_to=/no/such/run"], "report.log_to=/no/such/run is not a folder"),
         (["report.methods=[gradcam,gradcma]"], "unknown attribution method 'gradcma'; choose one of edge, gradcam"),
-        (["report.faithfulness_steps=1"], "report.faithfulness_steps=1 is outside [2, inf]"),
+        (["report.faithfulness_steps=1"], "report.faithfulness_steps=1 must be at least 2"),
         (["report.occlusion_window=999"], "report.occlusion_window=999 is larger than the 48 px input of logistic/full"),
-        (["report.ig_steps=abc"], "report.ig_steps=abc is not a valid value (expected int)"),
+        (["report.ig_steps=abc"], "report.ig_steps=abc must be a whole number"),
     ],
 )
 def test_bad_input_is_a_clear_error(runs, tmp_path, data_dir, overrides, needle):

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lungcls-bench",
         description="Measure training throughput: model-step ceiling, the project's end-to-end loop, a whole "
         "epoch with validation, a naive ImageFolder loop and Grad-CAM, with the same settings; write bench.json.",
+        epilog="Why flags and not Hydra key=value overrides: each measurement composes the real training configs "
+        "itself (the --optimizer and --augment choices are their config groups) and must hold every other setting "
+        "the same across the five measurements, so only these comparable knobs are open.",
     )
     p.add_argument("--backbone", choices=BACKBONES.names(), help="default: resnet50 on CUDA, resnet18 on CPU")
     p.add_argument("--finetune", default="full", choices=POLICIES.names())
