@@ -19,7 +19,7 @@ from lungcls.errors import LungclsError
 from lungcls.sweeps.__main__ import main
 from lungcls.sweeps.sweepfile import continue_study, hydra_value, sweep_to_hydra_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 OPTUNA_YAML = ROOT / "conf" / "hparams_search" / "optuna.yaml"
 SLURM_YAML = ROOT / "conf" / "hydra" / "launcher" / "slurm.yaml"
