@@ -174,7 +174,7 @@ def test_steady_state_clock_counts_windows_and_host_syncs(monkeypatch):
     clock.on_train_end(trainer, None)
     assert len(clock.clock) == 4 and clock.images == [8, 8, 8]
     assert clock.sync_steps == 2 and sum(clock.sync_sites.values()) == 4
-    assert all("tests/test_bench.py:" in site for site in clock.sync_sites)
+    assert all("tests/benchmark/test_bench.py:" in site for site in clock.sync_sites)
     assert modes == ["warn", "default"]
 
 

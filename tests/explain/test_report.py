@@ -179,6 +179,7 @@ def report_cfg_run(out: Path, data_dir: Path, ckpts, *overrides: str) -> Path:
     return out / "gradcam.csv"
 
 
+@pytest.mark.slow  # the fast suite's budget: the in-process report tests cover the same code
 def test_target_true_and_a_named_class(runs, tmp_path, data_dir):
     ckpts = [runs["resnet18"], runs["logistic"]]
     base = ["report.split=all", "report.per_class=1", "report.misses=false"]
@@ -223,6 +224,7 @@ def _lesion_numbers(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]
     return np.array([float(r["lesion_share"]) for r in kept]), np.array([float(r["lesion_uniform"]) for r in kept])
 
 
+@pytest.mark.slow  # the fast suite's budget: the in-process report tests cover the same code
 def test_report_states_the_numbers_of_its_csv(runs, tmp_path, data_dir, capsys):
     """The summary (printed and in the HTML) and gradcam_summary.csv say what gradcam.csv holds."""
     out = tmp_path / "report"
@@ -334,6 +336,7 @@ def test_report_on_real_xrays_without_masks(runs, tmp_path, data_dir):
 # --------------------------------------------------------------------------- entry point, W&B, errors
 
 
+@pytest.mark.slow  # the fast suite's budget: the in-process report tests cover the same code
 def test_cli_writes_the_run_folder_and_logs_to_wandb_offline(runs, tmp_path):
     run_dir = runs["resnet18"].parent.parent
     out = tmp_path / "cli"
@@ -357,6 +360,7 @@ def test_cli_writes_the_run_folder_and_logs_to_wandb_offline(runs, tmp_path):
     assert {p.name.rsplit("-", 1)[-1] for p in runs_now} == {first[0].name.rsplit("-", 1)[-1]}
 
 
+@pytest.mark.slow  # the fast suite's budget: the in-process report tests cover the same code
 def test_cli_error_is_one_line(tmp_path):
     result = run_cli("lungcls.report", f"ckpt={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
