@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from collections.abc import Sequence
 
@@ -107,11 +107,11 @@ class TrainerSettings:
     devices: Any
     strategy: str
     precision: str
-    max_epochs: int
-    min_epochs: int
-    log_every_n_steps: int
+    max_epochs: Optional[int]             # Lightning's own meanings for null (its default) and -1 (no limit)
+    min_epochs: Optional[int]
+    log_every_n_steps: Optional[int]
     accumulate_grad_batches: int
-    check_val_every_n_epoch: int
+    check_val_every_n_epoch: Optional[int]
 
     def __post_init__(self) -> None:
         if self.max_epochs == 0:
