@@ -38,13 +38,13 @@ def _data_overrides(a: dict[str, Any]) -> list[str]:
             "dataset.near_duplicate_bits=6", "dataset.cache=ram", "dataset.on_label_conflict=keep"]
 
 
-def _dataset(a: dict[str, Any]) -> dict[str, Any]:
+def _dataset(a: dict[str, Any]):
     from omegaconf import OmegaConf
 
-    from lungcls.data.checks import check_dataset_config
+    from lungcls.data.settings import dataset_settings
 
     cfg = _compose("train", _data_overrides(a), a["out"])
-    return check_dataset_config(OmegaConf.to_container(cfg.dataset, resolve=True))
+    return dataset_settings(OmegaConf.to_container(cfg.dataset, resolve=True))
 
 
 def _samples(a: dict[str, Any]):
