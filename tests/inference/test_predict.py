@@ -75,11 +75,12 @@ def test_unlabelled_folders_with_dicom_and_several_checkpoints_side_by_side(trai
     (folder / "readme.txt").write_text("notes")
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     out_dir = tmp_path / "pred"
-    args = [f"ckpt=[{run}/checkpoints/best.ckpt,{twin}/checkpoints/best.ckpt]", f"input={folder}", f"hydra.run.dir={out_dir}"]
-    out = run_cli("lungcls.predict", *args)
+    args = [f"ckpt=[{run}/checkpoints/best.ckpt,{twin}/checkpoints/best.ckpt]", f"input={folder}"]
+    out = run_cli("lungcls.predict", *args, f"hydra.run.dir={tmp_path / 'refused'}")
     assert out.returncode == 2 and "broken.png" in out.stderr and "predict.skip_unreadable=true" in out.stderr
     assert len([l for l in out.stderr.splitlines() if l.startswith("lungcls: error:")]) == 1
-    out = run_cli("lungcls.predict", *args, "predict.skip_unreadable=true")
+    # the advice, followed, in a new folder (the failed run's folder is kept, never written over)
+    out = run_cli("lungcls.predict", *args, f"hydra.run.dir={out_dir}", "predict.skip_unreadable=true")
     assert out.returncode == 0, out.stderr
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in read_rows(out_dir / "predictions.csv")}
     assert set(rows) == {"a.png", "b.dcm", "IM0003", "broken.png"}
