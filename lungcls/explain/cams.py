@@ -87,7 +87,7 @@ def _run_dir(ckpt: Path) -> Path:
     """The checkpoint's run folder (``RunFolder``), or the folder it sits in when it is not in a run
     (its name then tells models apart; a report needs no run files)."""
     run = RunFolder.find(ckpt)
-    return run.path if run is not None else ckpt.parent
+    return run.path if run is not None else RunFolder.naming_folder(ckpt)
 
 
 def _ckpt_list(value: Any) -> list[Path]:

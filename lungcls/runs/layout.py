@@ -58,6 +58,13 @@ class RunFolder:
                 "or keep the checkpoint in its run's checkpoints/ folder")
         return run
 
+    @staticmethod
+    def naming_folder(checkpoint: str | Path) -> Path:
+        """The folder that names a checkpoint for people: the one above ``checkpoints/`` (its run, or a
+        copy of the run's checkpoints), else the folder it sits in."""
+        ckpt = Path(checkpoint).expanduser().resolve()
+        return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt.parent
+
     def is_run(self) -> bool:
         return any((self.path / marker).exists() for marker in RUN_MARKERS)
 
