@@ -434,8 +434,8 @@ def test_report_layer_per_checkpoint_and_its_errors(runs, tmp_path, data_dir):
                                                   r"use auto or one of: layer1.0, layer1.1, layer1, layer2.0, .*, layer4$"),
         (ckpts, "report.layer=[layer3]", "report.layer lists 1 layers for 2 checkpoints"),
         ([runs["logistic"]], "report.layer=linear", "has no layers and is explained by its weight map"),
-        ([runs["resnet18"]], "report.min_cells=0", "report.min_cells=0 must be a positive integer"),
-        ([runs["resnet18"]], "report.sanity_threshold=2", r"report.sanity_threshold=2 must be a rank correlation in \[-1, 1\]"),
+        ([runs["resnet18"]], "report.min_cells=0", "report.min_cells=0 must be at least 1"),
+        ([runs["resnet18"]], "report.sanity_threshold=2", r"report.sanity_threshold=2.0 must be in \[-1.0, 1.0\]"),
     ]
     for listed, override, needle in cases:
         with pytest.raises(LungclsError, match=needle) as info:
