@@ -158,7 +158,8 @@ def run_data_scale(args: Any) -> int:
         if args.near_duplicates is not None:
             if (out / "near_duplicates.json").exists():
                 raise LungclsError(f"{out}/near_duplicates.json exists; give another --out")
-            result = run_near_duplicates(args.near_duplicates, args.near_duplicate_bits, gen_dir, args.recall_subset)
+            result = run_near_duplicates(args.near_duplicates, args.near_duplicate_bits, gen_dir, args.recall_subset,
+                                         templates_dir=args.templates, faiss_codes=args.faiss_codes)
             out.mkdir(parents=True, exist_ok=True)
             (out / "near_duplicates.json").write_text(json.dumps(result, indent=2) + "\n")
             print(f"near duplicates: {result['codes']:,} codes, {result['pairs']:,} pairs within {result['max_bits']} bits "

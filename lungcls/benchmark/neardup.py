@@ -1,11 +1,13 @@
 """``lungcls-bench --near-duplicates N``: the near-duplicate search on N synthetic perceptual hashes
-distributed like chest X-ray hashes, with planted near pairs; seconds, pairs found, and recall
-against comparing all pairs on a subset (which must be 1.0).
+distributed like chest X-ray hashes, with planted near pairs; seconds, pairs found, recall against
+comparing all pairs on a subset (which must be 1.0), and faiss's ``IndexBinaryMultiHash`` timed on
+the same codes beside lungcls's index (the library it was measured against).
 
 Uniform random bits would flatter any index (no two codes share a band by chance). Chest films
 resemble each other: many of the 144 DCT-hash bits are nearly constant, and distinct films come
 within 16 bits. So the codes are drawn around measured hashes: the phantom (the demo's chest X-ray
-generator) is rendered and hashed at every crop level, and each synthetic image is one of those
+generator) is rendered and hashed at every crop level (or the X-rays under ``--templates``, e.g. a
+sample of the user's own data), and each synthetic image is one of those
 hashes with a share ``rho`` of its bits redrawn from that bit's measured frequency (the same flips
 applied to every crop level, so crops stay as far from the full image as they are in the phantom).
 ``rho`` is the smallest share at which two codes drawn from one template are as far apart as
@@ -15,6 +17,7 @@ half of them matched full image against a crop level.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ import numpy as np
 
 from lungcls.benchmark.data import ensure_bench_dataset
 from lungcls.data.fingerprints import compute_fingerprints, near_pairs, near_pairs_brute
+from lungcls.data.hashindex import Plan, best_per_pair, bit_entropy, bit_order
+from lungcls.data.images import IMAGE_EXTENSIONS
 from lungcls.errors import LungclsError
 
 PHANTOM_IMAGES = 400
@@ -35,6 +40,48 @@ def phantom_hashes(gen_dir: str, images: int = PHANTOM_IMAGES, size: int = PHANT
     root = ensure_bench_dataset(Path(gen_dir) / f"bench-{images}x{size}", images, size)
     paths = sorted(str(p) for p in Path(root).glob("*/images/*.png"))
     return compute_fingerprints(paths).phash
+
+
+def template_hashes(folder: str) -> np.ndarray:
+    """Perceptual hashes [n, levels, bits] of every image under ``folder`` (any layout)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise LungclsError(f"--templates {folder}: no such folder; give a folder of X-rays (any layout) or leave it out for the phantom")
+    paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    fingerprints = compute_fingerprints(paths)
+    readable = np.array([h is not None for h in fingerprints.pixel_hash], dtype=bool)
+    if readable.sum() < 20:
+        raise LungclsError(f"--templates {folder}: {int(readable.sum())} readable images; give a folder with at least 20 X-rays")
+    return fingerprints.phash[readable]
+
+
+def faiss_near_pairs(codes: np.ndarray, max_bits: int) -> list[tuple[int, int, int]]:
+    """The same search on faiss's ``IndexBinaryMultiHash`` (every band probed within the same flips,
+    0, 1 or 2, whichever makes the fewest probes plus expected candidates), for the comparison."""
+    import faiss
+
+    n, levels, bits = codes.shape
+    entropy = float(bit_entropy(codes[:, 0, :]).sum())
+    best = None
+    for flips in (0, 1, 2):
+        tables = max_bits // (flips + 1) + 1
+        band = min(bits // tables, 62)
+        if band <= flips:
+            continue
+        probes = sum(math.comb(band, k) for k in range(flips + 1))
+        cost = tables * probes * (1.0 + n * levels / 2.0 ** (entropy * band / bits))
+        if best is None or cost < best[0]:
+            best = (cost, tables, band, flips)
+    _, tables, band, flips = best
+    order = bit_order(codes[:, 0, :], Plan(bits, max_bits, (band,) * tables, (flips,) * tables))
+    index = faiss.IndexBinaryMultiHash(bits + (-bits) % 8, tables, band)
+    index.nflip = flips
+    index.add(np.packbits(codes.reshape(-1, bits)[:, order], axis=1, bitorder="little"))
+    lims, dist, ids = index.range_search(np.packbits(codes[:, 0, :][:, order], axis=1, bitorder="little"), max_bits + 1)
+    i = np.repeat(np.arange(n), np.diff(lims.astype(np.int64)))
+    j = ids.astype(np.int64) // levels
+    keep = i != j
+    return best_per_pair(np.minimum(i, j)[keep], np.maximum(i, j)[keep], dist[keep].astype(np.int32), n)
 
 
 def pair_quantiles(full: np.ndarray, rng: np.random.Generator, pairs: int = 20000) -> tuple[float, float]:
@@ -71,8 +118,8 @@ def sibling_q01(templates: np.ndarray, rho: float, rng: np.random.Generator, pai
 
 def calibrate(templates: np.ndarray, rng: np.random.Generator) -> tuple[float, dict[str, float]]:
     """The smallest ``rho`` at which two codes drawn from one template are as far apart as distinct
-    phantom films (1% quantile of their distance at least the phantom's), so that codes are distinct
-    films around the measured ones, not copies of them."""
+    template films (1% quantile of their distance at least the templates'), so that codes are
+    distinct films around the measured ones, not copies of them."""
     target = pair_quantiles(templates[:, 0, :], rng)
     rho, sib = 1.0, 0.0
     for r in RHOS:
@@ -81,7 +128,7 @@ def calibrate(templates: np.ndarray, rng: np.random.Generator) -> tuple[float, d
             rho = float(r)
             break
     got = pair_quantiles(draw_codes(templates, 4000, rho, rng)[:, 0, :], rng)
-    return rho, {"phantom_median_bits": target[0], "phantom_q01_bits": target[1], "synthetic_median_bits": got[0],
+    return rho, {"templates_median_bits": target[0], "templates_q01_bits": target[1], "synthetic_median_bits": got[0],
                  "synthetic_q01_bits": got[1], "same_template_q01_bits": sib}
 
 
@@ -102,12 +149,15 @@ def plant_pairs(codes: np.ndarray, count: int, max_bits: int, subset: int, rng: 
     return count
 
 
-def run_near_duplicates(n: int, max_bits: int, gen_dir: str, subset: int = 20000, seed: int = 0) -> dict[str, Any]:
+def run_near_duplicates(n: int, max_bits: int, gen_dir: str, subset: int = 20000, seed: int = 0,
+                        templates_dir: str | None = None, faiss_codes: int = 100000) -> dict[str, Any]:
     """What ``near_duplicates.json`` holds."""
     if n < 2:
         raise LungclsError(f"--near-duplicates {n}: give at least 2 codes (e.g. --near-duplicates 1000000)")
+    if faiss_codes < 0:
+        raise LungclsError(f"--faiss-codes {faiss_codes}: give 0 (no comparison) or more codes (e.g. 100000)")
     rng = np.random.default_rng(seed)
-    templates = phantom_hashes(gen_dir)
+    templates = phantom_hashes(gen_dir) if templates_dir is None else template_hashes(templates_dir)
     rho, fit = calibrate(templates, rng)
     codes = draw_codes(templates, n, rho, rng)
     subset = min(subset, n)
@@ -122,8 +172,22 @@ def run_near_duplicates(n: int, max_bits: int, gen_dir: str, subset: int = 20000
     brute_seconds = time.perf_counter() - t1
     inside = {p for p in pairs if p[1] < subset}
     recall = len(brute & inside) / len(brute) if brute else 1.0
+    compared: dict[str, Any] = {}
+    if faiss_codes:
+        part = codes[: min(faiss_codes, n)]
+        t2 = time.perf_counter()
+        ours = near_pairs(part, max_bits=max_bits)
+        ours_seconds = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        theirs = faiss_near_pairs(part, max_bits)
+        faiss_seconds = time.perf_counter() - t3
+        compared = {"codes": len(part), "lungcls_seconds": round(ours_seconds, 2), "faiss_seconds": round(faiss_seconds, 2),
+                    "faiss_over_lungcls": round(faiss_seconds / max(ours_seconds, 1e-9), 2), "same_pairs": ours == theirs}
+        print(f"[bench] faiss IndexBinaryMultiHash on the first {len(part):,} codes: {faiss_seconds:.1f} s, lungcls {ours_seconds:.1f} s "
+              f"(faiss / lungcls = {compared['faiss_over_lungcls']}); same pairs: {compared['same_pairs']}", flush=True)
     return {"codes": n, "levels": int(codes.shape[1]), "bits": int(codes.shape[2]), "max_bits": max_bits,
             "seconds": round(seconds, 2), "pairs": len(pairs), "planted": planted, "recall": recall,
             "recall_subset": subset, "recall_pairs": len(brute), "extra_pairs_in_subset": len(inside - brute),
             "brute_force_seconds_subset": round(brute_seconds, 2), "rho": rho, "calibration": fit,
-            "phantom": {"images": int(len(templates)), "size": PHANTOM_SIZE}}
+            "templates": {"source": templates_dir or f"phantom ({PHANTOM_SIZE} px)", "images": int(len(templates))},
+            "faiss": compared}

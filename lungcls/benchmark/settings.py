@@ -146,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(increasing, e.g. 1000,4000,16000): seconds and peak RSS of every stage; writes scale.json and scale.png")
     p.add_argument("--scale-image-size", type=int, default=64, help="side of the generated PNGs and working size of the scale ladder (default 64)")
     p.add_argument("--near-duplicates", type=int, metavar="N", help="instead of the throughput run: the near-duplicate search "
-                   "on N synthetic hashes distributed like the phantom's, with recall against all pairs; writes near_duplicates.json")
+                   "on N synthetic hashes distributed like chest X-ray hashes (the phantom's, or --templates), with recall against all pairs; writes near_duplicates.json")
     p.add_argument("--near-duplicate-bits", type=int, default=12, help="threshold of --near-duplicates (default 12, as for real X-rays)")
     p.add_argument("--recall-subset", type=int, default=20000, help="codes checked against all pairs for --near-duplicates' recall (default 20000)")
+    p.add_argument("--templates", metavar="DIR", help="--near-duplicates: draw the codes around the hashes of the X-rays under DIR "
+                   "(any layout, e.g. a sample of your data) instead of the demo phantom's")
+    p.add_argument("--faiss-codes", type=int, default=100000, help="--near-duplicates: time faiss's IndexBinaryMultiHash beside "
+                   "lungcls's index on the first this many codes (default 100000; 0 skips it)")
     return p
 
 

@@ -43,7 +43,7 @@ def test_synthetic_hashes_follow_the_templates_bit_statistics():
     rho, fit = calibrate(templates, rng)
     codes = draw_codes(templates, 20000, rho, rng)
     assert np.abs(codes[:, 0].mean(0) - templates[:, 0].mean(0)).max() < 0.05  # the measured frequencies
-    assert fit["same_template_q01_bits"] >= fit["phantom_q01_bits"] or rho == 1.0
+    assert fit["same_template_q01_bits"] >= fit["templates_q01_bits"] or rho == 1.0
     median, q01 = pair_quantiles(codes[:, 0], rng)
     assert median < 60  # uniform random bits would sit at 72 of 144
     crop_gap = (codes[:, 0] != codes[:, 3]).sum(1).mean()
@@ -57,6 +57,7 @@ def test_near_duplicates_bench_has_recall_one(tmp_path):
     result = json.loads((out / "near_duplicates.json").read_text())
     assert result["codes"] == 4000 and result["recall"] == 1.0 and result["recall_pairs"] > 0
     assert result["extra_pairs_in_subset"] == 0 and result["pairs"] >= result["recall_pairs"]
+    assert result["faiss"]["codes"] == 4000 and result["faiss"]["same_pairs"] is True  # faiss finds the same pairs
     assert main(["--near-duplicates", "4000", "--gen-dir", str(tmp_path / "data"), "--out", str(out)]) == 2  # never over a result
 
 
@@ -70,3 +71,24 @@ def test_scale_ladder_writes_every_stage(tmp_path):
         assert row["images"] == [8, 16] and len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"])
         assert all(m > 50 for m in row["peak_rss_mb"]) and isinstance(row["exponent"], float)
     assert (out / "scale.png").stat().st_size > 1000
+
+
+def test_near_duplicates_drawn_around_a_folder_of_xrays(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "xrays" / "nested"
+    folder.mkdir(parents=True)
+    for k in range(24):  # smooth random films: distinct hashes
+        small = (rng.random((6, 6)) * 255).astype(np.uint8)
+        Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC).save(folder / f"film-{k}.png")
+    out = tmp_path / "nd"
+    args = ["--near-duplicates", "1500", "--recall-subset", "1500", "--faiss-codes", "1500", "--gen-dir", str(tmp_path / "data")]
+    assert main([*args, "--templates", str(tmp_path / "xrays"), "--out", str(out)]) == 0
+    result = json.loads((out / "near_duplicates.json").read_text())
+    assert result["templates"] == {"source": str(tmp_path / "xrays"), "images": 24}
+    assert result["recall"] == 1.0 and result["faiss"]["same_pairs"] is True
+    assert "faiss / lungcls" in capsys.readouterr().out
+    assert main([*args, "--templates", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such folder" in err and "\n" not in err and not (tmp_path / "x").exists()

@@ -162,3 +162,44 @@ def test_a_cache_folder_that_cannot_be_written_is_one_line(tmp_path):
     with pytest.raises(LungclsError) as e:
         load_or_compute(paths, blocker / "cache")
     assert "is not a writable folder" in str(e.value) and "dataset.cache_dir=null" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "widths, radii, table_cap, chunk",
+    [
+        ((24, 24, 24, 24, 24, 24), (2, 1, 1, 1, 1, 1), 25, 1 << 22),  # unequal radii, exact tables
+        ((29, 23, 23, 23, 23, 23), (2, 1, 1, 1, 1, 1), 12, 1 << 22),  # wider bands hashed into small tables
+        ((32, 32, 32, 32), (3, 3, 3, 3), 25, 2000),  # few wide bands; candidates verified 2,000 at a time
+        ((11,) * 13, (0,) * 13, 25, 1 << 22),  # exact match on many narrow bands
+    ],
+)
+def test_every_band_plan_finds_exactly_the_pairs_all_pairs_find(monkeypatch, widths, radii, table_cap, chunk):
+    from lungcls.data import hashindex
+
+    assert sum(r + 1 for r in radii) > 12
+    monkeypatch.setattr(hashindex, "plan", lambda bits, max_bits, n, entropy=None: hashindex.Plan(bits, max_bits, widths, radii))
+    monkeypatch.setattr(hashindex, "MAX_TABLE_BITS", table_cap)
+    monkeypatch.setattr(hashindex, "CANDIDATE_CHUNK", chunk)
+    monkeypatch.setattr(hashindex, "QUERY_CHUNK", 97)  # several chunks, the last one short
+    codes = chest_like_codes(700, seed=len(widths))
+    plant(codes, [d for d in range(14) for _ in range(2)], seed=2)
+    assert near_pairs(codes, max_bits=12) == near_pairs_brute(codes, max_bits=12)
+
+
+@pytest.mark.parametrize("max_bits", [0, 1, 6, 12, 20, 40, 72])
+@pytest.mark.parametrize("n_index", [10, 100_000, 6_000_000])
+def test_the_chosen_plan_is_exact_by_the_pigeonhole_principle(max_bits, n_index):
+    from lungcls.data.hashindex import plan
+
+    for entropy in (None, 60.0, 130.0):
+        p = plan(HASH_BITS, max_bits, n_index, entropy)
+        assert sum(r + 1 for r in p.radii) > max_bits
+        assert all(0 <= r < w <= 32 for r, w in zip(p.radii, p.widths)) and sum(p.widths) <= HASH_BITS
+
+
+def test_a_threshold_past_half_the_bits_is_one_line():
+    from lungcls.data.hashindex import plan
+    from lungcls.errors import LungclsError
+
+    with pytest.raises(LungclsError, match="use at most 72"):
+        plan(HASH_BITS, 73, 1000)
