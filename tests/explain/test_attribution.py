@@ -142,3 +142,19 @@ def test_edge_control_is_the_sobel_magnitude_and_ignores_the_model():
     a = finish(edge.compute(None, x, torch.zeros(2, dtype=torch.long)), edge.convention, 16)
     assert a.shape == (2, 16, 16) and float(a.max()) == 1.0
     assert float(a[:, :, 7:9].min()) > 0.4 and float(a[:, :, :6].max()) < 0.01 and float(a[:, :, 10:].max()) < 0.01
+
+
+def test_smoothgrad_maps_are_the_same_twice_and_leave_the_global_random_stream_alone():
+    from types import SimpleNamespace
+
+    from lungcls.explain.methods.registry import MethodContext
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    ctx = MethodContext(net=net, layer=None, fine_layer=None, baseline=lambda x: x * 0,
+                        settings=SimpleNamespace(smoothgrad_samples=4, smoothgrad_noise=0.2))
+    x, targets = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    state = torch.get_rng_state()
+    first = METHODS.get("smoothgrad").compute(ctx, x, targets)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, METHODS.get("smoothgrad").compute(ctx, x, targets))
