@@ -180,3 +180,26 @@ def test_ddp_from_a_prepared_set_streams_shards_and_scores_every_image_once(tmp_
     assert len(logged) == 1  # one epoch: the logged model is the scored one
     assert float(logged[0]["val/acc"]) == pytest.approx(metrics["val"]["accuracy"], abs=1e-6)
     assert float(logged[0]["val/macro_f1"]) == pytest.approx(metrics["val"]["macro_f1"], abs=1e-6)
+
+
+def test_a_stream_stopped_mid_epoch_resumes_where_it_stopped(prepared):
+    """The loader's state (what Lightning keeps in a checkpoint) resumes the epoch: the batches after
+    the stop are the ones an uninterrupted epoch gives, none seen twice, none skipped."""
+    from lungcls.data.streaming import streaming_loader
+
+    n, root = prepared["meta"]["images"]["train"], str(prepared["root"])
+
+    def loader():
+        return streaming_loader(root, "train", n, batch_size=3, shuffle=True, seed=7, workers=0, world=1)
+
+    whole = [rows.tolist() for _, _, rows in loader()]
+    assert len(whole) >= 4
+    first = loader()
+    it = iter(first)
+    seen = [next(it)[2].tolist() for _ in range(2)]
+    state = first.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [rows.tolist() for _, _, rows in resumed]
+    assert seen + rest == whole
+    assert sorted(r for batch in whole for r in batch) == sorted(set(r for batch in whole for r in batch))
