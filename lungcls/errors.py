@@ -16,6 +16,7 @@ EXTRAS = {
     "serve": "the web service (lungcls-serve)",
     "export": "ONNX export (lungcls-export export.format=onnx)",
     "sweeps": "Optuna sweeps and SLURM launching (hparams_search=optuna, hydra/launcher=slurm)",
+    "bench": "the faiss comparison of lungcls-bench --near-duplicates (--faiss-codes 0 skips it)",
 }
 
 

@@ -28,7 +28,7 @@ from lungcls.benchmark.data import ensure_bench_dataset
 from lungcls.data.fingerprints import compute_fingerprints, near_pairs, near_pairs_brute
 from lungcls.data.hashindex import Plan, best_per_pair, bit_entropy, bit_order
 from lungcls.data.images import IMAGE_EXTENSIONS
-from lungcls.errors import LungclsError
+from lungcls.errors import LungclsError, require_extra
 
 PHANTOM_IMAGES = 400
 PHANTOM_SIZE = 128
@@ -156,6 +156,8 @@ def run_near_duplicates(n: int, max_bits: int, gen_dir: str, subset: int = 20000
         raise LungclsError(f"--near-duplicates {n}: give at least 2 codes (e.g. --near-duplicates 1000000)")
     if faiss_codes < 0:
         raise LungclsError(f"--faiss-codes {faiss_codes}: give 0 (no comparison) or more codes (e.g. 100000)")
+    if faiss_codes:
+        require_extra("faiss", "bench")
     rng = np.random.default_rng(seed)
     templates = phantom_hashes(gen_dir) if templates_dir is None else template_hashes(templates_dir)
     rho, fit = calibrate(templates, rng)

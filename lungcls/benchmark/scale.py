@@ -43,6 +43,12 @@ def exponent(images: list[int], seconds: list[float]) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
+# A stage of a few seconds is timed this many times and the fastest kept (timeit's rule: the minimum
+# is the run least disturbed by other work on the machine); peak RSS is the largest of the runs.
+SHORT_STAGE_SECONDS = 10.0
+SHORT_REPEATS = 3
+
+
 def run_child(stage: str, args: dict[str, Any], log: Path) -> tuple[float, float]:
     """(seconds of the stage's work, peak RSS in MB of its process); its stderr goes to ``log``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -78,6 +84,9 @@ def ladder(sizes: list[int], image_size: int, gen_dir: str, out: Path) -> dict[s
         args = {"root": str(root), "image_size": image_size, "out": str(work)}
         for stage in STAGES:
             seconds, rss = run_child(stage, args, work / f"{stage}.log")
+            for _ in range(SHORT_REPEATS - 1 if seconds < SHORT_STAGE_SECONDS else 0):
+                again, again_rss = run_child(stage, args, work / f"{stage}.log")
+                seconds, rss = min(seconds, again), max(rss, again_rss)
             print(f"[bench] {n:>8,} images  {stage:<16}{seconds:>9.2f} s {rss:>9.0f} MB", flush=True)
             for key, value in (("images", n), ("seconds", round(seconds, 3)), ("peak_rss_mb", round(rss, 1))):
                 stages[stage][key].append(value)
