@@ -164,7 +164,7 @@ def run_near_duplicates(n: int, max_bits: int, gen_dir: str, subset: int = 20000
     codes = draw_codes(templates, n, rho, rng)
     subset = min(subset, n)
     planted = plant_pairs(codes, max(1, n // 100), max_bits, subset, rng)
-    print(f"[bench] {n:,} synthetic codes (phantom bit statistics, rho={rho}), {planted:,} planted pairs; searching ...", flush=True)
+    print(f"[bench] {n:,} synthetic codes (bit statistics of {templates_dir or 'the phantom'}, rho={rho}), {planted:,} planted pairs; searching ...", flush=True)
     t0 = time.perf_counter()
     pairs = near_pairs(codes, max_bits=max_bits)
     seconds = time.perf_counter() - t0
