@@ -28,6 +28,7 @@ from lungcls.benchmark.data import ensure_bench_dataset
 from lungcls.data.fingerprints import compute_fingerprints, near_pairs, near_pairs_brute
 from lungcls.data.hashindex import Plan, best_per_pair, bit_entropy, bit_order
 from lungcls.data.images import IMAGE_EXTENSIONS
+from lungcls.data.layouts import MASK_FOLDERS
 from lungcls.errors import LungclsError, require_extra
 
 PHANTOM_IMAGES = 400
@@ -43,11 +44,13 @@ def phantom_hashes(gen_dir: str, images: int = PHANTOM_IMAGES, size: int = PHANT
 
 
 def template_hashes(folder: str) -> np.ndarray:
-    """Perceptual hashes [n, levels, bits] of every image under ``folder`` (any layout)."""
+    """Perceptual hashes [n, levels, bits] of every image under ``folder`` (any layout; mask
+    folders are skipped)."""
     root = Path(folder)
     if not root.is_dir():
         raise LungclsError(f"--templates {folder}: no such folder; give a folder of X-rays (any layout) or leave it out for the phantom")
-    paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                   and not any(part in MASK_FOLDERS for part in p.relative_to(root).parts[:-1]))  # X-rays, not masks
     fingerprints = compute_fingerprints(paths)
     readable = np.array([h is not None for h in fingerprints.pixel_hash], dtype=bool)
     if readable.sum() < 20:

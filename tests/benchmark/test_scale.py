@@ -82,6 +82,8 @@ def test_near_duplicates_drawn_around_a_folder_of_xrays(tmp_path, capsys):
     for k in range(24):  # smooth random films: distinct hashes
         small = (rng.random((6, 6)) * 255).astype(np.uint8)
         Image.fromarray(small).resize((64, 64), Image.Resampling.BICUBIC).save(folder / f"film-{k}.png")
+    (tmp_path / "xrays" / "masks").mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "xrays" / "masks" / "film-0.png")  # not an X-ray
     out = tmp_path / "nd"
     args = ["--near-duplicates", "1500", "--recall-subset", "1500", "--faiss-codes", "1500", "--gen-dir", str(tmp_path / "data")]
     assert main([*args, "--templates", str(tmp_path / "xrays"), "--out", str(out)]) == 0
