@@ -9,6 +9,7 @@ on log images: 1 is linear, 2 quadratic); ``scale.png`` plots them on log-log ax
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -128,6 +129,55 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def text_plot(result: dict[str, Any], width: int = 60, rows_per_decade: int = 6) -> str:
+    """The log-log plot as text (a terminal, a log, the README): one letter per stage at each
+    size (``*`` where stages meet), seconds up, images across, both on log axes; the dotted line
+    has slope 1 (time linear in the images)."""
+    stages = {name: row for name, row in result["stages"].items() if row["seconds"]}
+    points = [(n, t) for row in stages.values() for n, t in zip(row["images"], row["seconds"]) if n > 0 and t > 0]
+    if not points:
+        return ""
+    lx = [math.log10(n) for n, _ in points]
+    ly = [math.log10(t) for _, t in points]
+    x0, x1 = min(lx), max(lx) if max(lx) > min(lx) else min(lx) + 1
+    y0, y1 = math.floor(min(ly)), math.ceil(max(ly)) if math.ceil(max(ly)) > math.floor(min(ly)) else math.floor(min(ly)) + 1
+    height = (y1 - y0) * rows_per_decade + 1
+    grid = [[" "] * width for _ in range(height)]
+
+    def cell(x: float, y: float) -> tuple[int, int]:
+        return (round((x - x0) / (x1 - x0) * (width - 1)), height - 1 - round((y - y0) / (y1 - y0) * (height - 1)))
+
+    for k in range(width):  # slope 1 through the bottom-left corner
+        x = x0 + (x1 - x0) * k / (width - 1)
+        c, r = cell(x, y0 + (x - x0))
+        if 0 <= r < height:
+            grid[r][c] = "."
+    letters = {}
+    for i, (name, row) in enumerate(stages.items()):
+        letters[name] = chr(ord("A") + i)
+        for n, t in zip(row["images"], row["seconds"]):
+            if n > 0 and t > 0:
+                c, r = cell(math.log10(n), math.log10(t))
+                grid[r][c] = letters[name] if grid[r][c] in " ." else "*"
+    lines = []
+    for r, cells in enumerate(grid):
+        decade, rest = divmod(height - 1 - r, rows_per_decade)
+        label = "" if rest else f"{10.0 ** (y0 + decade):g} s"
+        lines.append(f"{label:>9} |{''.join(cells)}")
+    sizes = sorted({n for n, _ in points})
+    axis = [" "] * width
+    for n in sizes:
+        text = f"{n:,}"
+        c, _ = cell(math.log10(n), y0)
+        start = min(max(0, c - len(text) // 2), width - len(text))
+        axis[start : start + len(text)] = list(text)
+    lines.append(" " * 10 + "+" + "-" * width)
+    lines.append(" " * 11 + "".join(axis) + "  images")
+    lines.append(" " * 11 + "; ".join(f"{letters[name]} {name} ({row['exponent']})" for name, row in stages.items()))
+    lines.append(" " * 11 + ". slope 1 (time linear in the images)")
+    return "\n".join(lines)
+
+
 def run_scale(sizes: list[int], image_size: int, gen_dir: str, out: str) -> Path:
     """Run the ladder, write scale.json and scale.png into ``out``, print the table."""
     out_dir = Path(out)
@@ -138,5 +188,6 @@ def run_scale(sizes: list[int], image_size: int, gen_dir: str, out: str) -> Path
     path = out_dir / "scale.json"
     plot(result, out_dir / "scale.png")
     print(format_table(result))
+    print("\n" + text_plot(result))
     print(f"\nwritten: {path} and {out_dir / 'scale.png'}")
     return path

@@ -94,3 +94,22 @@ def test_near_duplicates_drawn_around_a_folder_of_xrays(tmp_path, capsys):
     assert main([*args, "--templates", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no such folder" in err and "\n" not in err and not (tmp_path / "x").exists()
+
+
+def test_the_text_plot_puts_each_stage_at_its_sizes_on_log_axes():
+    from lungcls.benchmark.scale import text_plot
+
+    sizes = [1000, 10000, 100000]
+    result = {"image_size": 64, "sizes": sizes, "stages": {
+        "linear": {"images": sizes, "seconds": [0.01 * n / 1000 for n in sizes], "exponent": 1.0},
+        "flat": {"images": sizes, "seconds": [5.0, 5.0, 5.0], "exponent": 0.0},
+        "same": {"images": sizes[:1], "seconds": [5.0], "exponent": None},
+    }}
+    rows = text_plot(result, width=41, rows_per_decade=4).splitlines()
+    body = [r.split("|", 1)[1] for r in rows if "|" in r]
+    linear = sorted((c, r) for r, line in enumerate(body) for c, ch in enumerate(line) if ch == "A")
+    assert [c for c, _ in linear] == [0, 20, 40]  # one column per size, evenly spaced: a log axis
+    assert [r for _, r in linear] == [len(body) - 1, len(body) - 5, len(body) - 9]  # a decade up per size
+    assert [line.count("B") for line in body if "B" in line] == [2] and body[[i for i, l in enumerate(body) if "B" in l][0]][0] == "*"
+    assert rows[0].lstrip().startswith("10 s") and rows[len(body) - 1].lstrip().startswith("0.01 s")
+    assert "1,000" in rows[-3] and "100,000" in rows[-3] and "A linear (1.0); B flat (0.0); C same (None)" in rows[-2]
