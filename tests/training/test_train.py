@@ -151,6 +151,7 @@ def test_wrong_overrides_fail_fast_with_one_clear_line(train_cfg, class_tree, ov
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # 18 s: the README's command keeps its 4-minute budget; CI runs it with the slow set
 def test_evaluate_a_checkpoint_on_its_test_split_and_an_external_folder(train_cfg, tmp_path, class_tree, caplog):
     run = tmp_path / "run"
     train(train_cfg("backbone=logistic", "trainer.max_epochs=1", out=run))
