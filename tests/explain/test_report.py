@@ -76,6 +76,7 @@ def demo_images(ckpt: Path, label: str, n: int) -> list[str]:
 # --------------------------------------------------------------------------- the report itself
 
 
+@pytest.mark.slow  # 17 s with its three runs; the methods report test keeps a whole report in the README's command
 def test_report_of_three_models_writes_figures_csv_and_self_contained_html(runs, tmp_path, data_dir, capsys):
     ckpts = list(runs.values())
     extra = demo_images(runs["resnet18"], "COVID", 1) + demo_images(runs["resnet18"], "Normal", 1)
