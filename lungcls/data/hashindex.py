@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from lungcls.data.parallel import cpu_count
 from lungcls.errors import LungclsError
 from lungcls.runs.progress import progress
 
@@ -62,11 +62,6 @@ class Plan:
     max_bits: int
     widths: tuple[int, ...]
     radii: tuple[int, ...]
-
-    @property
-    def probes(self) -> int:
-        """Bucket look-ups per query."""
-        return sum(flip_count(w, r) for w, r in zip(self.widths, self.radii))
 
 
 def flip_count(width: int, radius: int) -> int:
@@ -119,11 +114,11 @@ def bit_entropy(codes: np.ndarray) -> np.ndarray:
         return -np.nan_to_num(freq * np.log2(freq)) - np.nan_to_num((1 - freq) * np.log2(1 - freq))
 
 
-def bit_order(codes: np.ndarray, p: Plan) -> np.ndarray:
+def bit_order(entropy: np.ndarray, p: Plan) -> np.ndarray:
     """A permutation of the bit positions in which band ``k`` is the next ``widths[k]`` positions.
-    Bits are dealt by decreasing entropy (measured on ``codes`` [n, bits]) in snake order over the
-    bands, so the bands hold about equal information; the least informative are left at the end."""
-    ranked = np.argsort(-bit_entropy(codes), kind="stable").tolist()
+    Bits are dealt by decreasing ``entropy`` (per bit position, ``bit_entropy``) in snake order over
+    the bands, so the bands hold about equal information; the least informative are left at the end."""
+    ranked = np.argsort(-entropy, kind="stable").tolist()
     bands: list[list[int]] = [[] for _ in p.widths]
     forward = True
     rank = 0
@@ -182,18 +177,12 @@ def bucket_keys(values: np.ndarray, width: int, tb: int) -> np.ndarray:
     return ((values * HASH_MULTIPLIER) >> np.uint64(64 - tb)).astype(np.int64)
 
 
-def workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def search(queries: np.ndarray, index: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query row, index row, distance) of every pair of ``queries`` [nq, bits] and ``index``
     [ni, bits] within ``max_bits`` bits (each pair once per band that finds it)."""
-    p = plan(index.shape[1], max_bits, len(index), float(bit_entropy(index).sum()))
-    order = bit_order(index, p)
+    entropy = bit_entropy(index)  # one pass over the index: it steers both the plan and the bands
+    p = plan(index.shape[1], max_bits, len(index), float(entropy.sum()))
+    order = bit_order(entropy, p)
     qwords, iwords = pack_words(queries, order), pack_words(index, order)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     with progress("near-duplicate search", total=len(queries) * len(p.widths), unit="hash-band probes") as bar:
@@ -253,7 +242,7 @@ def _search_band(qwords: np.ndarray, iwords: np.ndarray, start: int, width: int,
         return results
 
     out = []
-    with ThreadPoolExecutor(workers()) as pool:
+    with ThreadPoolExecutor(cpu_count()) as pool:
         for lo_q, result in zip(range(0, len(qvalues), QUERY_CHUNK), pool.map(probe, range(0, len(qvalues), QUERY_CHUNK))):
             out.extend(result)
             bar.update(min(QUERY_CHUNK, len(qvalues) - lo_q))
