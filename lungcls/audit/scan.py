@@ -150,15 +150,15 @@ def scan(samples: Sequence[Sample], region: str = "auto", border_frac: float = 0
     region = choose_region(samples, region)
     n = len(samples)
     rows = read_all(samples, region, border_frac, cache_dir, workers)
-    bits = np.zeros((n, len(CROP_LEVELS), HASH_BITS), dtype=bool)
+    packed = np.zeros((n, len(CROP_LEVELS), HASH_BITS // 8), dtype=np.uint8)
     for i, row in enumerate(rows):
         if row[1] is not None:
-            bits[i] = np.unpackbits(row[1])[: bits[i].size].reshape(bits[i].shape).astype(bool)
+            packed[i] = row[1][: packed[i].size].reshape(packed.shape[1:])
     errors = {i: row[4] for i, row in enumerate(rows) if row[4] is not None}
     width = next((len(r[3]) for r in rows if r[3] is not None), 0)
     features = np.zeros((n, width), dtype=np.float32)
     for i, row in enumerate(rows):
         if row[3] is not None:
             features[i] = row[3]
-    fp = Fingerprints([s.path for s in samples], [r[0] for r in rows], bits, {samples[i].path: e for i, e in errors.items()})
+    fp = Fingerprints([s.path for s in samples], [r[0] for r in rows], packed, {samples[i].path: e for i, e in errors.items()})
     return Scan(fp, [r[2] for r in rows], features, region, errors)

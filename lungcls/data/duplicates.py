@@ -85,7 +85,7 @@ def find_duplicates(fingerprints: Fingerprints, near_bits: int | None) -> Duplic
     near: list[tuple[int, int, int]] = []
     if near_bits is not None and n > 1:
         readable = [i for i, ok in enumerate(fingerprints.readable()) if ok]
-        pairs = near_pairs(fingerprints.phash[readable], max_bits=int(near_bits))
+        pairs = near_pairs(fingerprints.packed[readable], max_bits=int(near_bits))
         for a, b, bits in pairs:
             i, j = readable[a], readable[b]
             if fingerprints.pixel_hash[i] != fingerprints.pixel_hash[j]:

@@ -42,12 +42,24 @@ FORMAT = 2  # the per-file store (path, size, mtime -> hashes)
 
 @dataclass
 class Fingerprints:
-    """Per image: ``pixel_hash`` (hex; None when unreadable) and ``phash`` bits [N, levels, bits]."""
+    """Per image: ``pixel_hash`` (hex; None when unreadable) and the perceptual-hash bits, kept
+    packed (``packed``: uint8 [N, levels, bits / 8], 108 bytes an image instead of 864; ``phash``
+    unpacks them)."""
 
     paths: list[str]
     pixel_hash: list[str | None]
-    phash: np.ndarray
+    packed: np.ndarray
     errors: dict[str, str]
+
+    @classmethod
+    def from_bits(cls, paths: list[str], pixel_hash: list[str | None], bits: np.ndarray, errors: dict[str, str]) -> "Fingerprints":
+        """From bool bits [N, levels, bits]."""
+        return cls(paths, pixel_hash, np.packbits(bits, axis=-1), errors)
+
+    @property
+    def phash(self) -> np.ndarray:
+        """bool [N, levels, bits] (a new array each time)."""
+        return np.unpackbits(self.packed, axis=-1, count=HASH_BITS).view(bool)
 
     def readable(self) -> np.ndarray:
         return np.array([h is not None for h in self.pixel_hash], dtype=bool)
@@ -55,7 +67,7 @@ class Fingerprints:
     def subset(self, keep: Sequence[int]) -> "Fingerprints":
         keep = list(keep)
         paths = [self.paths[i] for i in keep]
-        return Fingerprints(paths, [self.pixel_hash[i] for i in keep], self.phash[keep],
+        return Fingerprints(paths, [self.pixel_hash[i] for i in keep], self.packed[keep],
                             {p: self.errors[p] for p in paths if p in self.errors})
 
 
@@ -113,19 +125,22 @@ def compute_fingerprints(paths: Sequence[str], workers: int | None = None, max_p
     """Decode each file once, on every core (worker processes). An unreadable file gets no hash
     and its one-line reason in ``errors``; it never stops the pass."""
     paths = [str(p) for p in paths]
-    shape = (len(CROP_LEVELS), HASH_BITS)
     rows = map_chunks(functools.partial(fingerprint_files, max_pixels=max_pixels), paths, "fingerprints", workers)
-    bits = np.zeros((len(paths), *shape), dtype=bool)
-    for i, (_, packed, _) in enumerate(rows):
-        if packed is not None:
-            bits[i] = np.unpackbits(packed)[: shape[0] * shape[1]].reshape(shape).astype(bool)
+    packed = np.zeros((len(paths), *_packed_shape()), dtype=np.uint8)
+    for i, (_, bits, _) in enumerate(rows):
+        if bits is not None:
+            packed[i] = bits.reshape(packed.shape[1:])
     errors = {paths[i]: error for i, (_, _, error) in enumerate(rows) if error is not None}
-    return Fingerprints(paths, [digest for digest, _, _ in rows], bits, errors)
+    return Fingerprints(paths, [digest for digest, _, _ in rows], packed, errors)
 
 
-def phash_hex(bits: np.ndarray) -> str:
-    """All crop levels of one image as one hex string (for splits.csv)."""
-    return np.packbits(bits.ravel()).tobytes().hex()
+def _packed_shape() -> tuple[int, int]:
+    return len(CROP_LEVELS), HASH_BITS // 8
+
+
+def phash_hex(packed: np.ndarray) -> str:
+    """All crop levels of one image (``Fingerprints.packed[i]``) as one hex string (for splits.csv)."""
+    return np.ascontiguousarray(packed, dtype=np.uint8).tobytes().hex()
 
 
 def phash_from_hex(text: str) -> np.ndarray | None:
@@ -189,12 +204,12 @@ def load_or_compute(paths: Sequence[str], cache_dir: str | Path | None = None, k
     sizes, mtimes = file_keys(paths)
     hit, cached = filestore.lookup(file, paths, sizes, mtimes, ("pixel_hash", "phash", "error"))
     hashes: list[str | None] = [None] * len(paths)
-    bits = np.zeros((len(paths), len(CROP_LEVELS), HASH_BITS), dtype=bool)
+    packed = np.zeros((len(paths), *_packed_shape()), dtype=np.uint8)
     errors: dict[str, str] = {}
-    for i, digest, packed, error in zip(np.flatnonzero(hit).tolist(), cached.get("pixel_hash", []), cached.get("phash", []),
-                                        cached.get("error", [])):
+    for i, digest, bits, error in zip(np.flatnonzero(hit).tolist(), cached.get("pixel_hash", []), cached.get("phash", []),
+                                      cached.get("error", [])):
         hashes[i] = str(digest) or None
-        bits[i] = np.unpackbits(packed)[: bits[i].size].reshape(bits[i].shape).astype(bool)
+        packed[i] = bits[: packed[i].size].reshape(packed.shape[1:])
         if error:
             errors[paths[i]] = str(error)
     todo = np.flatnonzero(~hit).tolist()
@@ -202,10 +217,10 @@ def load_or_compute(paths: Sequence[str], cache_dir: str | Path | None = None, k
         log.info("fingerprints: %d of %d file(s) are new or changed; reading them (%s)", len(todo), len(paths), file)
         fresh = compute_fingerprints([paths[i] for i in todo], max_pixels=max_pixels)
         for k, i in enumerate(todo):
-            hashes[i], bits[i] = fresh.pixel_hash[k], fresh.phash[k]
+            hashes[i], packed[i] = fresh.pixel_hash[k], fresh.packed[k]
         errors.update(fresh.errors)
         filestore.update(file, fresh.paths, sizes[todo], mtimes[todo], {
             "pixel_hash": np.array([h or "" for h in fresh.pixel_hash], dtype=str),
-            "phash": np.packbits(fresh.phash.reshape(len(todo), -1), axis=1),
+            "phash": fresh.packed.reshape(len(todo), -1),
             "error": np.array([fresh.errors.get(p, "") for p in fresh.paths], dtype=str)})
-    return Fingerprints(paths, hashes, bits, {p: errors[p] for p in paths if p in errors})
+    return Fingerprints(paths, hashes, packed, {p: errors[p] for p in paths if p in errors})

@@ -45,8 +45,11 @@ from lungcls.runs.progress import progress
 
 MAX_BAND_BITS = 32  # a band's value is one uint64; wider bands only add probes
 MAX_TABLE_BITS = 25  # a table has at most 2**25 offsets (128 MB); wider bands are hashed into it
-QUERY_CHUNK = 4096  # queries probed together: bounds one step's memory (probes x chunk)
-CANDIDATE_CHUNK = 1 << 22  # candidates verified together: bounds memory where buckets are crowded
+# Every array of a step is bounded, whatever the number of codes: memory stays flat, and so does
+# what the allocator keeps after the search (it keeps freed blocks as large as the largest freed).
+STEP_PROBES = 1 << 18  # probes (queries x flips) looked up together
+CANDIDATE_CHUNK = 1 << 18  # candidates verified together, however crowded the buckets
+UNPACK_CHUNK = 1 << 14  # codes unpacked to bits together
 # Measured cost of one probe and of one candidate (single core, ns), which steer ``plan``:
 PROBE_NS, CANDIDATE_NS = 30.0, 40.0
 POPCOUNT16 = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
@@ -107,9 +110,27 @@ def plan(bits: int, max_bits: int, n_index: int, entropy: float | None = None) -
     return best[1]
 
 
+def code_bits(codes: np.ndarray) -> int:
+    """Bits per code of ``codes`` [..., bits] (bool) or packed [..., bits / 8] (uint8, ``np.packbits``)."""
+    return codes.shape[-1] * 8 if codes.dtype == np.uint8 else codes.shape[-1]
+
+
+def bool_chunks(codes: np.ndarray, chunk: int = UNPACK_CHUNK):
+    """``(start, bool [rows, bits])`` over ``codes`` [n, bits], bool or packed, a bounded chunk at a
+    time: a million packed codes are never unpacked whole (eight times their size)."""
+    for start in range(0, len(codes), chunk):
+        part = codes[start : start + chunk]
+        yield start, (np.unpackbits(part, axis=-1).view(bool) if codes.dtype == np.uint8 else part)
+
+
 def bit_entropy(codes: np.ndarray) -> np.ndarray:
-    """Entropy (bits) of each bit position of ``codes`` [n, bits]."""
-    freq = codes.mean(axis=0) if len(codes) else np.full(codes.shape[1], 0.5)
+    """Entropy (bits) of each bit position of ``codes`` [n, bits] (bool or packed)."""
+    if not len(codes):
+        return np.ones(code_bits(codes))
+    ones = np.zeros(code_bits(codes), dtype=np.int64)
+    for _, part in bool_chunks(codes):
+        ones += part.sum(axis=0)
+    freq = ones / len(codes)
     with np.errstate(divide="ignore", invalid="ignore"):
         return -np.nan_to_num(freq * np.log2(freq)) - np.nan_to_num((1 - freq) * np.log2(1 - freq))
 
@@ -131,16 +152,16 @@ def bit_order(entropy: np.ndarray, p: Plan) -> np.ndarray:
     return np.array([b for band in bands for b in band] + ranked[rank:], dtype=np.int64)
 
 
-def pack_words(codes: np.ndarray, order: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
-    """bool [n, bits] -> uint64 [words, n]: bit ``i`` of the reordered code is bit ``i % 64`` of
-    word ``i // 64`` (word-major, so one word of many codes is one contiguous read)."""
-    n_words = -(-codes.shape[1] // 64)
+def pack_words(codes: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """[n, bits] (bool or packed) -> uint64 [words, n]: bit ``i`` of the reordered code is bit
+    ``i % 64`` of word ``i // 64`` (word-major, so one word of many codes is one contiguous read)."""
+    n_words = -(-code_bits(codes) // 64)
     out = np.zeros((n_words, len(codes)), dtype=np.uint64)
-    for start in range(0, len(codes), chunk):
-        packed = np.packbits(codes[start : start + chunk][:, order], axis=1, bitorder="little")
+    for start, part in bool_chunks(codes):
+        packed = np.packbits(part[:, order], axis=1, bitorder="little")
         buf = np.zeros((len(packed), n_words * 8), dtype=np.uint8)
         buf[:, : packed.shape[1]] = packed
-        out[:, start : start + chunk] = buf.view(np.uint64).T
+        out[:, start : start + len(part)] = buf.view(np.uint64).T
     return out
 
 
@@ -179,9 +200,9 @@ def bucket_keys(values: np.ndarray, width: int, tb: int) -> np.ndarray:
 
 def search(queries: np.ndarray, index: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query row, index row, distance) of every pair of ``queries`` [nq, bits] and ``index``
-    [ni, bits] within ``max_bits`` bits (each pair once per band that finds it)."""
+    [ni, bits] (bool, or packed uint8) within ``max_bits`` bits (each pair once per band that finds it)."""
     entropy = bit_entropy(index)  # one pass over the index: it steers both the plan and the bands
-    p = plan(index.shape[1], max_bits, len(index), float(entropy.sum()))
+    p = plan(code_bits(index), max_bits, len(index), float(entropy.sum()))
     order = bit_order(entropy, p)
     qwords, iwords = pack_words(queries, order), pack_words(index, order)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -221,8 +242,10 @@ def _search_band(qwords: np.ndarray, iwords: np.ndarray, start: int, width: int,
         keep = np.flatnonzero(dist <= max_bits)
         return by_value[qrow[keep]], by_bucket[pos[keep]], dist[keep]
 
+    step_queries = max(1, STEP_PROBES // len(masks))
+
     def probe(lo_q: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        values = qvalues[lo_q : lo_q + QUERY_CHUNK]
+        values = qvalues[lo_q : lo_q + step_queries]
         bucket = bucket_keys((masks[:, None] ^ values[None, :]).ravel(), width, tb)
         lo = offsets[bucket]
         count = offsets[bucket + 1] - lo
@@ -243,16 +266,17 @@ def _search_band(qwords: np.ndarray, iwords: np.ndarray, start: int, width: int,
 
     out = []
     with ThreadPoolExecutor(cpu_count()) as pool:
-        for lo_q, result in zip(range(0, len(qvalues), QUERY_CHUNK), pool.map(probe, range(0, len(qvalues), QUERY_CHUNK))):
+        starts = range(0, len(qvalues), step_queries)
+        for lo_q, result in zip(starts, pool.map(probe, starts)):
             out.extend(result)
-            bar.update(min(QUERY_CHUNK, len(qvalues) - lo_q))
+            bar.update(min(step_queries, len(qvalues) - lo_q))
     return out
 
 
 def _full_vs_levels(queries: np.ndarray, levels: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, d): full hash of query image i within ``max_bits`` of some level of image j."""
-    n, n_levels, bits = levels.shape
-    rows, hits, dists = search(queries[:, 0, :], levels.reshape(n * n_levels, bits), max_bits)
+    n, n_levels, width = levels.shape
+    rows, hits, dists = search(queries[:, 0, :], levels.reshape(n * n_levels, width), max_bits)
     return rows, hits // n_levels, dists
 
 
@@ -272,9 +296,10 @@ def best_per_pair(i: np.ndarray, j: np.ndarray, d: np.ndarray, n_b: int) -> list
 def indexed_near_pairs(a: np.ndarray, b: np.ndarray | None = None, max_bits: int = 12) -> list[tuple[int, int, int]]:
     """``(i, j, distance)`` for images within ``max_bits`` (full image of one against any crop
     level of the other, the smaller of both directions): of ``a`` [n, levels, bits] among
-    themselves (i < j) or between ``a`` and ``b``; exactly the pairs that comparing all pairs gives."""
-    if a.ndim != 3 or (b is not None and (b.ndim != 3 or b.shape[1:] != a.shape[1:])):
-        raise LungclsError("perceptual hashes must be [images, levels, bits] with the same levels and bits on both sides")
+    themselves (i < j) or between ``a`` and ``b``; exactly the pairs that comparing all pairs gives.
+    Hashes come as bool bits or packed (uint8, ``np.packbits`` along the bits: 8 times smaller)."""
+    if a.ndim != 3 or (b is not None and (b.ndim != 3 or b.shape[1:] != a.shape[1:] or b.dtype != a.dtype)):
+        raise LungclsError("perceptual hashes must be [images, levels, bits] with the same levels, bits and packing on both sides")
     if not len(a) or (b is not None and not len(b)):
         return []
     if b is None:

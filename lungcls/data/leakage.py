@@ -69,7 +69,7 @@ def match_training_images(paths: Sequence[str], fingerprints: Fingerprints | Non
     if near_bits is not None and len(training.phash) and training.phash.shape[1:] == fingerprints.phash.shape[1:]:
         todo = [i for i, p in enumerate(fingerprints.paths) if p not in found and fingerprints.pixel_hash[i]]
         if todo:
-            for a, _, _ in near_pairs(fingerprints.phash[todo], training.phash, max_bits=int(near_bits)):
+            for a, _, _ in near_pairs(fingerprints.packed[todo], np.packbits(training.phash, axis=-1), max_bits=int(near_bits)):
                 found.setdefault(fingerprints.paths[todo[a]], "near duplicate")
     return found
 

@@ -69,6 +69,7 @@ def test_index_between_two_sets_matches_brute_force():
     plant(codes, [12, 12, 11, 13, 5, 0], seed=4)
     a, b = codes[:450], codes[450:]
     assert near_pairs(a, b, max_bits=12) == near_pairs_brute(a, b, max_bits=12)
+    assert near_pairs(np.packbits(a, axis=-1), np.packbits(b, axis=-1), max_bits=12) == near_pairs_brute(a, b, max_bits=12)
     assert near_pairs(a[:0], b, max_bits=12) == []
 
 
@@ -180,10 +181,13 @@ def test_every_band_plan_finds_exactly_the_pairs_all_pairs_find(monkeypatch, wid
     monkeypatch.setattr(hashindex, "plan", lambda bits, max_bits, n, entropy=None: hashindex.Plan(bits, max_bits, widths, radii))
     monkeypatch.setattr(hashindex, "MAX_TABLE_BITS", table_cap)
     monkeypatch.setattr(hashindex, "CANDIDATE_CHUNK", chunk)
-    monkeypatch.setattr(hashindex, "QUERY_CHUNK", 97)  # several chunks, the last one short
+    monkeypatch.setattr(hashindex, "STEP_PROBES", 97 * 25)  # several steps per band, the last one short
+    monkeypatch.setattr(hashindex, "UNPACK_CHUNK", 97)
     codes = chest_like_codes(700, seed=len(widths))
     plant(codes, [d for d in range(14) for _ in range(2)], seed=2)
-    assert near_pairs(codes, max_bits=12) == near_pairs_brute(codes, max_bits=12)
+    expected = near_pairs_brute(codes, max_bits=12)
+    assert near_pairs(codes, max_bits=12) == expected
+    assert near_pairs(np.packbits(codes, axis=-1), max_bits=12) == expected  # packed hashes, unpacked 97 at a time
 
 
 @pytest.mark.parametrize("max_bits", [0, 1, 6, 12, 20, 40, 72])
