@@ -19,12 +19,16 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
+from torch.utils.data import Dataset
 
 from lungcls.data.images import DEFAULT_MAX_PIXELS, load_image
 from lungcls.runs.progress import tracked
+
+if TYPE_CHECKING:
+    from lungcls.data.mapped import MachineImages
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +47,11 @@ def cache_key(paths: Sequence[str], image_size: int, steps: str = "") -> str:
 
 def decode_images(paths: Sequence[str], image_size: int, workers: int | None = None,
                   max_pixels: int = DEFAULT_MAX_PIXELS, preprocess=None,
-                  masks: Sequence[str | None] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [N, 1, S, S] (written into ``out`` when given, e.g. a memory-mapped array); decoding
-    runs on a thread pool (PIL releases the GIL while inflating)."""
+                  masks: Sequence[str | None] | None = None, out: torch.Tensor | None = None,
+                  after_rows: Callable[[int], None] | None = None) -> torch.Tensor:
+    """uint8 [N, 1, S, S] (written into ``out`` when given, e.g. a memory-mapped array, whose
+    ``after_rows(n)`` hears of every ``n`` rows written); decoding runs on a thread pool (PIL
+    releases the GIL while inflating)."""
     if out is None:
         out = torch.empty((len(paths), 1, image_size, image_size), dtype=torch.uint8)
     if not paths:
@@ -55,9 +61,16 @@ def decode_images(paths: Sequence[str], image_size: int, workers: int | None = N
     def one(i: int) -> None:
         out[i] = load_image(paths[i], image_size, max_pixels, preprocess, masks[i] if masks else None)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in tracked(pool.map(one, range(len(paths))), "decode into the cache", len(paths)):
-            pass
+    window = workers * 64  # images in flight: the pool's bookkeeping stays the same size for any number of images
+
+    def decoded():
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(paths), window):
+                yield from pool.map(one, range(start, min(start + window, len(paths))))
+
+    for _ in tracked(decoded(), "decode into the cache", len(paths)):
+        if after_rows is not None:
+            after_rows(1)
     return out
 
 
@@ -111,3 +124,29 @@ def choose_cache_device(mode: str, n_bytes: int) -> str:
                      "so it is memory-mapped from a file instead of held in RAM", n_bytes / 2**30, available / 2**30)
             return "mmap"
     return "ram"
+
+
+class CachedImages(Dataset):
+    """Rows of a decoded uint8 tensor (RAM or GPU). ``__getitems__`` slices a whole batch with one
+    indexing operation instead of stacking images one by one."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, mapped: "MachineImages | None" = None):
+        self.images, self.labels, self.rows = images, labels, rows
+        # a memory-mapped cache: batches are read from its file (checked against changes, one stat a batch)
+        self.mapped = mapped
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: Sequence[int]):
+        rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
+        if self.mapped is not None and self.mapped.mapped is not None:
+            return self.mapped.take(self.images, rows), self.labels[rows], rows
+        if self.images.is_cuda:  # a pinned, asynchronous copy: no host sync per batch
+            dev_rows = rows.pin_memory().to(self.images.device, non_blocking=True)
+        else:
+            dev_rows = rows
+        return self.images[dev_rows], self.labels[dev_rows], rows

@@ -7,13 +7,13 @@ import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcls.data.cache import cache_key
+from lungcls.data.cache import CachedImages, cache_key
 from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
 from lungcls.data.folds import SOURCE, fold_gaps, fold_splits, source_fold, source_fold_splits
@@ -29,31 +29,6 @@ from lungcls.data.streaming import (prepared_assignment, prepared_normalization,
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
-
-
-class CachedImages(Dataset):
-    """Rows of a decoded uint8 tensor (RAM or GPU). ``__getitems__`` slices a whole batch with one
-    indexing operation instead of stacking images one by one."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, check=None):
-        self.images, self.labels, self.rows = images, labels, rows
-        self.check = check  # a memory-mapped cache: refuse a file changed under the job (one stat a batch)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices: Sequence[int]):
-        rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
-        if self.check is not None:
-            self.check()
-        if self.images.is_cuda:  # a pinned, asynchronous copy: no host sync per batch
-            dev_rows = rows.pin_memory().to(self.images.device, non_blocking=True)
-        else:
-            dev_rows = rows
-        return self.images[dev_rows], self.labels[dev_rows], rows
 
 
 def _keep_batch(batch):
@@ -255,15 +230,24 @@ class LungDataModule(pl.LightningDataModule):
         if self._machine is not None and stage == "fit":
             self._machine.report()
 
-    def _train_images_for_stats(self) -> torch.Tensor | None:
-        """The train images ``normalization=dataset`` measures (at most 512 when decoding lazily)."""
+    def _train_images_for_stats(self) -> Iterator[torch.Tensor] | None:
+        """The train images ``normalization=dataset`` measures, in chunks (all of them from the
+        cache; at most 512 when decoding lazily)."""
         if self.cfg.normalization != "dataset":
             return None
-        rows = self._rows["train"]
-        if self.images is not None:
-            return self.images[rows.to(self.images.device)]
-        return torch.stack([load_image(self.samples[int(r)].path, self.image_size, preprocess=self.preprocess,
-                                       mask=self.samples[int(r)].mask) for r in rows[:512]])
+        if self.images is None:
+            rows = self._rows["train"][:512]
+            return iter([torch.stack([load_image(self.samples[int(r)].path, self.image_size, preprocess=self.preprocess,
+                                                 mask=self.samples[int(r)].mask) for r in rows])] if len(rows) else [])
+        return self.cached_chunks(self._rows["train"])
+
+    def cached_chunks(self, rows: torch.Tensor, chunk_bytes: int = 16 << 20) -> Iterator[torch.Tensor]:
+        """The cached images of ``rows`` a few MB at a time: a pass over a whole split (statistics,
+        lungcls-prepare) never copies the split, nor keeps a mapped file's pages."""
+        step = max(1, chunk_bytes // max(1, int(self.images[0].numel())))
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            yield self._machine.take(self.images, part) if self._machine is not None else self.images[part.to(self.images.device)]
 
     def _target_device(self) -> torch.device:
         trainer = getattr(self, "trainer", None)
@@ -304,7 +288,7 @@ class LungDataModule(pl.LightningDataModule):
             extra["source"] = [s.source or "" for s in self.samples]
         if self.fingerprints is not None:
             extra["pixel_hash"] = [h or "" for h in self.fingerprints.pixel_hash]
-            extra["phash"] = [phash_hex(b) for b in self.fingerprints.phash]
+            extra["phash"] = [phash_hex(b) for b in self.fingerprints.packed]
         write_splits_csv(path, self.samples, self.assignment, self.class_names, extra)
 
     # -- loaders -----------------------------------------------------------------------------------
@@ -324,7 +308,7 @@ class LungDataModule(pl.LightningDataModule):
             self.images = self._machine.map_now()
         self._place_cache()
         if self.images is not None:
-            return CachedImages(self.images, self.labels, rows, self._machine.check if self._machine else None)
+            return CachedImages(self.images, self.labels, rows, self._machine)
         return LazyImages(self.samples, rows.tolist(), self.image_size, self.cfg.max_image_pixels, self.preprocess)
 
     def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None, sampler: Sampler | None = None) -> DataLoader:

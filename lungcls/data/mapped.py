@@ -7,6 +7,15 @@ the record, check the file against it and map it read-only, and the kernel's pag
 copy for all of them. The file lives under ``dataset.cache_dir`` (kept for later runs) or in a
 temporary folder (removed once every process has mapped it). A file that changes under a running
 job is refused, never read as garbage.
+
+Every page a process touches through a mapping counts in its resident memory (RSS) until it is
+unmapped (and the kernel maps whole folios, up to megabytes, around each row touched), so an epoch
+over a 19 GB file would show 19 GB in every process, and schedulers that add up their processes'
+RSS (SLURM's accounting among them) would count it once per rank and stop the job. Batches are
+therefore read from the file with ``preadv`` (one call per run of consecutive rows), which leaves
+the pages in the kernel's page cache, shared and reclaimable, and nothing in the process; the
+decoding process hands the pages it wrote back every ``RELEASE_BYTES`` (``madvise``). Resident
+memory then stays the same whatever the size of the set.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import torch
 
 from lungcls.data.cache import CACHE_FORMAT, cache_key, choose_cache_device, decode_images, load_or_decode
 from lungcls.data.images import DEFAULT_MAX_PIXELS
+from lungcls.data.npyfile import RELEASE_BYTES, PageBudget, consecutive_runs, open_npy
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
@@ -102,13 +112,33 @@ def _stamp(file: Path) -> tuple[int, int, int]:
 
 @dataclass
 class MappedImages:
-    """A decoded set mapped read-only from ``file``; ``check`` refuses a file changed since."""
+    """A decoded set mapped read-only from ``file`` (``images``); ``take`` reads rows without
+    mapping them, ``check`` refuses a file changed since it was mapped."""
 
     file: Path
     images: torch.Tensor
     stamp: tuple[int, int, int]
     temporary: bool
+    handle: Any  # the file, open for reading (still readable once a temporary file is removed)
+    offset: int  # of the first image in the file
     discarded: bool = False
+    rows_taken: int = 0  # images this process has read from the file
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        """The images of ``rows`` (in that order), read from the file into a new tensor (one read per
+        run of consecutive rows). Reading through the mapping would keep every page it touched in
+        this process's resident memory; a read leaves them in the page cache only."""
+        self.check()
+        row_bytes = int(np.prod(self.images.shape[1:]))
+        out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        flat = out.reshape(len(rows), row_bytes)
+        for k, first, n in consecutive_runs(rows.tolist()):
+            want = n * row_bytes
+            if os.preadv(self.handle.fileno(), [flat[k : k + n]], self.offset + first * row_bytes) != want:
+                raise LungclsError(f"the decoded cache {self.file} is shorter than when it was mapped (truncated during "
+                                   "the run); delete it and start again")
+        self.rows_taken += len(rows)
+        return torch.from_numpy(out)
 
     def check(self) -> None:
         """Raise when the file was rewritten, truncated or replaced while this job reads it."""
@@ -149,11 +179,11 @@ def map_images(file: Path, shape: tuple[int, ...], temporary: bool, wait_s: floa
     if stamp is None or any(meta.get(k) != v for k, v in expected.items()) or meta.get("digest") != _sampled_digest(file, stamp[0]):
         raise LungclsError(f"the decoded cache {file} does not match its record {record.name} (changed or "
                            "truncated after it was written); delete both files and start again")
-    array = np.load(file, mmap_mode="r")
+    _, array, offset = open_npy(file)
     with warnings.catch_warnings():  # read-only on purpose: torch warns that it cannot write to it
         warnings.simplefilter("ignore", UserWarning)
         images = torch.from_numpy(array)
-    return MappedImages(file, images, stamp, temporary)
+    return MappedImages(file, images, stamp, temporary, open(file, "rb", buffering=0), offset)
 
 
 def write_mapped(file: Path, paths: Sequence[str], image_size: int, temporary: bool,
@@ -173,14 +203,22 @@ def write_mapped(file: Path, paths: Sequence[str], image_size: int, temporary: b
             log.info("mapped %d decoded images read-only from %s", len(paths), file)
             return found
         tmp = file.with_name(f"{file.name}.tmp{os.getpid()}.npy")
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)  # the header, the file's size
+        del header
+        mapping, array, _ = open_npy(tmp, writable=True)
+        pages = PageBudget(mapping, int(np.prod(shape[1:])))
         if images is not None:
-            array[:] = images.cpu().numpy()
+            source = images.cpu().numpy()
+            step = max(1, RELEASE_BYTES // pages.row_bytes)
+            for start in range(0, len(source), step):
+                array[start : start + step] = source[start : start + step]
+                pages.rows_written(len(source[start : start + step]))
         else:
             decode_images(paths, image_size, max_pixels=max_pixels, preprocess=preprocess, masks=masks,
-                          out=torch.from_numpy(array))
-        array.flush()
+                          out=torch.from_numpy(array), after_rows=pages.rows_written)
+        mapping.flush()
         del array
+        mapping.close()
         _record_file(file).unlink(missing_ok=True)  # a stale record never describes the new file
         os.replace(tmp, file)
         size, mtime, _ = _stamp(file)
@@ -295,6 +333,13 @@ class MachineImages:
         if self.mapped is not None:
             self.mapped.check()
 
+    def take(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The images of ``rows``: read from the mapped file when there is one (see
+        ``MappedImages.take``), else indexed from ``images`` (RAM or GPU)."""
+        if self.mapped is not None and images is self.mapped.images:
+            return self.mapped.take(rows)
+        return images[rows.to(images.device)]
+
     def hand_over(self, train: str, mean: list[float], std: list[float]) -> None:
         """Let processes this one launches read its normalisation of the train split ``train`` (an
         identifier of its rows) instead of decoding for it."""
@@ -308,10 +353,12 @@ class MachineImages:
         return None
 
     def report(self) -> None:
-        """One log line: how much of the mapped file this process holds (rss) and its share (pss)."""
+        """One log line: how many images this process read from the file, and how much of the file's
+        mapping it holds (rss) and its share (pss): about none, as batches are read, not mapped."""
         if self.mapped is None:
             return
         memory = mapping_memory(self.mapped.file)
         if memory is not None:
-            log.info("process %d of this machine: decoded cache %.2f MB mapped, resident %.2f MB, proportional share "
-                     "(pss) %.2f MB", local_rank(), self.mapped.images.numel() / 2**20, memory["rss"], memory["pss"])
+            log.info("process %d of this machine: decoded cache %.2f MB mapped, %d images read from it, resident %.2f MB, "
+                     "proportional share (pss) %.2f MB", local_rank(), self.mapped.images.numel() / 2**20,
+                     self.mapped.rows_taken, memory["rss"], memory["pss"])

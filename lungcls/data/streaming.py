@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 import lungcls
 from lungcls.data.images import load_image
 from lungcls.data.layouts import Sample
-from lungcls.data.normalization import normalization_stats
+from lungcls.data.normalization import normalization_stats, pixel_moments
 from lungcls.data.splits import SPLITS, apply_splits_csv
 from lungcls.data.settings import DatasetSettings
 from lungcls.errors import LungclsError
@@ -94,9 +94,12 @@ def _pixel_stats(dm: Any) -> dict[str, float] | None:
     rows = dm.split_rows("train")
     if not len(rows):
         return None
-    images = dm.images[rows] if dm.images is not None else torch.stack([load_image(dm.samples[int(r)].path, dm.image_size) for r in rows])
-    x = images.float().div(255.0)
-    return {"mean": float(x.mean()), "std": float(x.std())}
+    if dm.images is not None:
+        chunks = dm.cached_chunks(rows)
+    else:
+        chunks = (load_image(dm.samples[int(r)].path, dm.image_size) for r in rows)
+    moments = pixel_moments(chunks)
+    return None if moments is None else {"mean": moments[0], "std": moments[1]}
 
 
 def is_remote(root: str) -> bool:

@@ -231,3 +231,21 @@ def test_datamodule_serves_uint8_batches_and_augments_only_in_training(class_tre
     xe, _, _ = dm.on_after_batch_transfer((x, y, rows), 0)
     assert xe.dtype == torch.float32 and torch.allclose(xe, x.float() / 255)
     assert not torch.allclose(xa, xe)  # flip p=1 and rotation changed the training batch
+
+
+def test_dataset_normalization_is_exact_in_chunks_of_any_size():
+    """``normalization=dataset`` reads the train split a few MB at a time (a float copy of a 19 GB
+    split would not fit): the mean and std must equal those of the whole split at once."""
+    from lungcls.data.normalization import normalization_stats, pixel_moments
+
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.integers(0, 256, (97, 1, 20, 20), dtype=np.uint8)) // 3 + 40
+    x = images.double() / 255.0
+    whole = normalization_stats("dataset", images)
+    for step in (1, 10, 97):
+        chunked = normalization_stats("dataset", (images[i : i + step] for i in range(0, len(images), step)))
+        assert chunked == whole
+    assert whole[0][0] == pytest.approx(float(x.mean()), abs=1e-12) and whole[1][0] == pytest.approx(float(x.std()), abs=1e-12)
+    assert pixel_moments(iter([])) is None
+    with pytest.raises(LungclsError, match="needs training images"):
+        normalization_stats("dataset", iter([]))

@@ -145,3 +145,27 @@ def test_processes_launched_together_decode_once_and_map_the_first_ones_file(tre
     other._machine.mapped.discard()  # as the first process does once every process has mapped it
     assert not file.exists()
     other._machine.check()  # a removed temporary file is not a changed one: the mapping stays valid
+
+
+def test_batches_from_a_mapped_cache_leave_no_pages_in_the_process(tmp_path):
+    """An epoch over a set larger than RAM must not show the whole file in every process's RSS
+    (schedulers add those up per rank): rows are read from the file, in the asked order, and the
+    mapping keeps nothing resident; a file cut short under the job is one line, not garbage."""
+    from lungcls.data.mapped import mapping_memory, write_mapped
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (3000, 1, 32, 32), dtype=np.uint8))
+    mapped = write_mapped(tmp_path / "images.npy", [str(i) for i in range(len(images))], 32, False, images=images)
+    if mapping_memory(mapped.file) is None:
+        pytest.skip("no per-mapping memory figures on this system")
+    assert mapping_memory(mapped.file)["rss"] < 1.0  # the writer handed its pages back
+    for rows in (torch.from_numpy(rng.permutation(3000)[:256]), torch.arange(100, 900), torch.tensor([5, 6, 7, 2, 3, 2999, 0])):
+        assert torch.equal(mapped.take(rows), images[rows])
+    for start in range(0, 3000, 256):  # a whole epoch
+        mapped.take(torch.arange(start, min(start + 256, 3000)))
+    assert mapping_memory(mapped.file)["rss"] < 1.0, mapping_memory(mapped.file)
+    assert mapped.images[7].sum() == images[7].sum() and mapping_memory(mapped.file)["rss"] > 0  # the mapping itself works
+    with open(mapped.file, "r+b") as f:
+        f.truncate(mapped.file.stat().st_size - 32 * 32 * 10)
+    with pytest.raises(LungclsError, match="changed while this job was reading it"):
+        mapped.take(torch.tensor([2995]))
