@@ -154,7 +154,7 @@ def run_data_scale(args: Any) -> int:
         if args.scale is not None:
             if args.scale_image_size < 32:
                 raise LungclsError(f"--scale-image-size {args.scale_image_size} is too small; use 32 or more (e.g. 64)")
-            run_scale(parse_scale(args.scale), args.scale_image_size, gen_dir, str(out))
+            run_scale(parse_scale(args.scale), args.scale_image_size, gen_dir, str(out), args.scale_cache)
         if args.near_duplicates is not None:
             if (out / "near_duplicates.json").exists():
                 raise LungclsError(f"{out}/near_duplicates.json exists; give another --out")

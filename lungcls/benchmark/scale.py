@@ -67,14 +67,51 @@ def run_child(stage: str, args: dict[str, Any], log: Path) -> tuple[float, float
     return seconds, usage.ru_maxrss / 1024  # kilobytes on Linux
 
 
-def _result(stages: dict[str, dict[str, list]], image_size: int, sizes: list[int]) -> dict[str, Any]:
+MAX_EXPONENT = 1.1  # the targets: no stage's time grows faster than this power of the images
+
+
+def _result(stages: dict[str, dict[str, list]], image_size: int, sizes: list[int], cache: str = "mmap") -> dict[str, Any]:
     for row in stages.values():
         e = exponent(row["images"], row["seconds"])
         row["exponent"] = None if e is None else round(e, 3)
-    return {"stages": stages, "image_size": image_size, "sizes": sizes}
+    result = {"stages": stages, "image_size": image_size, "sizes": sizes, "epoch_cache": cache,
+              "decoded_mb": [round(n * image_size * image_size / 2**20, 1) for n in sizes]}
+    result["targets"] = targets(result)
+    return result
 
 
-def ladder(sizes: list[int], image_size: int, gen_dir: str, out: Path) -> dict[str, Any]:
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The ladder's verdicts: every stage's exponent at most ``MAX_EXPONENT``, and the training
+    epochs' peak RSS growing by less than the decoded set from the smallest size to the largest
+    (the memory-mapped cache must not be held per process)."""
+    out: dict[str, Any] = {}
+    slow = {name: row["exponent"] for name, row in result["stages"].items()
+            if row["exponent"] is not None and row["exponent"] > MAX_EXPONENT}
+    out["exponents"] = {"max": MAX_EXPONENT, "met": not slow, "above": slow}
+    decoded = result["decoded_mb"][-1] - result["decoded_mb"][0]
+    for name, row in result["stages"].items():
+        if name.startswith("epoch_") and len(row["peak_rss_mb"]) > 1:
+            grew = round(row["peak_rss_mb"][-1] - row["peak_rss_mb"][0], 1)
+            out[f"{name}_rss"] = {"grew_mb": grew, "decoded_grew_mb": round(decoded, 1), "cache": result["epoch_cache"],
+                                  "met": grew < decoded}
+    return out
+
+
+def format_targets(result: dict[str, Any]) -> str:
+    """One line per target, met or not."""
+    t, sizes = result["targets"], result["sizes"]
+    lines = []
+    e = t["exponents"]
+    lines.append(f"{'met' if e['met'] else 'NOT MET'}: every stage's exponent <= {e['max']}"
+                 + ("" if e["met"] else " (" + ", ".join(f"{k} {v}" for k, v in e["above"].items()) + ")"))
+    for name, v in t.items():
+        if name.endswith("_rss"):
+            lines.append(f"{'met' if v['met'] else 'NOT MET'}: {name[:-4]} peak RSS ({v['cache']} cache) grew by {v['grew_mb']:.0f} MB "
+                         f"from {sizes[0]:,} to {sizes[-1]:,} images; the decoded set by {v['decoded_grew_mb']:.0f} MB (target: less)")
+    return "\n".join(lines)
+
+
+def ladder(sizes: list[int], image_size: int, gen_dir: str, out: Path, cache: str = "mmap") -> dict[str, Any]:
     """Every stage at every size; what scale.json holds (written after each size, so a ladder
     stopped early keeps the sizes it finished)."""
     stages: dict[str, dict[str, list]] = {s: {"images": [], "seconds": [], "peak_rss_mb": []} for s in STAGES}
@@ -82,7 +119,7 @@ def ladder(sizes: list[int], image_size: int, gen_dir: str, out: Path) -> dict[s
         root = ensure_bench_dataset(Path(gen_dir) / f"bench-{n}x{image_size}", n, image_size)
         work = out / f"work-{n}"
         work.mkdir(parents=True, exist_ok=True)
-        args = {"root": str(root), "image_size": image_size, "out": str(work)}
+        args = {"root": str(root), "image_size": image_size, "out": str(work), "cache": cache}
         for stage in STAGES:
             seconds, rss = run_child(stage, args, work / f"{stage}.log")
             for _ in range(SHORT_REPEATS - 1 if seconds < SHORT_STAGE_SECONDS else 0):
@@ -91,7 +128,7 @@ def ladder(sizes: list[int], image_size: int, gen_dir: str, out: Path) -> dict[s
             print(f"[bench] {n:>8,} images  {stage:<16}{seconds:>9.2f} s {rss:>9.0f} MB", flush=True)
             for key, value in (("images", n), ("seconds", round(seconds, 3)), ("peak_rss_mb", round(rss, 1))):
                 stages[stage][key].append(value)
-        done = _result(stages, image_size, sizes[: sizes.index(n) + 1])
+        done = _result(stages, image_size, sizes[: sizes.index(n) + 1], cache)
         tmp = out / "scale.json.tmp"
         tmp.write_text(json.dumps(done, indent=2) + "\n")
         os.replace(tmp, out / "scale.json")
@@ -178,16 +215,17 @@ def text_plot(result: dict[str, Any], width: int = 60, rows_per_decade: int = 6)
     return "\n".join(lines)
 
 
-def run_scale(sizes: list[int], image_size: int, gen_dir: str, out: str) -> Path:
+def run_scale(sizes: list[int], image_size: int, gen_dir: str, out: str, cache: str = "mmap") -> Path:
     """Run the ladder, write scale.json and scale.png into ``out``, print the table."""
     out_dir = Path(out)
     if out_dir.exists() and (out_dir / "scale.json").exists():
         raise LungclsError(f"{out_dir}/scale.json exists; give another --out (a finished run is never written over)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = ladder(sizes, image_size, gen_dir, out_dir)
+    result = ladder(sizes, image_size, gen_dir, out_dir, cache)
     path = out_dir / "scale.json"
     plot(result, out_dir / "scale.png")
     print(format_table(result))
     print("\n" + text_plot(result))
+    print("\n" + format_targets(result))
     print(f"\nwritten: {path} and {out_dir / 'scale.png'}")
     return path

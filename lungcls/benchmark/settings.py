@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", help="instead of the throughput run: the scale ladder over these data set sizes "
                    "(increasing, e.g. 1000,4000,16000): seconds and peak RSS of every stage; writes scale.json and scale.png")
     p.add_argument("--scale-image-size", type=int, default=64, help="side of the generated PNGs and working size of the scale ladder (default 64)")
+    p.add_argument("--scale-cache", default="mmap", choices=("mmap", "ram"), help="decoded cache of the ladder's training "
+                   "epochs (default mmap: the form for sets larger than RAM, whose memory must not grow with the images)")
     p.add_argument("--near-duplicates", type=int, metavar="N", help="instead of the throughput run: the near-duplicate search "
                    "on N synthetic hashes distributed like chest X-ray hashes (the phantom's, or --templates), with recall against all pairs; writes near_duplicates.json")
     p.add_argument("--near-duplicate-bits", type=int, default=12, help="threshold of --near-duplicates (default 12, as for real X-rays)")

@@ -5,7 +5,8 @@ would add a constant that flattens the measured growth.
 
 Stages: ``scan`` (find the files), ``audit`` (lungcls-audit: read pass with fingerprints,
 duplicate search, probe), ``decode`` (decode into the uint8 cache), ``epoch_logistic`` and
-``epoch_resnet18`` (one training epoch after the data module is set up), ``predict`` (the file
+``epoch_resnet18`` (one training epoch after the data module is set up, with the decoded cache
+``cache``: mmap by default), ``predict`` (the file
 prediction loop over every image, with the model the resnet18 epoch saved).
 """
 
@@ -35,7 +36,7 @@ def _compose(config: str, overrides: list[str], out: str):
 
 def _data_overrides(a: dict[str, Any]) -> list[str]:
     return ["dataset=covid_radiography", f"dataset.root={a['root']}", f"dataset.image_size={a['image_size']}",
-            "dataset.near_duplicate_bits=6", "dataset.cache=ram", "dataset.on_label_conflict=keep"]
+            "dataset.near_duplicate_bits=6", f"dataset.cache={a.get('cache', 'mmap')}", "dataset.on_label_conflict=keep"]
 
 
 def _dataset(a: dict[str, Any]):

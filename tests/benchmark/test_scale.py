@@ -113,3 +113,24 @@ def test_the_text_plot_puts_each_stage_at_its_sizes_on_log_axes():
     assert [line.count("B") for line in body if "B" in line] == [2] and body[[i for i, l in enumerate(body) if "B" in l][0]][0] == "*"
     assert rows[0].lstrip().startswith("10 s") and rows[len(body) - 1].lstrip().startswith("0.01 s")
     assert "1,000" in rows[-3] and "100,000" in rows[-3] and "A linear (1.0); B flat (0.0); C same (None)" in rows[-2]
+
+
+def test_the_ladder_says_which_targets_it_met():
+    """Exponents above 1.1, and an epoch whose peak RSS grows by as much as the decoded set (a copy
+    per process), are flagged NOT MET in scale.json and in the printed lines."""
+    from lungcls.benchmark.scale import _result, format_targets
+
+    def row(seconds, rss):
+        return {"images": [1000, 16000], "seconds": seconds, "peak_rss_mb": rss}
+
+    decoded = (16000 - 1000) * 64 * 64 / 2**20  # 58.6 MB
+    stages = {"scan": row([1.0, 16.0], [300, 310]), "audit": row([1.0, 40.0], [400, 420]),
+              "epoch_resnet18": row([4.0, 64.0], [1200, 1200 + decoded + 1]), "epoch_logistic": row([1.0, 16.0], [800, 820])}
+    result = _result(stages, 64, [1000, 16000], "mmap")
+    t = result["targets"]
+    assert t["exponents"]["met"] is False and set(t["exponents"]["above"]) == {"audit"}
+    assert t["epoch_resnet18_rss"]["met"] is False and t["epoch_logistic_rss"]["met"] is True
+    lines = format_targets(result).splitlines()
+    assert lines[0].startswith("NOT MET: every stage's exponent <= 1.1 (audit 1.33")
+    assert any(line.startswith("NOT MET: epoch_resnet18 peak RSS (mmap cache) grew by 60 MB") for line in lines)
+    assert any(line.startswith("met: epoch_logistic peak RSS (mmap cache) grew by 20 MB") for line in lines)
