@@ -45,7 +45,8 @@ def exponent(images: list[int], seconds: list[float]) -> float | None:
 
 
 # A stage of a few seconds is timed this many times and the fastest kept (timeit's rule: the minimum
-# is the run least disturbed by other work on the machine); peak RSS is the largest of the runs.
+# is the run least disturbed by other work on the machine). Peak RSS is the first run's at every
+# size: the largest of several runs at the small sizes only would flatter how memory grows.
 SHORT_STAGE_SECONDS = 10.0
 SHORT_REPEATS = 3
 
@@ -123,8 +124,8 @@ def ladder(sizes: list[int], image_size: int, gen_dir: str, out: Path, cache: st
         for stage in STAGES:
             seconds, rss = run_child(stage, args, work / f"{stage}.log")
             for _ in range(SHORT_REPEATS - 1 if seconds < SHORT_STAGE_SECONDS else 0):
-                again, again_rss = run_child(stage, args, work / f"{stage}.log")
-                seconds, rss = min(seconds, again), max(rss, again_rss)
+                again, _ = run_child(stage, args, work / f"{stage}.log")
+                seconds = min(seconds, again)
             print(f"[bench] {n:>8,} images  {stage:<16}{seconds:>9.2f} s {rss:>9.0f} MB", flush=True)
             for key, value in (("images", n), ("seconds", round(seconds, 3)), ("peak_rss_mb", round(rss, 1))):
                 stages[stage][key].append(value)

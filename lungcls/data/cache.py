@@ -127,8 +127,8 @@ def choose_cache_device(mode: str, n_bytes: int) -> str:
 
 
 class CachedImages(Dataset):
-    """Rows of a decoded uint8 tensor (RAM or GPU). ``__getitems__`` slices a whole batch with one
-    indexing operation instead of stacking images one by one."""
+    """Rows of the decoded uint8 images (RAM, GPU, or a memory-mapped file read by ``mapped``).
+    ``__getitems__`` takes a whole batch in one operation instead of stacking images one by one."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, mapped: "MachineImages | None" = None):
         self.images, self.labels, self.rows = images, labels, rows

@@ -13,7 +13,7 @@ compared bit by bit.
 Radii differ between bands (``t = 12`` over 6 bands: one band within 2 flips, five within 1), which
 needs several times fewer probes than one radius for all bands; faiss's ``IndexBinaryMultiHash``
 probes every band within the same flips and keeps each query's candidates in a hash set: on
-codes drawn around real X-rays it took 3.8 times as long for 100,000 images and 217 s against 43 s
+codes drawn around real X-rays it took 4.5 times as long for 100,000 images and 217 s against 35 s
 for a million, finding the same pairs (``lungcls-bench --near-duplicates`` times both on the
 same codes). Each band's table is the index sorted by band value with an offset per value (a
 counting sort), so a probe is two array reads, and queries are processed in band-value order so

@@ -129,6 +129,9 @@ class MappedImages:
         run of consecutive rows). Reading through the mapping would keep every page it touched in
         this process's resident memory; a read leaves them in the page cache only."""
         self.check()
+        if not hasattr(os, "preadv"):  # macOS, Windows: through the mapping (its pages then stay resident)
+            self.rows_taken += len(rows)
+            return self.images[rows]
         row_bytes = int(np.prod(self.images.shape[1:]))
         out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
         flat = out.reshape(len(rows), row_bytes)
@@ -179,7 +182,11 @@ def map_images(file: Path, shape: tuple[int, ...], temporary: bool, wait_s: floa
     if stamp is None or any(meta.get(k) != v for k, v in expected.items()) or meta.get("digest") != _sampled_digest(file, stamp[0]):
         raise LungclsError(f"the decoded cache {file} does not match its record {record.name} (changed or "
                            "truncated after it was written); delete both files and start again")
-    _, array, offset = open_npy(file)
+    try:
+        _, array, offset = open_npy(file)
+    except ValueError as e:
+        raise LungclsError(f"the decoded cache {file} is not a readable array ({e}); delete it and its record "
+                           f"{record.name}, then start again") from None
     with warnings.catch_warnings():  # read-only on purpose: torch warns that it cannot write to it
         warnings.simplefilter("ignore", UserWarning)
         images = torch.from_numpy(array)
