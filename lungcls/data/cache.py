@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -65,8 +66,13 @@ def decode_images(paths: Sequence[str], image_size: int, workers: int | None = N
 
     def decoded():
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for start in range(0, len(paths), window):
-                yield from pool.map(one, range(start, min(start + window, len(paths))))
+            pending: deque = deque()
+            for i in range(len(paths)):
+                pending.append(pool.submit(one, i))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     for _ in tracked(decoded(), "decode into the cache", len(paths)):
         if after_rows is not None:
@@ -143,8 +149,9 @@ class CachedImages(Dataset):
 
     def __getitems__(self, indices: Sequence[int]):
         rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
-        if self.mapped is not None and self.mapped.mapped is not None:
-            return self.mapped.take(self.images, rows), self.labels[rows], rows
+        mapped = self.mapped.mapped if self.mapped is not None else None
+        if mapped is not None and self.images is mapped.images:  # not once moved to a GPU
+            return mapped.take(rows), self.labels[rows], rows
         if self.images.is_cuda:  # a pinned, asynchronous copy: no host sync per batch
             dev_rows = rows.pin_memory().to(self.images.device, non_blocking=True)
         else:

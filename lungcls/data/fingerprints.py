@@ -36,6 +36,7 @@ HASH_SIZE = 12
 HIGHFREQ_FACTOR = 4
 CROP_LEVELS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
 HASH_BITS = HASH_SIZE * HASH_SIZE
+assert HASH_BITS % 8 == 0, "hashes are kept packed, eight bits a byte"
 DEFAULT_NEAR_BITS = 12
 FORMAT = 2  # the per-file store (path, size, mtime -> hashes)
 
@@ -56,10 +57,18 @@ class Fingerprints:
         """From bool bits [N, levels, bits]."""
         return cls(paths, pixel_hash, np.packbits(bits, axis=-1), errors)
 
+    def __post_init__(self):
+        if self.packed.dtype != np.uint8 or self.packed.ndim != 3:
+            raise TypeError("Fingerprints.packed holds uint8 [images, levels, bits / 8]; use Fingerprints.from_bits for bool bits")
+
     @property
     def phash(self) -> np.ndarray:
         """bool [N, levels, bits] (a new array each time)."""
         return np.unpackbits(self.packed, axis=-1, count=HASH_BITS).view(bool)
+
+    def bits_shape(self) -> tuple[int, int]:
+        """(levels, bits) of one image's hashes, without unpacking them."""
+        return self.packed.shape[1], self.packed.shape[2] * 8
 
     def readable(self) -> np.ndarray:
         return np.array([h is not None for h in self.pixel_hash], dtype=bool)

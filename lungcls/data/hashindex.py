@@ -112,7 +112,11 @@ def plan(bits: int, max_bits: int, n_index: int, entropy: float | None = None) -
 
 def code_bits(codes: np.ndarray) -> int:
     """Bits per code of ``codes`` [..., bits] (bool) or packed [..., bits / 8] (uint8, ``np.packbits``)."""
-    return codes.shape[-1] * 8 if codes.dtype == np.uint8 else codes.shape[-1]
+    if codes.dtype == np.uint8:
+        return codes.shape[-1] * 8
+    if codes.dtype != np.bool_:
+        raise LungclsError(f"hashes must be bool bits or uint8 bytes packed by np.packbits, not {codes.dtype}")
+    return codes.shape[-1]
 
 
 def bool_chunks(codes: np.ndarray, chunk: int = UNPACK_CHUNK):

@@ -66,7 +66,7 @@ def match_training_images(paths: Sequence[str], fingerprints: Fingerprints | Non
     for p, h in zip(fingerprints.paths, fingerprints.pixel_hash):
         if h and h in training.pixel_hashes:
             found.setdefault(p, "identical pixels")
-    if near_bits is not None and len(training.phash) and training.phash.shape[1:] == fingerprints.phash.shape[1:]:
+    if near_bits is not None and len(training.phash) and training.phash.shape[1:] == fingerprints.bits_shape():
         todo = [i for i, p in enumerate(fingerprints.paths) if p not in found and fingerprints.pixel_hash[i]]
         if todo:
             for a, _, _ in near_pairs(fingerprints.packed[todo], np.packbits(training.phash, axis=-1), max_bits=int(near_bits)):

@@ -129,17 +129,20 @@ class MappedImages:
         run of consecutive rows). Reading through the mapping would keep every page it touched in
         this process's resident memory; a read leaves them in the page cache only."""
         self.check()
-        if not hasattr(os, "preadv"):  # macOS, Windows: through the mapping (its pages then stay resident)
+        if not hasattr(os, "preadv"):  # where the system has no preadv: through the mapping (its pages then stay resident)
             self.rows_taken += len(rows)
             return self.images[rows]
         row_bytes = int(np.prod(self.images.shape[1:]))
         out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
         flat = out.reshape(len(rows), row_bytes)
         for k, first, n in consecutive_runs(rows.tolist()):
-            want = n * row_bytes
-            if os.preadv(self.handle.fileno(), [flat[k : k + n]], self.offset + first * row_bytes) != want:
-                raise LungclsError(f"the decoded cache {self.file} is shorter than when it was mapped (truncated during "
-                                   "the run); delete it and start again")
+            buffer, done, start = memoryview(flat[k : k + n]).cast("B"), 0, self.offset + first * row_bytes
+            while done < len(buffer):  # one call reads at most about 2 GB
+                got = os.preadv(self.handle.fileno(), [buffer[done:]], start + done)
+                if got == 0:
+                    raise LungclsError(f"the decoded cache {self.file} is shorter than when it was mapped (truncated "
+                                       "during the run); delete it and start again")
+                done += got
         self.rows_taken += len(rows)
         return torch.from_numpy(out)
 

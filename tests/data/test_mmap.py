@@ -147,18 +147,32 @@ def test_processes_launched_together_decode_once_and_map_the_first_ones_file(tre
     other._machine.check()  # a removed temporary file is not a changed one: the mapping stays valid
 
 
-def test_batches_from_a_mapped_cache_leave_no_pages_in_the_process(tmp_path):
+def test_batches_from_a_mapped_cache_leave_no_pages_in_the_process(tmp_path, monkeypatch):
     """An epoch over a set larger than RAM must not show the whole file in every process's RSS
-    (schedulers add those up per rank): rows are read from the file, in the asked order, and the
-    mapping keeps nothing resident; a file cut short under the job is one line, not garbage."""
+    (schedulers add those up per rank): the writer hands its pages back as it goes, rows are read
+    from the file in the asked order, and the mapping keeps nothing resident; a file cut short
+    under the job is one line, not garbage."""
+    from lungcls.data import mapped as mapped_module
+    from lungcls.data import npyfile
     from lungcls.data.mapped import mapping_memory, write_mapped
 
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (3000, 1, 32, 32), dtype=np.uint8))
+    resident_while_writing = []
+    release = npyfile.PageBudget.release
+
+    def measured_release(budget):
+        resident_while_writing.append(mapping_memory(tmp_path / f"images.npy.tmp{os.getpid()}.npy"))
+        release(budget)
+
+    for module in (npyfile, mapped_module):
+        monkeypatch.setattr(module, "RELEASE_BYTES", 256 * 1024)  # the 3 MB file in twelve parts
+    monkeypatch.setattr(npyfile.PageBudget, "release", measured_release)
     mapped = write_mapped(tmp_path / "images.npy", [str(i) for i in range(len(images))], 32, False, images=images)
     if mapping_memory(mapped.file) is None:
         pytest.skip("no per-mapping memory figures on this system")
-    assert mapping_memory(mapped.file)["rss"] < 1.0  # the writer handed its pages back
+    assert len(resident_while_writing) >= 10  # handed back every 256 KB written ...
+    assert max(m["rss"] for m in resident_while_writing) < 2.0  # ... so never the whole 2.9 MB at once
     for rows in (torch.from_numpy(rng.permutation(3000)[:256]), torch.arange(100, 900), torch.tensor([5, 6, 7, 2, 3, 2999, 0])):
         assert torch.equal(mapped.take(rows), images[rows])
     for start in range(0, 3000, 256):  # a whole epoch
@@ -168,4 +182,7 @@ def test_batches_from_a_mapped_cache_leave_no_pages_in_the_process(tmp_path):
     with open(mapped.file, "r+b") as f:
         f.truncate(mapped.file.stat().st_size - 32 * 32 * 10)
     with pytest.raises(LungclsError, match="changed while this job was reading it"):
+        mapped.take(torch.tensor([2995]))
+    mapped.stamp = mapped_module._stamp(mapped.file)  # a change the stat does not see: the short read does
+    with pytest.raises(LungclsError, match="shorter than when it was mapped"):
         mapped.take(torch.tensor([2995]))
