@@ -149,9 +149,8 @@ class CachedImages(Dataset):
 
     def __getitems__(self, indices: Sequence[int]):
         rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
-        mapped = self.mapped.mapped if self.mapped is not None else None
-        if mapped is not None and self.images is mapped.images:  # not once moved to a GPU
-            return mapped.take(rows), self.labels[rows], rows
+        if self.mapped is not None and not self.images.is_cuda:  # read from the mapped file when it is one
+            return self.mapped.take(self.images, rows), self.labels[rows], rows
         if self.images.is_cuda:  # a pinned, asynchronous copy: no host sync per batch
             dev_rows = rows.pin_memory().to(self.images.device, non_blocking=True)
         else:

@@ -52,14 +52,9 @@ class Fingerprints:
     packed: np.ndarray
     errors: dict[str, str]
 
-    @classmethod
-    def from_bits(cls, paths: list[str], pixel_hash: list[str | None], bits: np.ndarray, errors: dict[str, str]) -> "Fingerprints":
-        """From bool bits [N, levels, bits]."""
-        return cls(paths, pixel_hash, np.packbits(bits, axis=-1), errors)
-
     def __post_init__(self):
         if self.packed.dtype != np.uint8 or self.packed.ndim != 3:
-            raise TypeError("Fingerprints.packed holds uint8 [images, levels, bits / 8]; use Fingerprints.from_bits for bool bits")
+            raise TypeError("Fingerprints.packed holds uint8 [images, levels, bits / 8]: pack bool bits with np.packbits(bits, axis=-1)")
 
     @property
     def phash(self) -> np.ndarray:

@@ -29,6 +29,7 @@ import os
 import tempfile
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -193,7 +194,9 @@ def map_images(file: Path, shape: tuple[int, ...], temporary: bool, wait_s: floa
     with warnings.catch_warnings():  # read-only on purpose: torch warns that it cannot write to it
         warnings.simplefilter("ignore", UserWarning)
         images = torch.from_numpy(array)
-    return MappedImages(file, images, stamp, temporary, open(file, "rb", buffering=0), offset)
+    mapped = MappedImages(file, images, stamp, temporary, open(file, "rb", buffering=0), offset)
+    weakref.finalize(mapped, mapped.handle.close)  # the file is closed with the object, not left to the interpreter
+    return mapped
 
 
 def write_mapped(file: Path, paths: Sequence[str], image_size: int, temporary: bool,

@@ -64,8 +64,10 @@ def test_near_duplicates_bench_has_recall_one(tmp_path):
 @pytest.mark.slow
 def test_scale_ladder_writes_every_stage(tmp_path):
     out = tmp_path / "scale"
-    assert main(["--scale", "8,16", "--scale-image-size", "32", "--gen-dir", str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert main(["--scale", "8,16", "--scale-image-size", "32", "--scale-cache", "ram", "--gen-dir", str(tmp_path / "data"),
+                 "--out", str(out)]) == 0
     result = json.loads((out / "scale.json").read_text())
+    assert result["epoch_cache"] == "ram" and result["targets"]["epoch_resnet18_rss"]["cache"] == "ram"
     assert set(result["stages"]) == set(STAGES)
     for row in result["stages"].values():
         assert row["images"] == [8, 16] and len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"])
@@ -134,3 +136,12 @@ def test_the_ladder_says_which_targets_it_met():
     assert lines[0].startswith("NOT MET: every stage's exponent <= 1.1 (audit 1.33")
     assert any(line.startswith("NOT MET: epoch_resnet18 peak RSS (mmap cache) grew by 60 MB") for line in lines)
     assert any(line.startswith("met: epoch_logistic peak RSS (mmap cache) grew by 20 MB") for line in lines)
+
+
+def test_the_epochs_train_on_the_cache_the_ladder_names():
+    """--scale-cache reaches the training stages' dataset config (mmap unless told otherwise)."""
+    from lungcls.benchmark.stages import _data_overrides
+
+    base = {"root": "r", "image_size": 64}
+    assert "dataset.cache=mmap" in _data_overrides(base)
+    assert "dataset.cache=ram" in _data_overrides({**base, "cache": "ram"})
