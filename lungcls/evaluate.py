@@ -19,16 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
 from lungcls.settings import check_range, typed, typed_keys
-from lungcls.runs.layout import RunFolder, checkpoint_argument
+from lungcls.runs.runfolder import RunFolder, checkpoint_argument
 from lungcls.data.datamodule import LungDataModule
 from lungcls.data.settings import DatasetSettings, dataset_settings
-from lungcls.data.leakage import match_training_images, overlap_message, overlap_record, read_training_images
+from lungcls.data.dedup.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.inference.prediction import Predictions, predict_split, tta_copies
 from lungcls.runs.results import check_stats, print_summary, write_results
 from lungcls.inference.screening import checkpoint_sha256, screening_line
-from lungcls.data.preprocess import mitigation_settings
+from lungcls.data.pixels.preprocess import mitigation_settings
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import torch
 from omegaconf import DictConfig
 
 from lungcls.cli import hydra_main
-from lungcls.data.images import load_image
-from lungcls.data.preprocess import preprocess_from
-from lungcls.data.inputs import collect_inputs
-from lungcls.data.splits import read_splits_csv
+from lungcls.data.pixels.images import load_image
+from lungcls.data.pixels.preprocess import preprocess_from
+from lungcls.data.samples.inputs import collect_inputs
+from lungcls.data.samples.splits import read_splits_csv
 from lungcls.errors import LungclsError, require_extra
-from lungcls.runs.layout import RunFolder, checkpoint_argument
+from lungcls.runs.runfolder import RunFolder, checkpoint_argument
 from lungcls.settings import check_range, typed
 from lungcls.models.packaged import INPUT_NAME, METADATA_NAME, OUTPUT_NAME, PackagedClassifier, metadata
 from lungcls.inference.prediction import predict_files

@@ -24,12 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
 from lungcls.settings import check_range, typed
-from lungcls.data.images import read_gray
-from lungcls.data.inputs import InputImage, Inputs, collect_inputs, inputs_from_dataset
+from lungcls.data.pixels.images import read_gray
+from lungcls.data.samples.inputs import InputImage, Inputs, collect_inputs, inputs_from_dataset
 from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
-from lungcls.explain.cams import load_models
-from lungcls.explain.overlays import safe_stem
+from lungcls.explain.maps.explainer import load_models
+from lungcls.explain.maps.overlays import safe_stem
 from lungcls.inference.scoring import UsedModel, check_margin, model_card, score_images
 from lungcls.inference.prediction import tta_copies
 from lungcls.inference.screening import load_screening_thresholds

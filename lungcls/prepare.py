@@ -2,7 +2,7 @@
 
 Takes the same ``dataset=`` configs as ``lungcls-train``, splits and de-duplicates the images as
 training does, decodes each once at ``dataset.image_size`` and writes them in LitData chunks with
-their labels, sources and split (``lungcls.data.streaming``), so that
+their labels, sources and split (``lungcls.data.cache.prepared``), so that
 ``dataset.layout=litdata dataset.root=<output>`` streams them on any number of GPUs and nodes.
 """
 
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
 from lungcls.data.datamodule import LungDataModule
-from lungcls.data.streaming import is_remote, require_litdata, write_prepared
+from lungcls.data.cache.prepared import is_remote, require_litdata, write_prepared
 from lungcls.errors import LungclsError
 from lungcls.data.settings import dataset_settings
 from lungcls.settings import check_range, typed

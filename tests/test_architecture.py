@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lungcls.cli import CONF_DIR
-from lungcls.data.layouts import LAYOUTS
-from lungcls.data.normalization import NORMALIZATIONS
+from lungcls.data.samples.layouts import LAYOUTS
+from lungcls.data.pixels.normalization import NORMALIZATIONS
 from lungcls.models.backbones import BACKBONES
 from lungcls.models.finetune import POLICIES
 

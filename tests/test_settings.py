@@ -53,7 +53,7 @@ def test_arguments_of_library_objects_may_still_be_added():
     ],
 )
 def test_typed_values_fail_before_any_image_is_read(train_cfg, tmp_path, monkeypatch, overrides, message):
-    import lungcls.data.layouts as layouts
+    import lungcls.data.samples.layouts as layouts
 
     monkeypatch.setattr(layouts, "find_samples", lambda *a, **k: pytest.fail("images were read before the check"))
     from lungcls.train import train

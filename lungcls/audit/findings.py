@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 
 from lungcls.audit.scan import Scan
-from lungcls.data.duplicates import (
+from lungcls.data.dedup.duplicates import (
     Duplicates,
     duplicate_groups,
     label_conflicts,
     straddling,
 )
-from lungcls.data.layouts import LAYOUTS, Sample
+from lungcls.data.samples.layouts import LAYOUTS, Sample
 from lungcls.data.settings import DatasetSettings
-from lungcls.data.splits import apply_splits_csv, make_splits
+from lungcls.data.samples.splits import apply_splits_csv, make_splits
 
 
 def data_root(cfg: DatasetSettings) -> Path:

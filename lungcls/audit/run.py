@@ -19,9 +19,9 @@ from lungcls.audit.outputs import check_fail_on, failures, summary_lines, write_
 from lungcls.audit.probe import shortcut_probe
 from lungcls.audit.settings import AuditSettings
 from lungcls.audit.scan import scan
-from lungcls.data.duplicates import duplicate_groups, find_duplicates
+from lungcls.data.dedup.duplicates import duplicate_groups, find_duplicates
 from lungcls.data.settings import dataset_settings
-from lungcls.data.layouts import cap_per_class, find_samples
+from lungcls.data.samples.layouts import cap_per_class, find_samples
 from lungcls.settings import typed
 
 log = logging.getLogger(__name__)

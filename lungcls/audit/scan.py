@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from lungcls.audit.probe import PROBE_SIZE, region_features, region_mask
-from lungcls.data import filestore
-from lungcls.data.filestore import file_keys
-from lungcls.data.fingerprints import CROP_LEVELS, HASH_BITS, Fingerprints, fingerprint_array
-from lungcls.data.images import load_mask, read_gray_and_mode, resize_gray
-from lungcls.data.layouts import Sample
-from lungcls.data.parallel import map_chunks
+from lungcls.data.dedup import filestore
+from lungcls.data.dedup.filestore import file_keys
+from lungcls.data.dedup.fingerprints import CROP_LEVELS, HASH_BITS, Fingerprints, fingerprint_array
+from lungcls.data.pixels.images import load_mask, read_gray_and_mode, resize_gray
+from lungcls.data.samples.layouts import Sample
+from lungcls.data.dedup.parallel import map_chunks
 from lungcls.errors import LungclsError
 
 SCAN_FORMAT = 1  # the per-file store of the read pass (dataset.cache_dir)
@@ -96,7 +96,7 @@ def scan_files(samples: Sequence[Sample], region: str, border_frac: float) -> li
 
 
 def _stored(file: Path, paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple]]:
-    """The rows of the per-file store still valid for ``paths`` (see ``lungcls.data.filestore``)."""
+    """The rows of the per-file store still valid for ``paths`` (see ``lungcls.data.dedup.filestore``)."""
     sizes, mtimes = file_keys(paths)
     hit, cols = filestore.lookup(file, paths, sizes, mtimes, ("pixel_hash", "phash", "features", "error", *STAT_COLUMNS))
     rows = []

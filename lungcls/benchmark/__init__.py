@@ -10,7 +10,7 @@ five measurements in images/s:
 (c) ``epoch``: one whole ``trainer.fit`` epoch including validation, after a warm-up epoch;
 (d) ``naive``: the usual ImageFolder-style loop on the same PNG files (PIL decode and torchvision
     transforms in DataLoader workers, fp32);
-(e) ``gradcam``: ``lungcls.explain.gradcam.grad_cam`` on device-resident batches.
+(e) ``gradcam``: ``lungcls.explain.maps.engine.grad_cam`` on device-resident batches.
 
 The package: ``data`` (the generated database-sized set), ``settings`` (the command line and its
 per-device defaults), ``timing`` (windows and clocks), ``measure`` (the five measurements),

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from lungcls.data.demo import DEMO_CLASSES, ensure_demo_dataset
+from lungcls.data.phantom.demo import DEMO_CLASSES, ensure_demo_dataset
 from lungcls.errors import LungclsError
 
 # The COVID-19 Radiography Database: images per class (21,165 in all), 299x299 grayscale PNGs.

@@ -208,7 +208,7 @@ def measure_naive(s: Settings, cfg: DictConfig, dm: LungDataModule) -> dict[str,
     from torch.utils.data import DataLoader
     from torchvision import transforms as T
 
-    from lungcls.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+    from lungcls.data.pixels.normalization import IMAGENET_MEAN, IMAGENET_STD
 
     dev = torch.device(s.device)
     samples = dm.split_samples("train")
@@ -263,7 +263,7 @@ def measure_gradcam(s: Settings, cfg: DictConfig, dm: LungDataModule) -> dict[st
     registered Grad-CAM layer, over batches of model inputs ([0, 1] grayscale) already on the
     device, under the same precision. Each call returns its maps on the CPU, as the API does."""
 
-    from lungcls.explain.gradcam import grad_cam, prepare_for_cam, resolve_layer
+    from lungcls.explain.maps.engine import grad_cam, prepare_for_cam, resolve_layer
 
     dev = torch.device(s.device)
     model = make_model(cfg, dm).to(dev).eval()

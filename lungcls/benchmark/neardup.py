@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from lungcls.benchmark.data import ensure_bench_dataset
-from lungcls.data.fingerprints import compute_fingerprints, near_pairs, near_pairs_brute
-from lungcls.data.hashindex import Plan, best_per_pair, bit_entropy, bit_order
-from lungcls.data.images import IMAGE_EXTENSIONS
-from lungcls.data.layouts import MASK_FOLDERS
+from lungcls.data.dedup.fingerprints import compute_fingerprints, near_pairs, near_pairs_brute
+from lungcls.data.dedup.hashindex import Plan, best_per_pair, bit_entropy, bit_order
+from lungcls.data.pixels.images import IMAGE_EXTENSIONS
+from lungcls.data.samples.layouts import MASK_FOLDERS
 from lungcls.errors import LungclsError, require_extra
 
 PHANTOM_IMAGES = 400
@@ -168,7 +168,7 @@ def run_near_duplicates(n: int, max_bits: int, gen_dir: str, subset: int = 20000
     subset = min(subset, n)
     planted = plant_pairs(codes, max(1, n // 100), max_bits, subset, rng)
     print(f"[bench] {n:,} synthetic codes (bit statistics of {templates_dir or 'the phantom'}, rho={rho}), {planted:,} planted pairs; searching ...", flush=True)
-    packed = np.packbits(codes, axis=-1)  # as the duplicate check holds them (lungcls.data.fingerprints)
+    packed = np.packbits(codes, axis=-1)  # as the duplicate check holds them (lungcls.data.dedup.fingerprints)
     t0 = time.perf_counter()
     pairs = near_pairs(packed, max_bits=max_bits)
     seconds = time.perf_counter() - t0

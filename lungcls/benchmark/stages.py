@@ -49,7 +49,7 @@ def _dataset(a: dict[str, Any]):
 
 
 def _samples(a: dict[str, Any]):
-    from lungcls.data.layouts import find_samples
+    from lungcls.data.samples.layouts import find_samples
 
     return find_samples(_dataset(a))
 
@@ -82,7 +82,7 @@ def _epoch(a: dict[str, Any], backbone: str) -> float:
 def run_stage(name: str, a: dict[str, Any]) -> float:
     """Seconds of the stage's work."""
     if name == "scan":
-        from lungcls.data.layouts import find_samples
+        from lungcls.data.samples.layouts import find_samples
 
         data = _dataset(a)
         t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def run_stage(name: str, a: dict[str, Any]) -> float:
         return time.perf_counter() - t0
     paths = [s.path for s in _samples(a)]
     if name == "decode":
-        from lungcls.data.cache import decode_images
+        from lungcls.data.cache.decoded import decode_images
 
         t0 = time.perf_counter()
         decode_images(paths, int(a["image_size"]))

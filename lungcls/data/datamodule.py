@@ -13,18 +13,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcls.data.cache import CachedImages, cache_key
+from lungcls.data.cache.decoded import CachedImages, cache_key
 from lungcls.data.settings import DatasetSettings, dataset_settings
-from lungcls.data.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
-from lungcls.data.folds import SOURCE, fold_gaps, fold_splits, source_fold, source_fold_splits
-from lungcls.data.fingerprints import Fingerprints, load_or_compute, phash_hex
-from lungcls.data.images import load_image, to_unit_float
-from lungcls.data.layouts import LAYOUTS, Sample, cap_per_class, find_samples
-from lungcls.data.mapped import MachineImages, writable_folder
-from lungcls.data.normalization import normalization_stats
-from lungcls.data.preprocess import preprocess_from
-from lungcls.data.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
-from lungcls.data.streaming import (prepared_assignment, prepared_normalization, read_meta, streaming_loader,
+from lungcls.data.dedup.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
+from lungcls.data.samples.folds import SOURCE, fold_gaps, fold_splits, source_fold, source_fold_splits
+from lungcls.data.dedup.fingerprints import Fingerprints, load_or_compute, phash_hex
+from lungcls.data.pixels.images import load_image, to_unit_float
+from lungcls.data.samples.layouts import LAYOUTS, Sample, cap_per_class, find_samples
+from lungcls.data.cache.mapped import MachineImages, writable_folder
+from lungcls.data.pixels.normalization import normalization_stats
+from lungcls.data.pixels.preprocess import preprocess_from
+from lungcls.data.samples.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
+from lungcls.data.cache.prepared import (prepared_assignment, prepared_normalization, read_meta, streaming_loader,
                                     whole_split_loader)
 from lungcls.errors import LungclsError
 
@@ -42,7 +42,7 @@ def build_augment(cfg: Mapping[str, Any] | None, image_size: int):
     import hydra
 
     cfg = dict(cfg)
-    cfg.setdefault("_target_", "lungcls.data.augment.BatchAugment")
+    cfg.setdefault("_target_", "lungcls.data.augment.gpu.BatchAugment")
     cfg["_partial_"] = True
     try:
         augment = hydra.utils.instantiate(cfg)(image_size=image_size)

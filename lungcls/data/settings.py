@@ -25,7 +25,7 @@ CACHE_MODES = ("auto", "ram", "gpu", "mmap", "none")
 DUPLICATE_MODES = ("none", "exact", "near")
 CONFLICT_POLICIES = ("error", "drop", "keep")
 SPLITS = ("train", "val", "test", "all")
-HASH_BITS = 144  # the perceptual fingerprint's length (lungcls.data.fingerprints)
+HASH_BITS = 144  # the perceptual fingerprint's length (lungcls.data.dedup.fingerprints)
 
 
 @dataclasses.dataclass
@@ -107,12 +107,12 @@ class DatasetSettings:
             if value not in allowed:
                 raise LungclsError(f"dataset.{key}={value} is not one of {', '.join(allowed)}")
         if self.folds is not None:
-            from lungcls.data.folds import check_folds
+            from lungcls.data.samples.folds import check_folds
 
             self.folds, self.fold = check_folds(self.folds, self.fold)
             if self.splits_csv:
                 raise LungclsError("dataset.folds and dataset.splits_csv both choose the test images; use one of them")
-        from lungcls.data.preprocess import preprocess_from
+        from lungcls.data.pixels.preprocess import preprocess_from
 
         preprocess_from(self.as_dict())  # crop_border, equalize, clahe_*: ranges and names
         if self.cache_dir is not None and Path(self.cache_dir).expanduser().exists() and not Path(self.cache_dir).expanduser().is_dir():

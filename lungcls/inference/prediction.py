@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungcls.data.images import gray_to_input, load_image, to_unit_float
-from lungcls.data.layouts import sibling_mask
-from lungcls.data.preprocess import preprocess_from
+from lungcls.data.pixels.images import gray_to_input, load_image, to_unit_float
+from lungcls.data.samples.layouts import sibling_mask
+from lungcls.data.pixels.preprocess import preprocess_from
 from lungcls.models.device import autocast_for
 from lungcls.errors import LungclsError
-from lungcls.runs.progress import tracked
+from lungcls.console import tracked
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _augmented_probs(model: torch.nn.Module, x: torch.Tensor, tta: str | int | N
     if n >= 2 and tta == "flip":
         views.append(torch.flip(x, dims=[-1]))
     elif n >= 2:
-        from lungcls.data.augment import BatchAugment
+        from lungcls.data.augment.gpu import BatchAugment
 
         augment = BatchAugment(image_size=x.shape[-1], **TTA_AUGMENT).to(x.device)
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
@@ -129,7 +129,7 @@ def predict_split(model, datamodule, split: str, device: torch.device | None = N
 
 def file_batches(paths: Sequence[str], image_size: int, batch_size: int, preprocess=None) -> Iterator[tuple[torch.Tensor, slice]]:
     """Decode files at ``image_size`` into uint8 batches ``[B, 1, S, S]`` (with their index range),
-    through the model's decode-time ``preprocess`` (``lungcls.data.preprocess``; lung masks are
+    through the model's decode-time ``preprocess`` (``lungcls.data.pixels.preprocess``; lung masks are
     looked up next to each image when it masks outside the lungs)."""
     masked = preprocess is not None and preprocess.mask_outside_lungs
     for start in tracked(range(0, len(paths), batch_size), "predict", len(paths),

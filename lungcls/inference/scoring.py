@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungcls.data.images import gray_to_input
+from lungcls.data.pixels.images import gray_to_input
 from lungcls.errors import LungclsError
-from lungcls.explain.cams import ReportModel, explain_batch
-from lungcls.explain.overlays import overlay_rgb, png_bytes
+from lungcls.explain.maps.explainer import ReportModel, explain_batch
+from lungcls.explain.maps.overlays import overlay_rgb, png_bytes
 from lungcls.inference.prediction import predict_arrays
 from lungcls.inference.screening import ScreeningThreshold, possible_missed_disease
 

@@ -10,7 +10,7 @@
 from lungcls.metrics.confusion import PER_CLASS_METRICS, flat_metrics, metric_direction, metric_key, summarize_confusion
 from lungcls.metrics.probabilities import auroc_per_class, class_probability_ci, loss_and_auroc
 from lungcls.metrics.sources import source_lines, summarize_by_source
-from lungcls.metrics.streaming import ConfusionCounts
+from lungcls.metrics.accumulators import ConfusionCounts
 
 __all__ = [
     "PER_CLASS_METRICS",

@@ -1,7 +1,7 @@
 """Figures of a run: the confusion matrix and the reliability diagram.
 
 Both use a bare matplotlib ``Figure`` (no pyplot state, no display), so nothing stays open in
-long sweeps or servers. (Grad-CAM figures live in ``lungcls.explain.figures``.)
+long sweeps or servers. (Grad-CAM figures live in ``lungcls.report.figures``.)
 """
 
 from __future__ import annotations

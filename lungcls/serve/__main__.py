@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from lungcls.cli import hydra_main
 from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError, require_extra
-from lungcls.explain.cams import load_models
+from lungcls.explain.maps.explainer import load_models
 from lungcls.inference.scoring import UsedModel
 from lungcls.serve.settings import ServeSettings
 from lungcls.settings import typed

@@ -27,8 +27,8 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lungcls.data.dicom import PixelLimitError
-from lungcls.data.images import read_gray
+from lungcls.data.pixels.dicom import PixelLimitError
+from lungcls.data.pixels.images import read_gray
 from lungcls.serve.settings import ServeSettings
 from lungcls.errors import LungclsError
 from lungcls.inference.scoring import UsedModel, model_card

@@ -18,7 +18,7 @@ import io
 import json
 from typing import Any, Callable
 
-from lungcls.data.dicom import DICOM_EXTENSIONS, looks_like_dicom
+from lungcls.data.pixels.dicom import DICOM_EXTENSIONS, looks_like_dicom
 
 SCORED_FORMATS = ("PNG", "JPEG", "DICOM")
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lungcls.data.preprocess import mitigation_settings
+from lungcls.data.pixels.preprocess import mitigation_settings
 from lungcls.errors import LungclsError
 
 # What decides which images a run trains on and how they are split: a resumed run must match.

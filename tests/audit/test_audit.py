@@ -17,10 +17,10 @@ from lungcls.audit.probe import shortcut_probe
 from lungcls.audit.scan import scan
 from lungcls.audit.settings import ProbeSettings
 from lungcls.data.datamodule import LungDataModule
-from lungcls.data.demo import ensure_demo_dataset
-from lungcls.data.fingerprints import CROP_LEVELS, HASH_SIZE, compute_fingerprints, near_pairs
-from lungcls.data.images import read_gray
-from lungcls.data.layouts import find_samples
+from lungcls.data.phantom.demo import ensure_demo_dataset
+from lungcls.data.dedup.fingerprints import CROP_LEVELS, HASH_SIZE, compute_fingerprints, near_pairs
+from lungcls.data.pixels.images import read_gray
+from lungcls.data.samples.layouts import find_samples
 from lungcls.errors import LungclsError
 from lungcls.metrics import summarize_by_source
 from lungcls.settings import typed
@@ -98,7 +98,7 @@ def test_copies_of_real_xrays_are_near_duplicates_and_distinct_films_are_not():
         copies += [img.resize((224, 224)), Image.open(io.BytesIO(buf.getvalue())), img.crop((c, c, w - c, h - c)),
                    ImageEnhance.Brightness(img).enhance(1.15)]
     arrays = [np.asarray(im.convert("L")) for im in copies]
-    from lungcls.data.fingerprints import fingerprint_array
+    from lungcls.data.dedup.fingerprints import fingerprint_array
 
     bits = np.stack([fingerprint_array(a)[1] for a in arrays])
     found = {(a, b) for a, b, _ in near_pairs(bits, base.phash, max_bits=12)}
@@ -267,8 +267,8 @@ def test_external_evaluation_leaves_out_training_copies_and_reports_per_source(d
     resized copies of training images next to new X-rays; the report's pool drops them too."""
     from conftest import compose_cfg
     from lungcls.evaluate import evaluate
-    from lungcls.explain.cams import load_models
-    from lungcls.explain.selection import leave_out_training_images, ReportImage
+    from lungcls.explain.maps.explainer import load_models
+    from lungcls.report.selection import leave_out_training_images, ReportImage
     import torch
 
     images = [(p, c) for c in CLASSES for p in sorted((demo / c / "images").glob("*.png"))[:16]]
@@ -344,7 +344,7 @@ def test_a_copy_follows_its_fixed_split_and_fingerprints_are_cached(demo, tmp_pa
     def no_recompute(paths):
         raise AssertionError("fingerprints were recomputed instead of read from dataset.cache_dir")
 
-    monkeypatch.setattr("lungcls.data.fingerprints.compute_fingerprints", no_recompute)
+    monkeypatch.setattr("lungcls.data.dedup.fingerprints.compute_fingerprints", no_recompute)
     again = LungDataModule(cfg)
     again.setup()
     assert again.fingerprints.pixel_hash == dm.fingerprints.pixel_hash and (again.fingerprints.phash == dm.fingerprints.phash).all()

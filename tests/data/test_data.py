@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lungcls.data.cache import load_or_decode
+from lungcls.data.cache.decoded import load_or_decode
 from lungcls.data.datamodule import LungDataModule
-from lungcls.data.images import read_gray
-from lungcls.data.layouts import LAYOUTS, cap_per_class, discover_samples, find_samples
-from lungcls.data.splits import apply_splits_csv, make_splits, read_splits_csv, write_splits_csv
+from lungcls.data.pixels.images import read_gray
+from lungcls.data.samples.layouts import LAYOUTS, cap_per_class, discover_samples, find_samples
+from lungcls.data.samples.splits import apply_splits_csv, make_splits, read_splits_csv, write_splits_csv
 from lungcls.errors import LungclsError
 
 from conftest import make_class_tree, write_png
@@ -34,7 +34,7 @@ def _manifest_data(tmp_path: Path) -> dict:
 
 def _litdata_data(tmp_path: Path) -> dict:
     pytest.importorskip("litdata")
-    from lungcls.data.streaming import write_prepared
+    from lungcls.data.cache.prepared import write_prepared
 
     root = make_class_tree(tmp_path / "l", {c: 3 for c in CLASSES})
     dm = LungDataModule({"layout": "radiography", "root": str(root), "classes": CLASSES, "image_size": 16, "cache": "none",
@@ -162,7 +162,7 @@ def test_split_is_stratified_80_10_10_and_deterministic(tmp_path):
 
 
 def test_patients_never_straddle_splits(tmp_path):
-    from lungcls.data.layouts import Sample
+    from lungcls.data.samples.layouts import Sample
 
     samples = [Sample(path=f"p{p}-{i}.png", label=p % 2, patient=f"p{p}") for p in range(20) for i in range(3)]
     a = make_splits(samples, 0.2, 0.2, seed=1)
@@ -236,7 +236,7 @@ def test_datamodule_serves_uint8_batches_and_augments_only_in_training(class_tre
 def test_dataset_normalization_is_exact_in_chunks_of_any_size():
     """``normalization=dataset`` reads the train split a few MB at a time (a float copy of a 19 GB
     split would not fit): the mean and std must equal those of the whole split at once."""
-    from lungcls.data.normalization import normalization_stats, pixel_moments
+    from lungcls.data.pixels.normalization import normalization_stats, pixel_moments
 
     rng = np.random.default_rng(1)
     images = torch.from_numpy(rng.integers(0, 256, (97, 1, 20, 20), dtype=np.uint8)) // 3 + 40

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from lungcls.errors import LungclsError
-from lungcls.explain.faithfulness import blurred, faithfulness_curves, random_maps
-from lungcls.explain.localisation import hit_and_iou
-from lungcls.explain.methods import METHODS, finish, resolve_methods
-from lungcls.explain.methods.layercam import layer_cam
+from lungcls.explain.checks.faithfulness import blurred, faithfulness_curves, random_maps
+from lungcls.explain.checks.localisation import hit_and_iou
+from lungcls.explain.maps.methods import METHODS, finish, resolve_methods
+from lungcls.explain.maps.methods.layercam import layer_cam
 
 EXPECTED = {"gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion", "saliency", "layercam", "edge"}
 
@@ -147,7 +147,7 @@ def test_edge_control_is_the_sobel_magnitude_and_ignores_the_model():
 def test_smoothgrad_maps_are_the_same_twice_and_leave_the_global_random_stream_alone():
     from types import SimpleNamespace
 
-    from lungcls.explain.methods.registry import MethodContext
+    from lungcls.explain.maps.methods.registry import MethodContext
 
     torch.manual_seed(3)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from lungcls.errors import LungclsError
-from lungcls.explain.figures import PAGE_WIDTH_IN, figure_parts, images_per_row, plot_cam_grid
-from lungcls.explain.gradcam import (
+from lungcls.report.figures import PAGE_WIDTH_IN, figure_parts, images_per_row, plot_cam_grid
+from lungcls.explain.maps.engine import (
     CamResult,
     grad_cam,
     logistic_cam,
@@ -23,8 +23,8 @@ from lungcls.explain.gradcam import (
     prepare_for_cam,
     resolve_layer,
 )
-from lungcls.explain.html import FigureSection, write_report_html
-from lungcls.explain.localisation import (
+from lungcls.report.html import FigureSection, write_report_html
+from lungcls.explain.checks.localisation import (
     border_band,
     energy_shares,
     localisation_lines,

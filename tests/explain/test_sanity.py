@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungcls.explain.cams import ReportModel, explain_batch
-from lungcls.explain.layers import choose_layer
-from lungcls.explain.sanity import cascade_stages, rank_correlations, sanity_check
+from lungcls.explain.maps.explainer import ReportModel, explain_batch
+from lungcls.explain.maps.layers import choose_layer
+from lungcls.explain.checks.sanity import cascade_stages, rank_correlations, sanity_check
 from lungcls.models.backbones import get_backbone
 from lungcls.models.module import LungClassifier
 

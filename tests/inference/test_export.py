@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import compose_cfg, write_dicom
 
-from lungcls.data.images import load_image
+from lungcls.data.pixels.images import load_image
 from lungcls.errors import LungclsError
 from lungcls.export import FORMATS, export, run_exported
 from lungcls.models.module import load_classifier

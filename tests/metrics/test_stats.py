@@ -252,7 +252,7 @@ def test_kfold_multirun_is_one_row_in_the_comparison(tmp_path):
 def test_test_time_augmentation_is_the_same_on_every_prediction_path(logistic_run):
     """predict/serve score decoded arrays, evaluation scores files: with tta=flip both average the
     image and its mirror and agree; without it they agree too, and the two settings differ."""
-    from lungcls.data.images import read_gray
+    from lungcls.data.pixels.images import read_gray
     from lungcls.models.module import load_classifier
     from lungcls.inference.prediction import predict_arrays, predict_files, tta_copies
 

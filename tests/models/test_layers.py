@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lungcls.errors import LungclsError
-from lungcls.explain.layers import choose_layer, layer_grids, layer_requests
+from lungcls.explain.maps.layers import choose_layer, layer_grids, layer_requests
 from lungcls.models.backbones import BACKBONES
 from lungcls.models.module import LungClassifier
 

@@ -25,7 +25,7 @@ import pytest
 from conftest import TINY, make_class_tree, write_dicom
 
 # Every Hydra command: a folder that holds a run is refused before anything is written into it.
-COMMANDS = {"train": "lungcls.train", "evaluate": "lungcls.evaluate", "report": "lungcls.report",
+COMMANDS = {"train": "lungcls.train", "evaluate": "lungcls.evaluate", "report": "lungcls.report.__main__",
             "predict": "lungcls.predict", "export": "lungcls.export", "audit": "lungcls.audit.__main__"}
 SMALL = [*TINY, "backbone=logistic", "paths.data_dir={data}"]  # quick even where the probe is not refused
 OTHER_DATA = [a for a in SMALL if not a.startswith("dataset.demo.")]

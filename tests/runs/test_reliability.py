@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lungcls.data.images import read_gray
+from lungcls.data.pixels.images import read_gray
 from lungcls.errors import LungclsError
 from lungcls.models.module import load_classifier
 from lungcls.comparison.ranking import rank_runs

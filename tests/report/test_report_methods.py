@@ -1,0 +1,159 @@
+"""``report.methods``: every attribution method on real (tiny) checkpoints, side by side on the same
+X-rays: gradcam.csv rows per image x model x method, methods.csv with intervals, the "Which map to
+trust" section and its figures, the model-free edge control exposed by the sanity check, methods a
+backbone cannot run skipped with one line; and, slow, the demo measurement the README reports and
+the same report on real X-rays without masks."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lungcls.report.run import make_report
+
+from conftest import SHARED_REAL, TINY, compose_cfg, requires_shared
+
+ALL = {"gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion", "saliency", "layercam", "edge"}
+CHEAP = ["report.faithfulness_steps=4", "report.ig_steps=4", "report.smoothgrad_samples=2",
+         "report.occlusion_window=16", "report.occlusion_stride=16", "report.misses=false"]
+DESIGN_COLUMNS = ["images", "hit_rate", "iou", "lesion_share", "lesion_uniform", "lung_share", "border_share",
+                  "deletion_auc", "insertion_auc", "deletion_auc_random", "sanity_spearman", "sanity_flagged"]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, data_dir) -> list[Path]:
+    """A tiny ResNet18 (64 px) and the logistic baseline (48 px)."""
+    from lungcls.train import train
+
+    root = tmp_path_factory.mktemp("method_runs")
+    ckpts = []
+    for name, extra in (("resnet18", ["backbone=resnet18"]), ("logistic", ["backbone=logistic", "dataset.image_size=48"])):
+        train(compose_cfg("train", TINY + ["trainer.limit_train_batches=2", "test=false", *extra], root / name, data_dir))
+        ckpts.append(root / name / "checkpoints" / "best.ckpt")
+    return ckpts
+
+
+def methods_cfg(out: Path, data_dir: Path, ckpts, *overrides: str):
+    listed = ",".join(str(p) for p in ckpts)
+    return compose_cfg("report", [f"ckpt=[{listed}]", "report.exclude_training_images=false", *overrides], out, data_dir)
+
+
+def test_all_methods_side_by_side_with_faithfulness_sanity_and_timing(two_runs, tmp_path, data_dir, capsys):
+    out = tmp_path / "all"
+    make_report(methods_cfg(out, data_dir, two_runs, "report.split=all", "report.per_class=1", "report.methods=all",
+                            "report.target=true", *CHEAP))
+    printed = capsys.readouterr().out
+    rows = read_rows(out / "gradcam.csv")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    images = list(dict.fromkeys(r["path"] for r in rows))
+    assert len(models) == 2 and len(images) == 4
+    by_model = {m: {r["method"] for r in rows if r["model"] == m} for m in models}
+    assert by_model[models[0]] == ALL
+    # the logistic baseline has no conv layer: the CAM variants that need one are skipped, with one line each
+    assert by_model[models[1]] == ALL - {"guided_gradcam", "layercam"}
+    for method in ("guided_gradcam", "layercam"):
+        assert re.search(rf"^{method} skipped for logistic/full .*: logistic has no convolutional layer", printed, re.M)
+    assert len(rows) == len(images) * (len(ALL) + len(ALL) - 2)
+
+    for r in rows:
+        assert 0.0 <= float(r["deletion_auc"]) <= 1.0 and 0.0 <= float(r["insertion_auc"]) <= 1.0
+        assert float(r["ms_per_image"]) > 0.0 and r["target"] == r["label"]
+        if r["label"] == "Normal":
+            assert r["hit"] == r["iou"] == r["lesion_share"] == ""
+        elif r["lesion_share"] == "":  # an all-zero map (an untrained tiny model's): nothing to point with
+            assert r["hit"] == r["iou"] == "" and float(r["lesion_uniform"]) > 0.0
+        else:
+            assert float(r["hit"]) in (0.0, 1.0) and 0.0 <= float(r["iou"]) <= 1.0
+    for m in models:  # the random-order yardstick is one per image and model, the same for every method
+        for path in images:
+            same = {r["deletion_auc_random"] for r in rows if r["model"] == m and r["path"] == path}
+            assert len(same) == 1
+    # the model-free control is exposed: its map does not change when the weights are destroyed
+    for r in rows:
+        if r["method"] == "edge":
+            assert float(r["sanity_spearman"]) == pytest.approx(1.0) and r["sanity_flag"] == "True"
+            assert r["layer"] == "image"
+
+    table = read_rows(out / "methods.csv")
+    assert [(t["model"], t["method"]) for t in table] == list(dict.fromkeys((r["model"], r["method"]) for r in rows))
+    for t in table:
+        assert set(DESIGN_COLUMNS) <= set(t) and int(t["images"]) == 4 and float(t["ms_per_image"]) > 0
+        for key in ("deletion_auc", "insertion_auc", "sanity_spearman", "border_share"):
+            assert float(t[f"{key}_lo"]) <= float(t[key]) <= float(t[f"{key}_hi"])
+        if t["method"] == "edge":
+            assert float(t["sanity_flagged"]) == 1.0
+    for method in ALL:
+        assert re.search(rf"{method}: \d+\.\d ms per image", printed)
+
+    html = (out / "report.html").read_text()
+    assert "Which map to trust" in html and "Recommended for" in html and "methods.csv" in html
+    assert "edge (" in html and "FAILS the sanity check" in html
+    for name in ("methods_1", "methods_2", "methods_deletion"):
+        with Image.open(out / f"{name}.png") as im:
+            assert im.size[0] == 2100 and round(im.info["dpi"][0]) == 300  # page-wide, 300 dpi
+        assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_default_report_runs_gradcam_only(two_runs, tmp_path, data_dir):
+    out = tmp_path / "default"
+    make_report(methods_cfg(out, data_dir, two_runs[:1], "report.split=all", "report.per_class=1", "report.misses=false"))
+    rows = read_rows(out / "gradcam.csv")
+    assert {r["method"] for r in rows} == {"gradcam"} and len(rows) == 4
+    assert all(r["deletion_auc"] == "" for r in rows)  # one method: no curves unless asked (as fast as before)
+    assert [t["method"] for t in read_rows(out / "methods.csv")] == ["gradcam"]
+    assert (out / "gradcam_per_class.png").is_file() and not (out / "methods.png").exists()
+    assert "Which map to trust" not in (out / "report.html").read_text()  # the page of one method is as before
+
+
+def _table(out: Path) -> dict[str, dict[str, str]]:
+    return {t["method"]: t for t in read_rows(out / "methods.csv")}
+
+
+@pytest.mark.slow
+def test_demo_evidence_the_readme_reports(tmp_path, data_dir):
+    """The default model, report.target=true, the demo's held-out images (10 per class): the edge
+    control is flagged and deletes no faster than random, Grad-CAM puts at least twice a uniform
+    map's share on the lesions and deletes faster than random, and a method finer than 8x8 that
+    passes the sanity check does as well on the lesions. (Grad-CAM's strict hit rate was 0.20 in
+    the README's run: its 8x8 maximum sits beside the lesion; that is reported, not asserted.)"""
+    from lungcls.train import train
+
+    run = tmp_path / "default"
+    train(compose_cfg("train", ["trainer.accelerator=cpu", "logger=csv"], run, data_dir))
+    out = tmp_path / "report"
+    make_report(methods_cfg(out, data_dir, [run / "checkpoints" / "best.ckpt"], "report.methods=all",
+                            "report.target=true", "report.per_class=10", "report.misses=false"))
+    t = _table(out)
+    edge, gradcam = t["edge"], t["gradcam"]
+    assert float(edge["sanity_spearman"]) >= 0.5, edge
+    assert float(edge["deletion_auc"]) >= float(edge["deletion_auc_random"]) - 0.02, edge
+    assert float(gradcam["lesion_ratio"]) >= 2.0 and float(gradcam["deletion_gain_lo"]) > 0.0, gradcam
+    finer = [m for m in ("layercam", "occlusion", "integrated_gradients", "smoothgrad", "saliency", "guided_gradcam")
+             if float(t[m]["lesion_ratio"]) >= 2.0 and float(t[m]["sanity_spearman"]) < 0.5]
+    assert finer, {m: t[m]["lesion_ratio"] for m in t}
+
+
+@requires_shared
+@pytest.mark.slow
+def test_all_methods_on_real_xrays_without_masks(two_runs, tmp_path, data_dir):
+    out = tmp_path / "real"
+    make_report(methods_cfg(out, data_dir, two_runs, f"report.root='{SHARED_REAL}'", "report.per_class=2",
+                            "report.methods=all", *CHEAP))
+    rows = read_rows(out / "gradcam.csv")
+    assert {r["method"] for r in rows} == ALL
+    for r in rows:  # no masks: localisation empty, the rest filled
+        assert r["hit"] == r["iou"] == r["lesion_share"] == r["lung_share"] == ""
+        assert r["deletion_auc"] and r["insertion_auc"] and r["border_share"] and r["ms_per_image"]
+        assert r["sanity_spearman"] != "" or r["method"] == "edge"
+    table = read_rows(out / "methods.csv")
+    assert all(t["hit_rate"] == "" and t["deletion_auc"] != "" for t in table)
+    assert "Recommended for" in (out / "report.html").read_text()
