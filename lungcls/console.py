@@ -14,10 +14,11 @@ The bar is tqdm's (on stderr); the summary line reads ``audit: read: 1,000 image
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
 
@@ -68,3 +69,8 @@ def tracked(items: Iterable[T], label: str, total: int | None, unit: str = "imag
         for item in items:
             yield item
             bar.update(step(item) if callable(step) else step)
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort `2` before `10`, as a person reads numbered files and Hydra's jobs 0, 1, ..., 10."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]

@@ -19,15 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
 from lungcls.settings import check_range, typed, typed_keys
-from lungcls.runs.runfolder import RunFolder, checkpoint_argument
+from lungcls.inference.checkpoints import LoadedModel, legacy_checkpoint, load_checkpoint
+from lungcls.runs.runfolder import RunFolder
 from lungcls.data.datamodule import LungDataModule
 from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.data.dedup.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
-from lungcls.inference.prediction import Predictions, predict_split, tta_copies
+from lungcls.inference.prediction import predict_split, tta_copies
+from lungcls.metrics.predictions import Predictions
 from lungcls.runs.results import check_stats, print_summary, write_results
-from lungcls.inference.screening import checkpoint_sha256, screening_line
+from lungcls.inference.screening import screening_line
 from lungcls.data.pixels.preprocess import mitigation_settings
 
 log = logging.getLogger(__name__)
@@ -60,17 +62,17 @@ class EvaluateSettings:
         tta_copies(self.tta)  # an unknown value fails here, before any loading
 
 
-def data_settings_for(given: dict[str, Any], ckpt: Path, model) -> tuple[DatasetSettings, str]:
+def data_settings_for(given: dict[str, Any], loaded: LoadedModel) -> tuple[DatasetSettings, str]:
     """The data to score: the run's own (with its splits.csv) unless a dataset is given."""
     split = str(given["split"])
     if "name" in given:  # other data, decoded as the model was trained (crop_border, equalize, mask_outside_lungs)
-        data = dataset_settings({**given, **mitigation_settings(model.hparams.get("data") or {})})
+        data = dataset_settings({**given, **mitigation_settings(loaded.info.data)})
     else:  # the checkpoint's own data: read only, never generated, no cache written where it says
-        saved = model.hparams.get("data")
+        saved = loaded.info.data
         if not saved:
             raise LungclsError("the checkpoint does not record its data set; pass one, e.g. dataset=folder dataset.root=...")
         data = replace(dataset_settings(saved, stored=True), cache_dir=given["cache_dir"])
-        run = RunFolder.find(ckpt)
+        run = loaded.run
         if run is not None and run.splits_csv.is_file() and split != "all":
             # the saved split already is the fold (k-fold or leave-one-source-out)
             data = replace(data, splits_csv=str(run.splits_csv), folds=None)
@@ -79,7 +81,7 @@ def data_settings_for(given: dict[str, Any], ckpt: Path, model) -> tuple[Dataset
     # the model's working size, whatever the data config says; classes the data lack are reported
     # below instead of refused (external sets often lack some); evaluation trains nothing, so label
     # conflicts are scored as labelled and reported
-    data = replace(data, image_size=int(model.hparams.image_size), allow_missing_classes=True,
+    data = replace(data, image_size=loaded.info.image_size, allow_missing_classes=True,
                    on_label_conflict="keep" if data.on_label_conflict == "error" else data.on_label_conflict)
     if split == "all":
         data = replace(data, val_fraction=0.0, test_fraction=0.0, splits_csv=None)
@@ -138,12 +140,11 @@ def _temperature_scaling(ev: EvaluateSettings, bins: int, model, dm: LungDataMod
     }
 
 
-def leave_out_training_images(ckpt: Path, exclude: bool, dm: LungDataModule, split: str, own_data: bool,
+def leave_out_training_images(run: RunFolder | None, exclude: bool, dm: LungDataModule, split: str, own_data: bool,
                               pred: Predictions) -> tuple[Predictions, dict[str, Any] | None]:
     """Find the checkpoint's training images among the scored ones (same file, same pixels, near
     copies; recorded in its run's splits.csv) and, unless ``evaluate.exclude_training_images=false``,
     leave them out. Returns the predictions kept and what was found (None: nothing to check)."""
-    run = RunFolder.find(ckpt)
     if own_data and split == "train":
         return pred, None  # the training split itself was asked for
     if run is None or not run.splits_csv.is_file():
@@ -173,17 +174,16 @@ def leave_out_training_images(ckpt: Path, exclude: bool, dm: LungDataModule, spl
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt``; writes metrics.json, predictions.csv and confusion_matrix.png."""
-    from lungcls.models.module import load_classifier
-
     run_dir = Path(cfg.paths.output_dir)
     run = typed_keys(cfg, EvaluateRun)
-    ckpt = checkpoint_argument(run.ckpt, run.ckpt_path)
+    ckpt_value = legacy_checkpoint(run.ckpt, run.ckpt_path)
     ev = typed(cfg.evaluate, EvaluateSettings, "evaluate")
     stats = check_stats(OmegaConf.to_container(cfg.stats, resolve=True))
     device = pick_device(run.device)
-    model = load_classifier(str(ckpt), map_location=device)
+    loaded = load_checkpoint(ckpt_value, device)
+    ckpt, model = loaded.checkpoint, loaded.model
     given = OmegaConf.to_container(cfg.dataset, resolve=True)
-    data, split = data_settings_for(given, ckpt, model)
+    data, split = data_settings_for(given, loaded)
     own_data = "name" not in given
     dm = LungDataModule(data, augment=None, seed=run.seed, prepare=not own_data)
     dm.setup("test")
@@ -194,14 +194,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pred = to_model_space(predict_split(model, dm, split, device, tta=tta), mapping)
     if len(pred.labels) == 0:
         raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
-    pred, overlap = leave_out_training_images(ckpt, ev.exclude_training_images, dm, split, own_data, pred)
+    pred, overlap = leave_out_training_images(loaded.run, ev.exclude_training_images, dm, split, own_data, pred)
     if dm.duplicate_record.get("label_conflicts"):
         note = (f"WARNING: {dm.duplicate_record['label_conflicts']} group(s) of duplicate images carry different labels "
                 "in this data (lungcls-audit lists them); each copy is scored against its own label")
         print(note)
     extra: dict[str, Any] = {
         "checkpoint": str(ckpt),
-        "checkpoint_sha256": checkpoint_sha256(ckpt),  # lets predict/serve match a chosen threshold to this file
+        "checkpoint_sha256": loaded.sha256,  # lets predict/serve match a chosen threshold to this file
         "data_root": data.root or data.manifest,
         "split": split,
         "class_mismatch": mismatch,

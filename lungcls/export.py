@@ -26,15 +26,14 @@ from omegaconf import DictConfig
 
 from lungcls.cli import hydra_main
 from lungcls.data.pixels.images import load_image
-from lungcls.data.pixels.preprocess import preprocess_from
 from lungcls.data.samples.inputs import collect_inputs
 from lungcls.data.samples.splits import read_splits_csv
 from lungcls.errors import LungclsError, require_extra
-from lungcls.runs.runfolder import RunFolder, checkpoint_argument
+from lungcls.inference.checkpoints import load_checkpoint
+from lungcls.runs.runfolder import RunFolder
 from lungcls.settings import check_range, typed
 from lungcls.models.packaged import INPUT_NAME, METADATA_NAME, OUTPUT_NAME, PackagedClassifier, metadata
 from lungcls.inference.prediction import predict_files
-from lungcls.inference.screening import checkpoint_sha256
 
 log = logging.getLogger(__name__)
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -143,25 +142,23 @@ def run_exported(path: Path, fmt: str, images: torch.Tensor) -> tuple[np.ndarray
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Write the model file and export.json into the run folder; returns the check's numbers."""
-    from lungcls.models.module import load_classifier
-
     e = typed(cfg.export, ExportSettings, "export")
     fmt = e.format
-    ckpt = checkpoint_argument(cfg.ckpt)
-    model = load_classifier(str(ckpt), map_location="cpu")
-    if preprocess_from(dict(model.hparams.get("data") or {})).active:
+    loaded = load_checkpoint(cfg.ckpt)
+    ckpt, model = loaded.checkpoint, loaded.model
+    if model.info.preprocess.active:
         raise LungclsError(f"{ckpt} was trained with decode-time mitigations (dataset.crop_border, equalize or "
                            "mask_outside_lungs) that an exported file does not carry; use the checkpoint itself "
                            "(lungcls-predict, lungcls-serve), which decodes as it was trained")
     paths = sample_paths(e.samples, ckpt, e.num_samples)
-    size = int(model.hparams.image_size)
+    size = model.info.image_size
     images = torch.stack([load_image(p, size) for p in paths])  # the decoder every lungcls path uses
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = Path(e.out).expanduser() if e.out else out_dir / f"model{FORMATS[fmt]}"
     check_out(path, [ckpt, *paths], e.overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = metadata(model, checkpoint_sha256(ckpt), fmt)
+    meta = metadata(model, loaded.sha256, fmt)
     package = PackagedClassifier(model).eval()
     with torch.no_grad():
         if fmt == "torchscript":

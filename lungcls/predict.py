@@ -28,7 +28,8 @@ from lungcls.data.pixels.images import read_gray
 from lungcls.data.samples.inputs import InputImage, Inputs, collect_inputs, inputs_from_dataset
 from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
-from lungcls.explain.maps.explainer import load_models
+from lungcls.explain.maps.explainer import ReportModel
+from lungcls.inference.checkpoints import load_checkpoints
 from lungcls.explain.maps.overlays import safe_stem
 from lungcls.inference.scoring import UsedModel, check_margin, model_card, score_images
 from lungcls.inference.prediction import tta_copies
@@ -162,7 +163,7 @@ def predict(cfg: DictConfig) -> Path:
     """Write predictions.csv (and overlays/, predict.json) into ``cfg.paths.output_dir``."""
     s = typed(cfg.predict, PredictSettings, "predict")
     out_dir = Path(cfg.paths.output_dir)
-    refs = load_models(cfg.ckpt, pick_device(s.device))
+    refs = [ReportModel.of(m) for m in load_checkpoints(cfg.ckpt, pick_device(s.device))]
     thresholds = load_screening_thresholds(s.screening, [r.checkpoint for r in refs])
     models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin) for r in refs]
     classes = sorted({c for m in models for c in m.class_names})

@@ -23,7 +23,8 @@ from lungcls.settings import typed_keys
 from lungcls.data.datamodule import LungDataModule
 from lungcls.training.loggers import build_loggers, finish_wandb, log_results_to_wandb
 from lungcls.metrics import flat_metrics, loss_and_auroc
-from lungcls.models.module import LungClassifier, load_classifier
+from lungcls.inference.checkpoints import load_classifier
+from lungcls.models.module import LungClassifier
 from lungcls.inference.prediction import predict_split
 from lungcls.runs.results import check_stats, print_summary, write_results
 from lungcls.training.resume import check_resume

@@ -95,15 +95,16 @@ def test_readme_says_where_every_config_group_lives():
     groups = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()) + ["backbone"]
     missing = [g for g in groups if f"`{g}`" not in table]
     assert not missing, f"README 'Where things live' lacks {missing}"
-    for module in ("lungcls/models/backbones.py", "lungcls/inference/", "prediction.py", "lungcls/metrics/", "lungcls/runs/",
-                   "lungcls/comparison/", "lungcls/training/", "lungcls/settings.py"):
+    for module in ("lungcls/models/backbones.py", "lungcls/inference/", "prediction.py", "checkpoints.py", "lungcls/metrics/",
+                   "lungcls/runs/", "lungcls/comparison/", "lungcls/training/", "lungcls/settings.py", "lungcls/explain/maps/",
+                   "lungcls/explain/checks/", "lungcls/report/", "samples/", "pixels/", "cache/", "dedup/", "phantom/"):
         assert module in table
 
 
 # -- the rules that keep the lobby readable (checked on the code, so the next change keeps them) --
 
 MAX_TOP_LEVEL_MODULES = 12
-COMMANDS = {"train", "evaluate", "report", "predict", "export", "compare", "prepare"}
+COMMANDS = {"train", "evaluate", "predict", "export", "compare", "prepare"}
 # names the code gives to configuration (composed configs, their sections, typed settings): a
 # `.get("key", default)` on one of them repeats a default the yaml already holds
 CONFIG_NAMES = {"cfg", "config", "conf", "settings", "s", "ev", "entry", "trainer_cfg", "backbone", "finetune",
@@ -187,3 +188,135 @@ def test_the_architecture_rules_catch_what_they_forbid(tmp_path):
     assert ("lungcls.metrics.confusion", "_private") in set(imported(planted))
     assert any(is_command(m) for m, _ in imported(planted))
     assert [(r, d) for _, r, d in config_gets(planted)] == [("cfg", True)]
+
+
+# -- the rooms and the order between them: imports point down, never in a circle --
+
+# Each package (or top-level module) and its layer: a module may import from its own package or from
+# a lower layer, never from a higher one or from another package of its layer.
+LAYERS = {
+    "lungcls": 0, "errors": 0,
+    "registry": 1, "settings": 1, "console": 1,
+    "metrics": 2,
+    "runs": 3,
+    "data": 4,
+    "models": 5,
+    "explain": 6,       # computing and checking maps of a loaded model; loads no checkpoint
+    "inference": 7,     # checkpoints, the prediction loop, screening, scoring uploads (with overlays)
+    "training": 8,
+    "cli": 9,           # the Hydra entry-point plumbing every command shares
+    "audit": 10, "comparison": 10, "report": 10, "serve": 10, "sweeps": 10, "card": 10,
+    "benchmark": 11,
+    "train": 12, "evaluate": 12, "predict": 12, "export": 12, "compare": 12, "prepare": 12,
+}
+MAX_DATA_TOP_LEVEL_FILES = 8
+
+
+def module_graph(root: Path, package: str = "lungcls") -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports (function-level and TYPE_CHECKING imports
+    included: a circle through them is still a circle for a reader)."""
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts)))
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for mod, alias in imported(ast.parse(path.read_text())):
+            if not mod.startswith(package):
+                continue
+            target = f"{mod}.{alias}" if alias and f"{mod}.{alias}" in modules else mod
+            if target in modules and target != name:
+                deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, on_stack, stack, circles, counter = {}, {}, set(), [], [], [0]
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = counter[0]
+        counter[0] += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]
+                    counter[0] += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    circles.append(sorted(component))
+    return circles
+
+
+def layer_of(module: str) -> tuple[str, int]:
+    room = module.split(".")[1] if "." in module else module
+    assert room in LAYERS, f"{module}: package {room!r} has no layer in LAYERS; give it one"
+    return room, LAYERS[room]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, deps in graph.items():
+        room, layer = layer_of(module)
+        for dep in deps:
+            dep_room, dep_layer = layer_of(dep)
+            if dep_room != room and dep_layer >= layer:
+                found.append(f"{module} ({room}, layer {layer}) imports {dep} ({dep_room}, layer {dep_layer})")
+    return sorted(found)
+
+
+def test_no_import_circles_anywhere_in_lungcls():
+    circles = import_circles(module_graph(PACKAGE))
+    assert not circles, f"import circles (move the shared piece into a module both can import): {circles}"
+
+
+def test_packages_import_only_from_lower_layers():
+    found = upward_imports(module_graph(PACKAGE))
+    assert not found, "imports that point up or sideways (move the code to the lower package):\n" + "\n".join(found)
+
+
+def test_the_import_rules_catch_a_planted_circle_and_an_upward_import(tmp_path):
+    root = tmp_path / "lungcls"
+    (root / "data").mkdir(parents=True)
+    (root / "runs").mkdir()
+    for folder in (root, root / "data", root / "runs"):
+        (folder / "__init__.py").write_text("")
+    (root / "data" / "a.py").write_text("from lungcls.data.b import x\n")
+    (root / "data" / "b.py").write_text("def f():\n    from lungcls.data import a\n")
+    (root / "runs" / "c.py").write_text("from lungcls.data.b import f\n")
+    graph = module_graph(root)
+    assert import_circles(graph) == [["lungcls.data.a", "lungcls.data.b"]]
+    assert upward_imports(graph) == ["lungcls.runs.c (runs, layer 3) imports lungcls.data.b (data, layer 4)"]
+
+
+def test_data_keeps_its_rooms_and_explain_loads_no_checkpoint():
+    top = sorted(p.name for p in (PACKAGE / "data").iterdir() if p.suffix == ".py")
+    assert len(top) <= MAX_DATA_TOP_LEVEL_FILES, f"{len(top)} files directly in lungcls/data/: {top}; move them into its rooms"
+    loading = [str(p.relative_to(REPO)) for p in (PACKAGE / "explain").rglob("*.py")
+               if "torch.load" in p.read_text() or "load_classifier" in p.read_text() or "load_checkpoint" in p.read_text()]
+    assert not loading, f"explain/ loads checkpoints (use lungcls.inference.checkpoints in the caller): {loading}"

@@ -20,7 +20,8 @@ from lungcls.data.dedup.duplicates import (
     label_conflicts,
     straddling,
 )
-from lungcls.data.samples.layouts import LAYOUTS, Sample
+from lungcls.data.samples.layouts import LAYOUTS
+from lungcls.data.samples.sample import Sample
 from lungcls.data.settings import DatasetSettings
 from lungcls.data.samples.splits import apply_splits_csv, make_splits
 

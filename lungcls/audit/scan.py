@@ -22,7 +22,7 @@ from lungcls.data.dedup import filestore
 from lungcls.data.dedup.filestore import file_keys
 from lungcls.data.dedup.fingerprints import CROP_LEVELS, HASH_BITS, Fingerprints, fingerprint_array
 from lungcls.data.pixels.images import load_mask, read_gray_and_mode, resize_gray
-from lungcls.data.samples.layouts import Sample
+from lungcls.data.samples.sample import Sample
 from lungcls.data.dedup.parallel import map_chunks
 from lungcls.errors import LungclsError
 

@@ -28,7 +28,7 @@ from lungcls.benchmark.data import ensure_bench_dataset
 from lungcls.data.dedup.fingerprints import compute_fingerprints, near_pairs, near_pairs_brute
 from lungcls.data.dedup.hashindex import Plan, best_per_pair, bit_entropy, bit_order
 from lungcls.data.pixels.images import IMAGE_EXTENSIONS
-from lungcls.data.samples.layouts import MASK_FOLDERS
+from lungcls.data.samples.sample import MASK_FOLDERS
 from lungcls.errors import LungclsError, require_extra
 
 PHANTOM_IMAGES = 400

@@ -106,7 +106,7 @@ def run_stage(name: str, a: dict[str, Any]) -> float:
         return _epoch(a, name.split("_", 1)[1])
     if name == "predict":
         from lungcls.inference.prediction import predict_files
-        from lungcls.models.module import load_classifier
+        from lungcls.inference.checkpoints import load_classifier
 
         model = load_classifier(str(Path(a["out"]) / "model.ckpt"))
         t0 = time.perf_counter()

@@ -17,7 +17,8 @@ from typing import Any
 from lungcls.errors import LungclsError
 from lungcls.metrics import flat_metrics, metric_direction, metric_key
 from lungcls.comparison.crossval import fold_cross_validation, scored_paths
-from lungcls.runs.folders import STATUS_OK, natural_key
+from lungcls.console import natural_key
+from lungcls.runs.folders import STATUS_OK
 
 STAGES = ("train", "val", "test")
 DEFAULT_MISSED = ("COVID", "Viral Pneumonia")

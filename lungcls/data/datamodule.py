@@ -19,7 +19,8 @@ from lungcls.data.dedup.duplicates import Duplicates, duplicate_groups, resolve_
 from lungcls.data.samples.folds import SOURCE, fold_gaps, fold_splits, source_fold, source_fold_splits
 from lungcls.data.dedup.fingerprints import Fingerprints, load_or_compute, phash_hex
 from lungcls.data.pixels.images import load_image, to_unit_float
-from lungcls.data.samples.layouts import LAYOUTS, Sample, cap_per_class, find_samples
+from lungcls.data.samples.layouts import LAYOUTS, cap_per_class, find_samples
+from lungcls.data.samples.sample import Sample
 from lungcls.data.cache.mapped import MachineImages, writable_folder
 from lungcls.data.pixels.normalization import normalization_stats
 from lungcls.data.pixels.preprocess import preprocess_from

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
+from lungcls.data.samples.splits import SPLITS
 from lungcls.errors import LungclsError
 from lungcls.settings import check_range, typed
 
@@ -24,7 +25,7 @@ DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "dataset" / "demo
 CACHE_MODES = ("auto", "ram", "gpu", "mmap", "none")
 DUPLICATE_MODES = ("none", "exact", "near")
 CONFLICT_POLICIES = ("error", "drop", "keep")
-SPLITS = ("train", "val", "test", "all")
+SPLIT_CHOICES = (*SPLITS, "all")  # what a command may score: one split, or every image
 HASH_BITS = 144  # the perceptual fingerprint's length (lungcls.data.dedup.fingerprints)
 
 
@@ -103,7 +104,7 @@ class DatasetSettings:
                 f"dataset.val_fraction={self.val_fraction} and dataset.test_fraction={self.test_fraction} leave no "
                 "images to train on; make them sum to less than 1")
         for key, value, allowed in (("cache", self.cache, CACHE_MODES), ("duplicates", self.duplicates, DUPLICATE_MODES),
-                                    ("on_label_conflict", self.on_label_conflict, CONFLICT_POLICIES), ("split", self.split, SPLITS)):
+                                    ("on_label_conflict", self.on_label_conflict, CONFLICT_POLICIES), ("split", self.split, SPLIT_CHOICES)):
             if value not in allowed:
                 raise LungclsError(f"dataset.{key}={value} is not one of {', '.join(allowed)}")
         if self.folds is not None:

@@ -9,7 +9,6 @@ probability means the same thing wherever it is reported.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +16,11 @@ import numpy as np
 import torch
 
 from lungcls.data.pixels.images import gray_to_input, load_image, to_unit_float
-from lungcls.data.samples.layouts import sibling_mask
-from lungcls.data.pixels.preprocess import preprocess_from
+from lungcls.data.samples.sample import sibling_mask
 from lungcls.models.device import autocast_for
 from lungcls.errors import LungclsError
+from lungcls.metrics.predictions import Predictions
 from lungcls.console import tracked
-
-
-@dataclass
-class Predictions:
-    """Softmax outputs of a set of images, in their order."""
-
-    paths: list[str]
-    labels: np.ndarray  # [N] int, in the label space of the data they came from
-    probs: np.ndarray  # [N, C] float, in the model's label space
-    class_names: list[str] = field(default_factory=list)  # the model's classes (columns of probs)
-
-    @property
-    def preds(self) -> np.ndarray:
-        return self.probs.argmax(axis=1) if len(self.probs) else np.zeros(0, dtype=int)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, keep: Sequence[int]) -> "Predictions":
-        keep = list(keep)
-        return Predictions([self.paths[i] for i in keep], self.labels[keep], self.probs[keep], self.class_names)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -142,9 +120,9 @@ def file_batches(paths: Sequence[str], image_size: int, batch_size: int, preproc
 def predict_files(model, paths: Sequence[str], labels: Sequence[int] | None = None, batch_size: int = 32,
                   device: torch.device | None = None, tta: str | int | None = None) -> Predictions:
     """Probabilities for image files, decoded at the model's working size."""
-    size = int(model.hparams.image_size)
+    size = model.info.image_size
     names = list(model.class_names)
-    pre = preprocess_from(dict(getattr(model.hparams, "data", None) or {}))  # as the model was trained
+    pre = model.info.preprocess  # as the model was trained
     out = [p for p, _ in predict_batches(model, file_batches(list(paths), size, batch_size, pre), device, tta=tta)]
     probs = torch.cat(out).numpy() if out else np.zeros((0, len(names)), dtype=np.float32)
     y = np.asarray(labels if labels is not None else [-1] * len(paths), dtype=int)
@@ -157,8 +135,8 @@ def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, dev
     by ``gray_to_input`` exactly as ``predict_files`` does, so a file gives the same numbers
     whichever of the two scores it (the web service and ``lungcls-predict`` decode once for
     several models)."""
-    size = int(model.hparams.image_size)
-    pre = preprocess_from(dict(getattr(model.hparams, "data", None) or {}))  # as the model was trained (no masks here)
+    size = model.info.image_size
+    pre = model.info.preprocess  # as the model was trained (no masks here)
     if pre.mask_outside_lungs and len(grays):
         raise LungclsError("this model was trained with dataset.mask_outside_lungs=true and needs each image's lung mask, "
                            "which images scored one by one do not have; score a folder with masks/ next to images/ "

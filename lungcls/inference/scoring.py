@@ -113,22 +113,22 @@ def _test_metrics(model: ReportModel) -> dict[str, Any] | None:
 def model_card(model: UsedModel) -> dict[str, Any]:
     """Backbone, fine-tune, training data, test metrics and decision settings of a model."""
     m = model.ref.model
-    hp = m.hparams
-    data = dict(hp.get("data") or {})
-    counts = list(hp.get("class_counts") or [])
-    finetune = dict(hp.finetune or {})
+    info = m.info
+    data = dict(info.data)
+    counts = list(info.class_counts)
+    finetune = dict(m.hparams.finetune or {})  # the whole recipe, not only its name
     return {
         "name": model.name,
         "checkpoint": f"{model.ref.run_dir.name}/{model.ref.checkpoint.relative_to(model.ref.run_dir)}"
         if model.ref.run_dir in model.ref.checkpoint.parents else model.ref.checkpoint.name,
-        "backbone": hp.backbone["name"],
+        "backbone": info.backbone,
         "finetune": {k: v for k, v in finetune.items() if not str(k).startswith("_")},
         "trainable_params": int(m.trainable_params),
         "total_params": int(m.total_params),
         "image_size": model.ref.image_size,
         "classes": model.class_names,
         "normal_class": model.ref.normal_class,
-        "normalization": {"mean": list(hp.mean), "std": list(hp.std)},
+        "normalization": {"mean": list(info.mean), "std": list(info.std)},
         "training_data": {
             "dataset": data.get("name"),
             "layout": data.get("layout"),

@@ -24,6 +24,7 @@ from lungcls.errors import LungclsError
 from lungcls.metrics import ConfusionCounts, flat_metrics, metric_key, summarize_confusion
 from lungcls.models.backbones import BackboneSpec, get_backbone, get_module, replace_module
 from lungcls.models.finetune import apply_finetune, freeze_batchnorm_stats
+from lungcls.models.hparams import ModelHparams
 from lungcls.models.weights import init_function, load_initial_weights
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ STAGES = ("train", "val", "test")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 DEFAULT_SCHEDULER = {"_target_": "lungcls.models.schedulers.constant", "_partial_": True}
 DEFAULT_LOSS = {"_target_": "lungcls.models.losses.CrossEntropy", "_partial_": True}
-# configs of the first release named schedulers instead of targeting them
-_SCHEDULER_NAMES = {"none": "constant", "step": "step", "cosine": "cosine", "warmup_cosine": "warmup_cosine"}
 
 
 def build_network(spec: BackboneSpec, backbone: Mapping[str, Any], num_classes: int, load_weights: bool = True) -> tuple[nn.Module, str]:
@@ -73,14 +72,6 @@ def _instantiate(cfg: Mapping[str, Any], what: str, *args, **kwargs):
         raise
     except (TypeError, ValueError) as e:
         raise LungclsError(f"cannot build the {what} {cfg.get('_target_')} ({' '.join(str(e).split())[:200]}); check {what}.* values") from None
-
-
-def _scheduler_cfg(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    cfg = dict(cfg or DEFAULT_SCHEDULER)
-    if "_target_" not in cfg:  # a first-release checkpoint: {name: cosine, ...}
-        name = cfg.pop("name", "none")
-        cfg["_target_"] = f"lungcls.models.schedulers.{_SCHEDULER_NAMES.get(name, name)}"
-    return cfg
 
 
 def normalize_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -128,9 +119,7 @@ class LungClassifier(pl.LightningModule):
         channels = self.spec.in_channels
         self.register_buffer("input_mean", torch.tensor(list(mean)[:channels]).view(1, channels, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(list(std)[:channels]).view(1, channels, 1, 1), persistent=False)
-        loss_cfg = dict(loss or {})
-        loss_cfg.setdefault("_target_", DEFAULT_LOSS["_target_"])  # first-release checkpoints had no target
-        self.criterion = _instantiate(loss_cfg, "loss", num_classes=num_classes, class_counts=class_counts)
+        self.criterion = _instantiate(loss or DEFAULT_LOSS, "loss", num_classes=num_classes, class_counts=class_counts)
         # metric states per stage; keys get "_": "train" is taken by nn.Module
         self.confusion = nn.ModuleDict({f"{s}_": ConfusionCounts(num_classes) for s in STAGES})
         self.auroc = nn.ModuleDict({f"{s}_": MulticlassAUROC(num_classes, average=None, validate_args=False) for s in ("val", "test")})
@@ -146,6 +135,11 @@ class LungClassifier(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         net = self._compiled if (self._compiled is not None and self.training) else self.net
         return net(x)
+
+    @property
+    def info(self) -> ModelHparams:
+        """The hyper-parameters every user of a trained model reads, typed."""
+        return ModelHparams.from_hparams(self.hparams)
 
     @property
     def gradcam_layer(self) -> nn.Module | None:
@@ -240,33 +234,5 @@ class LungClassifier(pl.LightningModule):
         optimizer = self.build_optimizer()
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, int(self.trainer.max_epochs or 1))
-        schedule = _instantiate(_scheduler_cfg(self.hparams.scheduler), "scheduler", optimizer, total_steps=total, epochs=epochs)
+        schedule = _instantiate(self.hparams.scheduler or DEFAULT_SCHEDULER, "scheduler", optimizer, total_steps=total, epochs=epochs)
         return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}
-
-
-def load_classifier(path: str, map_location: str | torch.device = "cpu") -> LungClassifier:
-    """A trained model from a checkpoint file, without fetching any initial weights.
-
-    Only tensors and plain containers are unpickled (``weights_only``): a crafted file cannot run
-    code, and a file that is not a lungcls checkpoint is a one-line error.
-    """
-    from pathlib import Path
-
-    p = Path(str(path)).expanduser()
-    if p.is_dir():
-        raise LungclsError(f"checkpoint {path} is a folder, not a checkpoint file; give a file in it, e.g. {p / 'best.ckpt'}")
-    if not p.is_file():
-        raise LungclsError(f"checkpoint {path} does not exist; give the path of a run's checkpoints/best.ckpt")
-    try:
-        model = LungClassifier.load_from_checkpoint(str(p), map_location=map_location, load_weights=False, weights_only=True)
-    except LungclsError:
-        raise
-    except Exception as e:  # truncated, foreign, crafted or from another architecture
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        if "weights_only" in str(e):  # torch's advice to unpickle arbitrary code is not ours to give
-            first = "not a file of tensors and plain values"
-        raise LungclsError(
-            f"{path} is not a readable lungcls checkpoint ({type(e).__name__}: {first}); give a run's checkpoints/best.ckpt"
-        ) from None
-    model.eval()
-    return model

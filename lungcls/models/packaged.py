@@ -40,7 +40,7 @@ class PackagedClassifier(nn.Module):
 
 def metadata(model: Any, checkpoint_sha256: str, fmt: str) -> dict[str, Any]:
     """What a user of the exported file needs to feed it and read its output."""
-    size = int(model.hparams.image_size)
+    size = model.info.image_size
     import lungcls
 
     return {
@@ -51,8 +51,8 @@ def metadata(model: Any, checkpoint_sha256: str, fmt: str) -> dict[str, Any]:
         "image_size": size,
         "class_names": list(model.class_names),
         "normal_class": model.normal_class,
-        "normalization": {"mean": list(model.hparams.mean), "std": list(model.hparams.std), "applied_in_graph": True},
-        "backbone": model.hparams.backbone["name"],
-        "finetune": dict(model.hparams.finetune or {}).get("name"),
+        "normalization": {"mean": list(model.info.mean), "std": list(model.info.std), "applied_in_graph": True},
+        "backbone": model.info.backbone,
+        "finetune": model.info.finetune,
         "checkpoint_sha256": checkpoint_sha256,
     }

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from lungcls.data.pixels.images import load_mask
 from lungcls.errors import LungclsError
 from lungcls.report.attribution import explain_methods, method_rows
-from lungcls.explain.maps.explainer import ReportModel, class_targets, load_models, to_display
+from lungcls.explain.maps.explainer import ReportModel, class_targets, to_display
+from lungcls.inference.checkpoints import load_checkpoints
 from lungcls.report.html import GroupSection, TableSection, write_report_html
 from lungcls.explain.maps.layers import CamLayer, layer_requests
 from lungcls.explain.checks.localisation import localisation_lines, summarize_localisation
@@ -110,7 +111,7 @@ def make_report(cfg: DictConfig) -> Path:
     s = report_settings(cfg)
     resolve_methods(s.methods)  # an unknown method fails before any model is loaded
     out_dir = Path(cfg.paths.output_dir)
-    models = load_models(cfg.ckpt, pick_device(s.device))
+    models = [ReportModel.of(m) for m in load_checkpoints(cfg.ckpt, pick_device(s.device))]
     for m in models:
         class_targets(s.target, m, [])  # an unknown class name fails before any work
         s.check_image_size(m.image_size, m.name)

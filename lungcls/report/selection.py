@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lungcls.data.dedup.fingerprints import DEFAULT_NEAR_BITS, compute_fingerprints
-from lungcls.data.samples.layouts import LAYOUTS, discover_samples, find_samples, sibling_mask
+from lungcls.data.samples.layouts import LAYOUTS, discover_samples, find_samples
+from lungcls.data.samples.sample import sibling_mask
 from lungcls.data.dedup.leakage import match_training_images, overlap_message, overlap_record, read_training_images
 from lungcls.data.samples.splits import SPLITS, read_splits_csv
+from lungcls.data.settings import SPLIT_CHOICES
 from lungcls.data.settings import DatasetSettings
 from lungcls.errors import LungclsError
 from lungcls.explain.maps.explainer import ReportImage, ReportModel
@@ -77,7 +79,7 @@ def collect_pool(report: ReportSettings, models: Sequence[ReportModel],
         return pool, f"images of {where}"
 
     split = report.split
-    if split not in (*SPLITS, "all"):
+    if split not in SPLIT_CHOICES:
         raise LungclsError(f"report.split={split} must be one of {', '.join(SPLITS)} or all")
     first = models[0]
     splits_csv = first.run_dir / "splits.csv"
@@ -110,7 +112,7 @@ def leave_out_training_images(pool: list[ReportImage], models: Sequence[ReportMo
         return pool, None
     training = read_training_images(files)
     paths = [im.path for im in pool]
-    near_bits = (models[0].model.hparams.get("data") or {}).get("near_duplicate_bits", DEFAULT_NEAR_BITS)
+    near_bits = models[0].model.info.data.get("near_duplicate_bits", DEFAULT_NEAR_BITS)
     matches = match_training_images(paths, compute_fingerprints(paths), training, near_bits)
     record = overlap_record(matches, len(pool), exclude, training, files)
     note = overlap_message(record, "images of the pool", "report.exclude_training_images")

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lungcls.console import natural_key
 from lungcls.errors import LungclsError
 
 STATUS_OK = "ok"
@@ -28,11 +29,6 @@ STATE_FILE = "status.json"
 _CLAIMED: dict[str, str] = {}
 # Folders that never hold run folders; skipping them keeps the walk fast on big sweeps.
 _SKIP_DIRS = {"checkpoints", "wandb", "lightning_logs", "__pycache__"}
-
-
-def natural_key(text: str) -> list[Any]:
-    """Sort `2` before `10` (Hydra numbers jobs 0, 1, ..., 10)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
 def _task(folder: Path) -> str | None:

@@ -22,7 +22,7 @@ from lungcls.metrics.bootstrap import bootstrap_ci
 from lungcls.metrics.calibration import calibration
 from lungcls.metrics.settings import StatsSettings, stats_settings
 from lungcls.runs.figures import plot_confusion_matrix, plot_reliability
-from lungcls.inference.prediction import Predictions
+from lungcls.metrics.predictions import Predictions
 
 def check_stats(stats: Mapping[str, Any] | StatsSettings | None) -> dict[str, Any]:
     """``stats.*`` (defaults from conf/stats/default.yaml), checked before any training (one line naming the key)."""

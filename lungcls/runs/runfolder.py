@@ -107,21 +107,3 @@ class RunFolder:
     @property
     def status_json(self) -> Path:
         return self.path / "status.json"
-
-
-def checkpoint_argument(ckpt: object, legacy_ckpt_path: object = None) -> Path:
-    """The one checkpoint a command was given as ``ckpt=`` (``ckpt_path=``, evaluate's old name for
-    it, is still read for one release, with a notice), checked to be a file."""
-    if legacy_ckpt_path is not None:
-        if ckpt is not None:
-            raise LungclsError("ckpt and ckpt_path both name a checkpoint; give only ckpt=...")
-        log.warning("ckpt_path= is now ckpt= (the key every command uses); ckpt_path will stop working in the next release")
-        ckpt = legacy_ckpt_path
-    if ckpt is None or str(ckpt).strip() == "":
-        raise LungclsError("no checkpoint given; pass ckpt=outputs/runs/<date>/<time>_<name>/checkpoints/best.ckpt")
-    path = Path(str(ckpt)).expanduser().resolve()
-    if path.is_dir():
-        raise LungclsError(f"ckpt={ckpt} is a folder; give a checkpoint file in it, e.g. ckpt={Path(str(ckpt)) / 'checkpoints' / 'best.ckpt'}")
-    if not path.is_file():
-        raise LungclsError(f"ckpt={ckpt} does not exist; give a run's checkpoints/best.ckpt")
-    return path

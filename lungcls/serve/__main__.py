@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from lungcls.cli import hydra_main
 from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError, require_extra
-from lungcls.explain.maps.explainer import load_models
+from lungcls.explain.maps.explainer import ReportModel
+from lungcls.inference.checkpoints import load_checkpoints
 from lungcls.inference.scoring import UsedModel
 from lungcls.serve.settings import ServeSettings
 from lungcls.settings import typed
@@ -48,7 +49,7 @@ def serve(cfg: DictConfig) -> None:
     from lungcls.serve.app import create_app
 
     s = typed(cfg.serve, ServeSettings, "serve")
-    refs = load_models(cfg.ckpt, pick_device(s.device))
+    refs = [ReportModel.of(m) for m in load_checkpoints(cfg.ckpt, pick_device(s.device))]
     thresholds = load_screening_thresholds(s.screening, [r.checkpoint for r in refs])
     models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin) for r in refs]
     sock = bind(s.host, s.port)

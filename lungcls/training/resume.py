@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lungcls.data.pixels.preprocess import mitigation_settings
 from lungcls.errors import LungclsError
+from lungcls.inference.checkpoints import checkpoint_file, read_checkpoint
+from lungcls.models.compat import upgrade_data
 
 # What decides which images a run trains on and how they are split: a resumed run must match.
 SPLIT_KEYS = ("layout", "root", "manifest", "classes", "val_fraction", "test_fraction", "split_seed",
@@ -19,12 +20,10 @@ SPLIT_KEYS = ("layout", "root", "manifest", "classes", "val_fraction", "test_fra
 def _resume_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """(config key, checkpoint's value, current value) for every setting a resume must keep."""
     data_saved, data_now = dict(saved.get("data") or {}), dict(current["data"])
+    data_saved, data_now = upgrade_data(data_saved), upgrade_data(data_now)  # keys a release added: as before them
     for d in (data_saved, data_now):  # the fold only matters in a k-fold run
         if not d.get("folds"):
             d["fold"] = None
-        d.update(mitigation_settings(d))  # a checkpoint from before these keys decoded without them
-        if isinstance(d.get("demo"), dict):  # nor had it demo sites
-            d["demo"] = {"sources": 1, "source_bias": 0, **d["demo"]}
     out = [(f"dataset.{k}", data_saved.get(k), data_now.get(k)) for k in SPLIT_KEYS if data_saved.get(k) != data_now.get(k)]
     model_keys = (("backbone.name", ("backbone", "name")), ("finetune.name", ("finetune", "name")),
                   ("finetune.fraction", ("finetune", "fraction")), ("optimizer._target_", ("optimizer", "_target_")))
@@ -39,16 +38,8 @@ def check_resume(ckpt_path: str, current: dict) -> None:
     """Refuse to resume a checkpoint with other data or split settings (the continued run would train
     on images the checkpoint held out, or score images it trained on) or another model, fine-tune
     or optimizer (its weights and optimizer state would not fit)."""
-    import torch
-
-    if Path(ckpt_path).is_dir():
-        raise LungclsError(f"ckpt_path={ckpt_path} is a folder, not a checkpoint file; give a file in it, e.g. {Path(ckpt_path) / 'last.ckpt'}")
-    if not Path(ckpt_path).is_file():
-        raise LungclsError(f"ckpt_path={ckpt_path} does not exist; give a run's checkpoints/last.ckpt to resume")
-    try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise LungclsError(f"ckpt_path={ckpt_path} is not a readable lungcls checkpoint ({type(e).__name__}); give a run's checkpoints/last.ckpt") from None
+    path = checkpoint_file(ckpt_path, key="ckpt_path", expect="last.ckpt")
+    saved = read_checkpoint(path, key="ckpt_path", expect="last.ckpt", weights=False)["hyper_parameters"]
     for key, was, now in _resume_differences(saved, current)[:1]:
         raise LungclsError(
             f"ckpt_path={ckpt_path} was trained with {key}={was}, not {now}; resume with the checkpoint's settings, "

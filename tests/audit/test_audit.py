@@ -267,7 +267,8 @@ def test_external_evaluation_leaves_out_training_copies_and_reports_per_source(d
     resized copies of training images next to new X-rays; the report's pool drops them too."""
     from conftest import compose_cfg
     from lungcls.evaluate import evaluate
-    from lungcls.explain.maps.explainer import load_models
+    from lungcls.explain.maps.explainer import ReportModel
+    from lungcls.inference.checkpoints import load_checkpoints
     from lungcls.report.selection import leave_out_training_images, ReportImage
     import torch
 
@@ -316,7 +317,7 @@ def test_external_evaluation_leaves_out_training_copies_and_reports_per_source(d
     assert sum(map(sum, kept["all"]["confusion_matrix"])) == 18 and not kept["training_overlap"]["excluded"]
     assert "WARNING: 6 of 18 images are training images" in capsys.readouterr().out
 
-    models = load_models(str(run / "checkpoints" / "best.ckpt"), torch.device("cpu"))
+    models = [ReportModel.of(m) for m in load_checkpoints(str(run / "checkpoints" / "best.ckpt"), torch.device("cpu"))]
     pool = [ReportImage(str(p), p.parent.name) for p in sorted(ext.glob("*/*.*"))]
     kept_pool, note = leave_out_training_images(pool, models)
     assert len(kept_pool) == 12 and all(Path(im.path).name.startswith("new-") for im in kept_pool)

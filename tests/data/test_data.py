@@ -162,7 +162,7 @@ def test_split_is_stratified_80_10_10_and_deterministic(tmp_path):
 
 
 def test_patients_never_straddle_splits(tmp_path):
-    from lungcls.data.samples.layouts import Sample
+    from lungcls.data.samples.sample import Sample
 
     samples = [Sample(path=f"p{p}-{i}.png", label=p % 2, patient=f"p{p}") for p in range(20) for i in range(3)]
     a = make_splits(samples, 0.2, 0.2, seed=1)

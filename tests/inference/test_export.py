@@ -13,7 +13,7 @@ from conftest import compose_cfg, write_dicom
 from lungcls.data.pixels.images import load_image
 from lungcls.errors import LungclsError
 from lungcls.export import FORMATS, export, run_exported
-from lungcls.models.module import load_classifier
+from lungcls.inference.checkpoints import load_classifier
 from lungcls.inference.prediction import predict_files
 
 

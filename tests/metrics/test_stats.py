@@ -253,7 +253,7 @@ def test_test_time_augmentation_is_the_same_on_every_prediction_path(logistic_ru
     """predict/serve score decoded arrays, evaluation scores files: with tta=flip both average the
     image and its mirror and agree; without it they agree too, and the two settings differ."""
     from lungcls.data.pixels.images import read_gray
-    from lungcls.models.module import load_classifier
+    from lungcls.inference.checkpoints import load_classifier
     from lungcls.inference.prediction import predict_arrays, predict_files, tta_copies
 
     model = load_classifier(str(logistic_run / "checkpoints" / "best.ckpt"))

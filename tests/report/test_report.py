@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from lungcls.errors import LungclsError
+from lungcls.data.pixels.preprocess import preprocess_from
 from lungcls.explain.maps.explainer import ReportModel
 from lungcls.report.outputs import SHARE_COLUMNS
 from lungcls.report.selection import ReportImage, _missed
@@ -200,7 +201,7 @@ def test_misses_are_disease_images_predicted_normal_most_confident_first(tmp_pat
     class BrightIsNormal(nn.Module):
         class_names = DEMO_CLASSES
         normal_class = "Normal"
-        hparams = SimpleNamespace(image_size=8)
+        info = SimpleNamespace(image_size=8, data={}, preprocess=preprocess_from({}))
 
         def __init__(self):
             super().__init__()
@@ -509,14 +510,14 @@ def test_the_report_draws_from_the_same_dataset_configs_as_training(logistic_run
     """`lungcls-report dataset=folder dataset.root=X` draws the images `report.root=X` does (the
     composition that used to fail with Hydra's "Could not override 'dataset'"), and not both at once."""
     from lungcls.data.settings import dataset_settings
-    from lungcls.explain.maps.explainer import load_models
+    from lungcls.inference.checkpoints import load_checkpoints
     from lungcls.report.selection import collect_pool
     from lungcls.report.settings import report_settings
 
     ckpt = logistic_run / "checkpoints" / "best.ckpt"
     cfg = compose_cfg("report", [f"ckpt={ckpt}", "dataset=folder", f"dataset.root={class_tree}",
                                  "dataset.classes=[COVID,Normal,Viral Pneumonia]"], tmp_path, tmp_path)
-    models = load_models(cfg.ckpt, torch.device("cpu"))
+    models = [ReportModel.of(m) for m in load_checkpoints(cfg.ckpt, torch.device("cpu"))]
     data = dataset_settings({**cfg.dataset, "allow_missing_classes": True})
     by_dataset, _ = collect_pool(report_settings(cfg), models, data)
     by_root, _ = collect_pool(report_settings(compose_cfg("report", [f"ckpt={ckpt}", f"report.root={class_tree}"], tmp_path, tmp_path)), models)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from lungcls.data.pixels.images import read_gray
 from lungcls.errors import LungclsError
-from lungcls.models.module import load_classifier
+from lungcls.inference.checkpoints import load_classifier
 from lungcls.comparison.ranking import rank_runs
 from lungcls.runs.folders import collect_runs, read_state, safe_name
 from lungcls.train import train

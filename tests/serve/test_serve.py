@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, write_dicom
 from PIL import Image
 
-from lungcls.models.module import load_classifier
+from lungcls.inference.checkpoints import load_classifier
 from lungcls.inference.prediction import predict_files
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "") if p and Path(p).is_file()), None)

@@ -18,7 +18,7 @@ import yaml
 from lungcls.data.datamodule import LungDataModule
 from lungcls.inference.prediction import predict_split
 from lungcls.metrics import flat_metrics
-from lungcls.models.module import load_classifier
+from lungcls.inference.checkpoints import load_classifier
 
 from conftest import run_cli
 

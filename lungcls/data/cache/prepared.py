@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import lungcls
 from lungcls.data.pixels.images import load_image
-from lungcls.data.samples.layouts import Sample
+from lungcls.data.samples.sample import Sample
 from lungcls.data.pixels.normalization import normalization_stats, pixel_moments
 from lungcls.data.samples.splits import SPLITS, apply_splits_csv
 from lungcls.data.settings import DatasetSettings

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lungcls.data.dedup.fingerprints import Fingerprints, near_pairs
-from lungcls.data.samples.layouts import Sample
+from lungcls.data.samples.sample import Sample
 from lungcls.data.settings import DatasetSettings
 from lungcls.errors import LungclsError
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from lungcls.data.samples.csvtext import open_csv
 from lungcls.data.pixels.images import is_image_file
-from lungcls.data.samples.layouts import MASK_FOLDERS
+from lungcls.data.samples.sample import MASK_FOLDERS
 from lungcls.errors import LungclsError
-from lungcls.runs.folders import natural_key
+from lungcls.console import natural_key
 
 MANIFEST_SUFFIXES = (".csv",)
 

@@ -8,7 +8,7 @@
   the image's source from the column ``dataset.source_column`` names;
 - ``demo``: the radiography layout of the synthetic phantom, which ``prepare`` generates first;
 - ``litdata``: a set written by ``lungcls-prepare`` (decoded images in LitData chunks, split fixed),
-  streamed from a folder or an object store (``data/streaming.py``).
+  streamed from a folder or an object store (``data/cache/prepared.py``).
 
 Classes always come from the config, in config order (= label ids): a folder listing is never
 trusted to define the label space.
@@ -34,41 +34,10 @@ from lungcls.data.samples.csvtext import open_csv
 from lungcls.data.pixels.images import is_image_file
 from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.errors import LungclsError
+from lungcls.data.samples.sample import MASK_FOLDERS, Sample, sibling_mask
 from lungcls.registry import Registry
 
 log = logging.getLogger(__name__)
-
-MASK_FOLDERS = ("masks", "lesion_masks")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image; mask paths are set when the data set ships masks."""
-
-    path: str
-    label: int
-    mask: str | None = None
-    lesion_mask: str | None = None
-    patient: str | None = None
-    split: str | None = None
-    source: str | None = None  # where the image comes from (a manifest's ``dataset.source_column``)
-
-
-def sibling_mask(image: Path, folder: str, listings: dict[Path, frozenset[str]] | None = None) -> str | None:
-    """Masks share the image's file name in a sibling folder (``images/x.png`` -> ``masks/x.png``);
-    a DICOM image's mask may be a PNG of the same stem (``images/x.dcm`` -> ``masks/x.png``).
-    With ``listings`` (one dict for a whole scan) each mask folder is listed once instead of
-    asking the file system about every image: a scan of 400,000 images makes no 800,000 look-ups."""
-    if image.parent.name != "images":
-        return None
-    where = image.parent.parent / folder
-    names = (image.name, f"{image.stem}.png")
-    if listings is None:
-        return next((str(where / name) for name in names if (where / name).is_file()), None)
-    if where not in listings:
-        listings[where] = frozenset(e.name for e in os.scandir(where) if e.is_file()) if where.is_dir() else frozenset()
-    return next((str(where / name) for name in names if name in listings[where]), None)
-
 
 def _with_masks(path: Path, label: int, listings: dict[Path, frozenset[str]] | None = None, **extra: Any) -> Sample:
     return Sample(str(path), label, sibling_mask(path, "masks", listings), sibling_mask(path, "lesion_masks", listings), **extra)

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lungcls.data.samples.layouts import Sample
+from lungcls.data.samples.sample import Sample
 from lungcls.errors import LungclsError
 
 SOURCE_FROM = ("folder", "regex")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from lungcls.data.samples.csvtext import open_csv
-from lungcls.data.samples.layouts import Sample
+from lungcls.data.samples.sample import Sample
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)

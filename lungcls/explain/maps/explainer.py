@@ -1,5 +1,6 @@
-"""A report's models and their maps: checkpoints loaded once, named readably, and explained on the
-same images (Captum Grad-CAM for CNNs, the weight-map evidence for linear models)."""
+"""Models explained on the same images: a loaded checkpoint (``lungcls.inference.checkpoints``) with
+the Grad-CAM copy and layers it is explained with, made once and reused by every batch (Captum
+Grad-CAM for CNNs, the weight-map evidence for linear models)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import ListConfig
 
 from lungcls.data.pixels.images import load_image
 from lungcls.errors import LungclsError
-from lungcls.runs.runfolder import RunFolder
 from lungcls.explain.maps.engine import (
     CamResult,
     grad_cam,
@@ -24,7 +23,6 @@ from lungcls.explain.maps.engine import (
     resolve_layer,
 )
 from lungcls.explain.maps.layers import AUTO, DEFAULT_MIN_CELLS, CamLayer, choose_layer
-from lungcls.inference.prediction import predict_batches
 
 
 log = logging.getLogger(__name__)
@@ -65,9 +63,14 @@ class ReportModel:
             self._layers[key] = choose_layer(self.model, requested, min_cells, self.name)
         return self._layers[key]
 
+    @classmethod
+    def of(cls, loaded: Any) -> ReportModel:
+        """Explain a loaded checkpoint (anything with ``name``, ``checkpoint``, ``run_dir``, ``model``)."""
+        return cls(loaded.name, loaded.checkpoint, loaded.run_dir, loaded.model)
+
     @property
     def image_size(self) -> int:
-        return int(self.model.hparams.image_size)
+        return self.model.info.image_size
 
     @property
     def class_names(self) -> list[str]:
@@ -81,60 +84,6 @@ class ReportModel:
     def explained_by_weights(self) -> bool:
         """Linear models (the logistic baseline) have no conv layer: their weight map explains them."""
         return self.model.spec.explained_by_weights
-
-
-def _run_dir(ckpt: Path) -> Path:
-    """The checkpoint's run folder (``RunFolder``), or the folder it sits in when it is not in a run
-    (its name then tells models apart; a report needs no run files)."""
-    run = RunFolder.find(ckpt)
-    return run.path if run is not None else RunFolder.naming_folder(ckpt)
-
-
-def _ckpt_list(value: Any) -> list[Path]:
-    """`ckpt=a.ckpt` or `ckpt='[a.ckpt,b.ckpt]'` -> absolute paths, checked before any loading."""
-    if isinstance(value, (ListConfig, list, tuple)):
-        items = [str(v) for v in value]
-    elif value is None or str(value).strip() == "":
-        items = []
-    else:
-        items = [str(value)]
-    if not items:
-        raise LungclsError(
-            "no checkpoint given; pass ckpt=run/checkpoints/best.ckpt or ckpt='[a.ckpt,b.ckpt]'"
-        )
-    paths = [Path(p).expanduser().resolve() for p in items]
-    for p in paths:
-        if p.is_dir():
-            raise LungclsError(f"checkpoint {p} is a folder, not a checkpoint file; give a file in it, e.g. {p / 'best.ckpt'}")
-        if not p.is_file():
-            raise LungclsError(
-                f"checkpoint {p} does not exist; give the path of a run's checkpoints/best.ckpt"
-            )
-    if len(set(paths)) != len(paths):
-        raise LungclsError(f"ckpt lists the same checkpoint twice: {items}; give each one once")
-    return paths
-
-
-def _unique_names(paths: Sequence[Path], models: Sequence[Any]) -> list[str]:
-    """`backbone/finetune (run folder)`, with more of the folder path only where names collide."""
-    bases = [f"{m.hparams.backbone['name']}/{m.hparams.finetune.get('name', '?')}" for m in models]
-    runs = [_run_dir(p) for p in paths]
-    for depth in (1, 2, 3):
-        names = [f"{b} ({'/'.join(r.parts[-depth:])})" for b, r in zip(bases, runs)]
-        if len(set(names)) == len(names):
-            return names
-    names = [f"{b} ({r.name}/{p.stem})" for b, r, p in zip(bases, runs, paths)]
-    return names if len(set(names)) == len(names) else [f"{n} #{i + 1}" for i, n in enumerate(names)]
-
-
-def load_models(ckpts: Any, device: torch.device) -> list[ReportModel]:
-    """Load every checkpoint (eval mode, on `device`) and name it readably and uniquely."""
-    from lungcls.models.module import load_classifier
-
-    paths = _ckpt_list(ckpts)
-    models = [load_classifier(str(p), map_location=device).to(device).eval() for p in paths]
-    names = _unique_names(paths, models)
-    return [ReportModel(n, p, _run_dir(p), m) for n, p, m in zip(names, paths, models)]
 
 
 # --------------------------------------------------------------------------- Grad-CAM
@@ -198,13 +147,22 @@ def explain_batch(model: ReportModel, x: torch.Tensor, targets: Sequence[int] | 
     net = model.model
     chosen = layer if isinstance(layer, CamLayer) else model.cam_layer(layer)
     if chosen.path is None:
-        probs = torch.cat([p for p, _ in predict_batches(net, [(x, None)])]) if len(x) else torch.zeros(0, len(model.class_names))
+        probs = _probabilities(net, x)
         gray = (x - net.input_mean.cpu()) / net.input_std.cpu()  # the model-space values it weighs
         return logistic_cam(
             net.net.weight_maps().cpu(), gray, target=targets, probs=probs, size=(model.image_size, model.image_size)
         )
     cam_model = model.cam_model()
     return grad_cam(cam_model, resolve_layer(cam_model, "net." + chosen.path), x, target=targets, batch_size=batch_size)
+
+
+@torch.no_grad()
+def _probabilities(net: Any, x: torch.Tensor) -> torch.Tensor:
+    """Softmax of a linear model on ``x`` (what its weight map is read against), on the CPU."""
+    if not len(x):
+        return torch.zeros(0, len(net.class_names))
+    device = next(net.parameters()).device
+    return torch.softmax(net(x.to(device)).float(), dim=1).cpu()
 
 
 def to_display(cams: torch.Tensor, size: int) -> torch.Tensor:

@@ -43,7 +43,7 @@ def layer_grids(classifier: Any, paths: Sequence[str]) -> dict[str, tuple[int, i
     """The (rows, columns) of each layer's output for one image at the model's input size (a dry
     forward pass with hooks on a CPU copy's modules; layers without a spatial output are left out)."""
     net: nn.Module = classifier.net
-    size = int(classifier.hparams.image_size)
+    size = classifier.info.image_size
     grids: dict[str, tuple[int, int]] = {}
     hooks = []
     for path in paths:
@@ -87,7 +87,7 @@ def choose_layer(classifier: Any, requested: str = AUTO, min_cells: int = DEFAUL
     grids = layer_grids(classifier, accepted)
     if requested != AUTO:
         if requested not in grids:
-            raise LungclsError(f"report.layer={requested} gives no spatial map at {classifier.hparams.image_size} px; use auto")
+            raise LungclsError(f"report.layer={requested} gives no spatial map at {classifier.info.image_size} px; use auto")
         return CamLayer(requested, grids[requested])
     return CamLayer(*_auto(accepted, grids, spec.gradcam_layer, int(min_cells)))
 

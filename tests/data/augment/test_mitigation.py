@@ -113,7 +113,7 @@ def test_augment_site_changes_tone_noise_and_border_and_keeps_the_range():
 
 def test_prediction_decodes_as_the_checkpoint_was_trained(logistic_run, tmp_path):
     from lungcls.inference.prediction import predict_arrays, predict_files
-    from lungcls.models.module import load_classifier
+    from lungcls.inference.checkpoints import load_classifier
 
     model = load_classifier(str(logistic_run / "checkpoints" / "best.ckpt"), map_location="cpu")
     assert not preprocess_from(dict(model.hparams["data"])).active  # trained without mitigations

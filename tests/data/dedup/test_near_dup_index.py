@@ -132,7 +132,7 @@ def test_progress_is_one_summary_line_off_a_terminal():
 
 def test_audit_read_pass_of_a_grown_data_set_reads_only_the_new_file(tmp_path, monkeypatch):
     from lungcls.audit import scan as scanmod
-    from lungcls.data.samples.layouts import Sample
+    from lungcls.data.samples.sample import Sample
 
     paths = write_images(tmp_path / "images", 12)
     samples = [Sample(p, k % 2) for k, p in enumerate(paths)]

@@ -186,7 +186,8 @@ def client(logistic_run):
     from omegaconf import OmegaConf
 
     from lungcls.cli import CONF_DIR
-    from lungcls.explain.maps.explainer import load_models
+    from lungcls.explain.maps.explainer import ReportModel
+    from lungcls.inference.checkpoints import load_checkpoints
     from lungcls.inference.scoring import UsedModel
     from lungcls.serve.app import create_app
     from lungcls.serve.settings import ServeSettings
@@ -195,7 +196,7 @@ def client(logistic_run):
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(config_name="serve", overrides=[f"ckpt={logistic_run}/checkpoints/best.ckpt"])
     settings_ = typed(cfg.serve, ServeSettings, "serve")
-    models = [UsedModel(r, None, 0.1) for r in load_models(cfg.ckpt, torch.device("cpu"))]
+    models = [UsedModel(ReportModel.of(m), None, 0.1) for m in load_checkpoints(cfg.ckpt, torch.device("cpu"))]
     app, batcher = create_app(models, settings_)
     with TestClient(app) as c:
         yield c

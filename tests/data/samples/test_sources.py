@@ -15,7 +15,8 @@ from conftest import SHARED_REAL, TINY, compose_cfg, requires_shared, run_cli, w
 from lungcls.audit.findings import source_confounding
 from lungcls.data.datamodule import LungDataModule
 from lungcls.data.samples.folds import fold_gaps
-from lungcls.data.samples.layouts import Sample, find_samples
+from lungcls.data.samples.layouts import find_samples
+from lungcls.data.samples.sample import Sample
 from lungcls.errors import LungclsError
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
