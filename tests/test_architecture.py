@@ -19,7 +19,7 @@ from lungcls.models.finetune import POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "lungcls"
-MAX_MODULE_LINES = 400
+MAX_MODULE_LINES = 350
 MAX_FUNCTION_LINES = 60
 
 # Groups whose options build a library object from `_target_`, and where the target sits.
@@ -41,11 +41,7 @@ def function_lengths(path: Path):
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            first = body[0]
-            doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) and isinstance(first.value.value, str)
-            start = body[1].lineno if doc and len(body) > 1 else first.lineno
-            yield node.name, node.end_lineno - start + 1
+            yield node.name, node.end_lineno - node.lineno + 1
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))

@@ -263,7 +263,8 @@ def measure_gradcam(s: Settings, cfg: DictConfig, dm: LungDataModule) -> dict[st
     registered Grad-CAM layer, over batches of model inputs ([0, 1] grayscale) already on the
     device, under the same precision. Each call returns its maps on the CPU, as the API does."""
 
-    from lungcls.explain.maps.engine import grad_cam, prepare_for_cam, resolve_layer
+    from lungcls.explain.maps.engine import grad_cam
+    from lungcls.explain.maps.preparation import prepare_for_cam, resolve_layer
 
     dev = torch.device(s.device)
     model = make_model(cfg, dm).to(dev).eval()

@@ -7,13 +7,15 @@ import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcls.data.cache.decoded import CachedImages, cache_key
+from lungcls.data.augment.build import build_augment
+from lungcls.data.cache.decoded import cache_key
+from lungcls.data.cache.loaders import CachedImages, LazyImages, split_loader
 from lungcls.data.settings import DatasetSettings, dataset_settings
 from lungcls.data.dedup.duplicates import Duplicates, duplicate_groups, resolve_duplicates, straddling
 from lungcls.data.samples.folds import SOURCE, fold_gaps, fold_splits, source_fold, source_fold_splits
@@ -21,7 +23,8 @@ from lungcls.data.dedup.fingerprints import Fingerprints, load_or_compute, phash
 from lungcls.data.pixels.images import load_image, to_unit_float
 from lungcls.data.samples.layouts import LAYOUTS, cap_per_class, find_samples
 from lungcls.data.samples.sample import Sample
-from lungcls.data.cache.mapped import MachineImages, writable_folder
+from lungcls.data.cache.machine import MachineImages
+from lungcls.data.cache.mapped import writable_folder
 from lungcls.data.pixels.normalization import normalization_stats
 from lungcls.data.pixels.preprocess import preprocess_from
 from lungcls.data.samples.splits import SPLITS, apply_splits_csv, make_splits, write_splits_csv
@@ -30,44 +33,6 @@ from lungcls.data.cache.prepared import (prepared_assignment, prepared_normaliza
 from lungcls.errors import LungclsError
 
 log = logging.getLogger(__name__)
-
-
-def _keep_batch(batch):
-    return batch
-
-
-def build_augment(cfg: Mapping[str, Any] | None, image_size: int):
-    """The ``augment`` config's module (Hydra ``_target_``), or None when it changes nothing."""
-    if not cfg:
-        return None
-    import hydra
-
-    cfg = dict(cfg)
-    cfg.setdefault("_target_", "lungcls.data.augment.gpu.BatchAugment")
-    cfg["_partial_"] = True
-    try:
-        augment = hydra.utils.instantiate(cfg)(image_size=image_size)
-    except LungclsError:
-        raise
-    except Exception as e:
-        raise LungclsError(f"cannot build augment {cfg['_target_']} ({' '.join(str(e).split())[:200]}); check augment.* values") from None
-    return augment if getattr(augment, "active", True) else None
-
-
-class LazyImages(Dataset):
-    """Decode each image when asked (``dataset.cache=none``): for sets too large for memory."""
-
-    def __init__(self, samples: Sequence[Sample], rows: Sequence[int], image_size: int, max_pixels: int, preprocess=None):
-        self.samples, self.rows, self.image_size, self.max_pixels = samples, list(rows), image_size, max_pixels
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        row = self.rows[i]
-        s = self.samples[row]
-        return load_image(s.path, self.image_size, self.max_pixels, self.preprocess, s.mask), torch.tensor(s.label), torch.tensor(row)
 
 
 class LungDataModule(pl.LightningDataModule):
@@ -320,21 +285,7 @@ class LungDataModule(pl.LightningDataModule):
             if shuffle:
                 return self._streaming_loader(split, True, bs)
             return whole_split_loader(self.cfg.root, split, bs, len(self.split_rows(split)))
-        ds = self._dataset(split)
-        cached = isinstance(ds, CachedImages)
-        workers = 0 if cached else self.cfg.num_workers
-        return DataLoader(
-            ds,
-            batch_size=bs,
-            shuffle=shuffle,
-            sampler=sampler,
-            drop_last=shuffle and len(ds) > bs,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=not cached and torch.cuda.is_available(),
-            collate_fn=_keep_batch if cached else None,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
+        return split_loader(self._dataset(split), bs, shuffle, sampler, self.cfg.num_workers, self.seed)
 
     def _streaming_loader(self, split: str, shuffle: bool, bs: int):
         trainer = getattr(self, "trainer", None)

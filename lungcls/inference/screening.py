@@ -107,6 +107,24 @@ def _target_sensitivity_point(names: Sequence[str], pos: int, truth: np.ndarray,
     return target
 
 
+def _check_settings(names: list[str], positive_class: str, threshold: float | None, target_sensitivity: float,
+                    val_probs: Any | None, val_labels: Any | None) -> None:
+    """One line for a setting the report cannot use, before any number is computed."""
+    if positive_class not in names:
+        raise LungclsError(
+            f"screening positive class {positive_class!r} is not one of the classes {names}; "
+            "set it to one of them"
+        )
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise LungclsError(f"evaluate.threshold must be a probability in [0, 1], got {threshold}")
+    if not 0.0 < float(target_sensitivity) <= 1.0:
+        raise LungclsError(
+            f"evaluate.target_sensitivity must be in (0, 1], got {target_sensitivity}"
+        )
+    if (val_probs is None) != (val_labels is None):
+        raise ValueError("pass both val_probs and val_labels, or neither")
+
+
 def screening_report(
     class_names: Sequence[str],
     positive_class: str,
@@ -135,19 +153,7 @@ def screening_report(
     from sklearn.metrics import roc_auc_score
 
     names = [str(c) for c in class_names]
-    if positive_class not in names:
-        raise LungclsError(
-            f"screening positive class {positive_class!r} is not one of the classes {names}; "
-            "set it to one of them"
-        )
-    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise LungclsError(f"evaluate.threshold must be a probability in [0, 1], got {threshold}")
-    if not 0.0 < float(target_sensitivity) <= 1.0:
-        raise LungclsError(
-            f"evaluate.target_sensitivity must be in (0, 1], got {target_sensitivity}"
-        )
-    if (val_probs is None) != (val_labels is None):
-        raise ValueError("pass both val_probs and val_labels, or neither")
+    _check_settings(names, positive_class, threshold, target_sensitivity, val_probs, val_labels)
 
     pos = names.index(positive_class)
     p_test, y_test = _check_arrays(test_probs, test_labels, len(names), "test")

@@ -80,6 +80,34 @@ def as_confusion(confusion: Any, n_classes: int) -> np.ndarray:
     return arr
 
 
+def _per_class(cm: np.ndarray, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each class against the rest: precision, recall, F1, specificity and support."""
+    total = int(cm.sum())
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    tp = np.diag(cm)
+
+    per_class: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(names):
+        tp_k, sup_k, pred_k = int(tp[k]), int(support[k]), int(predicted[k])
+        fp_k = pred_k - tp_k
+        tn_k = total - sup_k - fp_k
+        precision = _ratio(tp_k, pred_k)
+        recall = _ratio(tp_k, sup_k)
+        # 2TP / (support + predicted) equals 2PR/(P+R) where both are defined, and is 0 for a
+        # class that has images but is never predicted (recall 0): a model that ignores a class
+        # must not get a better macro F1 for it. Only a class with no images has no F1.
+        f1 = 2.0 * tp_k / (sup_k + pred_k) if sup_k > 0 else None
+        per_class[name] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "specificity": _ratio(tn_k, tn_k + fp_k),
+            "support": sup_k,
+        }
+    return per_class
+
+
 def summarize_confusion(
     confusion: Any,
     class_names: Sequence[str],
@@ -117,28 +145,8 @@ def summarize_confusion(
         )
 
     total = int(cm.sum())
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
     tp = np.diag(cm)
-
-    per_class: dict[str, dict[str, Any]] = {}
-    for k, name in enumerate(names):
-        tp_k, sup_k, pred_k = int(tp[k]), int(support[k]), int(predicted[k])
-        fp_k = pred_k - tp_k
-        tn_k = total - sup_k - fp_k
-        precision = _ratio(tp_k, pred_k)
-        recall = _ratio(tp_k, sup_k)
-        # 2TP / (support + predicted) equals 2PR/(P+R) where both are defined, and is 0 for a
-        # class that has images but is never predicted (recall 0): a model that ignores a class
-        # must not get a better macro F1 for it. Only a class with no images has no F1.
-        f1 = 2.0 * tp_k / (sup_k + pred_k) if sup_k > 0 else None
-        per_class[name] = {
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "specificity": _ratio(tn_k, tn_k + fp_k),
-            "support": sup_k,
-        }
+    per_class = _per_class(cm, names)
 
     defined_f1 = [v["f1"] for v in per_class.values() if v["f1"] is not None]
     macro_f1 = float(sum(defined_f1) / len(defined_f1)) if defined_f1 else None

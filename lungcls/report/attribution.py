@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from lungcls.explain.maps.explainer import ReportImage, ReportModel, class_targets, explain_batch, image_batch, to_display
 from lungcls.explain.checks.faithfulness import Curves, blurred, faithfulness_curves, random_maps
-from lungcls.explain.maps.engine import CamResult, resolve_layer
+from lungcls.explain.maps.engine import CamResult
+from lungcls.explain.maps.preparation import resolve_layer
 from lungcls.explain.maps.layers import AUTO, CamLayer
 from lungcls.explain.checks.localisation import energy_shares, hit_and_iou
 from lungcls.explain.maps.methods import AttributionMethod, MethodContext, finish

@@ -105,6 +105,19 @@ def _check(n: int, cam_sets: list[np.ndarray], model_names: Sequence[str], image
         raise LungclsError(f"alpha must be in [0, 1], got {alpha}")
 
 
+def _draw_panel(ax: Any, gray: np.ndarray, cam: np.ndarray | None, cmap: str, alpha: float, min_cam: float) -> None:
+    """One panel: the image, and over it the map (resized to the image) where it reaches ``min_cam``;
+    ``cam`` None leaves the image bare (the first panel of each block)."""
+    ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_linewidth(0.3)
+    if cam is not None:
+        cam = np.clip(_resize_map(cam.astype(np.float64), gray.shape), 0.0, 1.0)
+        ax.imshow(np.ma.masked_less(cam, min_cam), cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha)
+
+
 def plot_cam_grid(
     images: Sequence[Any],
     cams_by_model: Sequence[Any],
@@ -146,16 +159,10 @@ def plot_cam_grid(
             for j in range(m + 1):
                 left = _MARGIN + b * ((m + 1) * pw + _BLOCK_GAP) + j * pw
                 ax = fig.add_axes((left / width, (top - ph) / height, pw / width, ph / height))
-                ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                for spine in ax.spines.values():
-                    spine.set_linewidth(0.3)
+                _draw_panel(ax, gray, None if j == 0 else cam_sets[j - 1][i], cmap, alpha, min_cam)
                 if j == 0:
                     title = str(image_titles[i])
                 else:
-                    cam = np.clip(_resize_map(cam_sets[j - 1][i].astype(np.float64), gray.shape), 0.0, 1.0)
-                    ax.imshow(np.ma.masked_less(cam, min_cam), cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha)
                     title = str(model_names[j - 1]) + ("" if cell_titles is None else f"\n{cell_titles[j - 1][i]}")
                 ax.set_title(_fit(title, pw), fontsize=FONT_PT, pad=1.5, linespacing=1.1)
         _colour_bar(fig, width, cmap, bar_label)

@@ -17,7 +17,8 @@ import yaml
 from lungcls.sweeps import sweepfile as sweep_mod
 from lungcls.errors import LungclsError
 from lungcls.sweeps.__main__ import main
-from lungcls.sweeps.sweepfile import continue_study, hydra_value, sweep_to_hydra_args
+from lungcls.sweeps.overrides import hydra_value
+from lungcls.sweeps.sweepfile import continue_study, sweep_to_hydra_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))

@@ -220,7 +220,7 @@ def test_every_augment_config_builds_and_keeps_batches_valid(augment):
     from hydra import compose, initialize_config_dir
 
     from lungcls.cli import CONF_DIR
-    from lungcls.data.datamodule import build_augment
+    from lungcls.data.augment.build import build_augment
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(config_name="train", overrides=[f"augment={augment}"])

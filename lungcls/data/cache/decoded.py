@@ -20,16 +20,12 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
 from lungcls.data.pixels.images import DEFAULT_MAX_PIXELS, load_image
 from lungcls.console import tracked
-
-if TYPE_CHECKING:
-    from lungcls.data.cache.mapped import MachineImages
 
 log = logging.getLogger(__name__)
 
@@ -130,29 +126,3 @@ def choose_cache_device(mode: str, n_bytes: int) -> str:
                      "so it is memory-mapped from a file instead of held in RAM", n_bytes / 2**30, available / 2**30)
             return "mmap"
     return "ram"
-
-
-class CachedImages(Dataset):
-    """Rows of the decoded uint8 images (RAM, GPU, or a memory-mapped file read by ``mapped``).
-    ``__getitems__`` takes a whole batch in one operation instead of stacking images one by one."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, mapped: "MachineImages | None" = None):
-        self.images, self.labels, self.rows = images, labels, rows
-        # a memory-mapped cache: batches are read from its file (checked against changes, one stat a batch)
-        self.mapped = mapped
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices: Sequence[int]):
-        rows = self.rows[torch.as_tensor(indices, dtype=torch.long)]
-        if self.mapped is not None and not self.images.is_cuda:  # read from the mapped file when it is one
-            return self.mapped.take(self.images, rows), self.labels[rows], rows
-        if self.images.is_cuda:  # a pinned, asynchronous copy: no host sync per batch
-            dev_rows = rows.pin_memory().to(self.images.device, non_blocking=True)
-        else:
-            dev_rows = rows
-        return self.images[dev_rows], self.labels[dev_rows], rows

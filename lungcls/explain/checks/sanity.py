@@ -24,7 +24,8 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from lungcls.explain.maps.engine import CamResult, grad_cam, logistic_cam, prepare_for_cam, resolve_layer
+from lungcls.explain.maps.engine import CamResult, grad_cam, logistic_cam
+from lungcls.explain.maps.preparation import prepare_for_cam, resolve_layer
 from lungcls.explain.maps.layers import CamLayer
 
 if TYPE_CHECKING:

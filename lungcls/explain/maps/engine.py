@@ -10,13 +10,13 @@ Typical use::
     cam_model = prepare_for_cam(model)                 # a frozen eval-mode copy, no in-place ops
     layer = resolve_layer(cam_model, "layer4[-1]")     # look the layer up in the copy
     result = grad_cam(cam_model, layer, images)        # images normalised, on the model's device
+
+The model copy and the layer lookup live in ``preparation.py``; this module re-exports them, so
+the whole engine is imported from one place.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,11 +26,10 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
 from lungcls.errors import LungclsError
+from lungcls.explain.maps.preparation import resolve_layer
 
 __all__ = [
     "CamResult",
-    "prepare_for_cam",
-    "resolve_layer",
     "grad_cam",
     "logistic_cam",
     "normalize_cams",
@@ -63,91 +62,6 @@ class CamResult:
     def target_probs(self) -> Tensor:
         """[N] probability of the explained class."""
         return self.probs.gather(1, self.targets[:, None]).squeeze(1)
-
-
-# --------------------------------------------------------------------------- model preparation
-
-
-def prepare_for_cam(model: nn.Module, freeze: bool = True) -> nn.Module:
-    """Return a deep copy in eval mode with every `inplace=True` module made out-of-place.
-
-    In-place activations (torchvision's `ReLU(inplace=True)`) overwrite the tensors that autograd
-    and Captum's hooks hold, which breaks or silently corrupts gradient-based attributions. The
-    caller's model is not touched. With `freeze` (default) the copy's parameters stop requiring
-    grad: Grad-CAM needs gradients w.r.t. the target layer's output only, so no autograd graph is
-    built for the layers before it (less memory, faster).
-    """
-    if not isinstance(model, nn.Module):
-        raise LungclsError(
-            f"prepare_for_cam expects a torch.nn.Module, got {type(model).__name__}; "
-            "pass the network itself (e.g. the LightningModule's backbone)"
-        )
-    cam_model = copy.deepcopy(model)
-    for module in cam_model.modules():
-        if isinstance(getattr(module, "inplace", None), bool) and module.inplace:
-            module.inplace = False
-    if freeze:
-        cam_model.requires_grad_(False)
-    return cam_model.eval()
-
-
-_PATH = re.compile(r"[^.\[\]\s]+(\[-?\d+\])*(\.[^.\[\]\s]+(\[-?\d+\])*)*")
-_TOKEN = re.compile(r"([^.\[\]\s]+)|\[(-?\d+)\]")
-
-
-def _split_path(path: str) -> list[str | int]:
-    """'layer4[-1].conv3' -> ['layer4', -1, 'conv3']: names and bracketed indices."""
-    if not _PATH.fullmatch(path):
-        raise LungclsError(
-            f"cannot parse layer path {path!r}; use dotted names with optional [index], "
-            "e.g. 'layer4.2', 'layer4[-1]' or 'features.11'"
-        )
-    return [name if name else int(index) for name, index in _TOKEN.findall(path)]
-
-
-def resolve_layer(model: nn.Module, path: str) -> nn.Module:
-    """Find a submodule by dotted path: "layer4.2", "features.10", "layer4[-1]", "features[-1]".
-
-    Look the layer up in the model you pass to `grad_cam` (the prepared copy), not in the
-    original: Captum hooks the module object itself.
-    """
-    if not isinstance(path, str) or not path.strip():
-        raise LungclsError(
-            f"layer path must be a non-empty string such as 'layer4[-1]', got {path!r}"
-        )
-    module, here = model, ""
-    for token in _split_path(path.strip()):
-        where = here or f"the {type(model).__name__}"
-        children = dict(module.named_children())
-        if isinstance(token, int):
-            if not isinstance(module, (nn.Sequential, nn.ModuleList)):
-                fix = (
-                    f"use a name, one of: {', '.join(children)}"
-                    if children
-                    else "it is a leaf module, so drop the index"
-                )
-                raise LungclsError(
-                    f"layer path {path!r}: {where} is a {type(module).__name__}, not a "
-                    f"Sequential/ModuleList, so [{token}] cannot index it; {fix}"
-                )
-            if not -len(module) <= token < len(module):
-                raise LungclsError(
-                    f"layer path {path!r}: index [{token}] is out of range for {where} with "
-                    f"{len(module)} children; use an index from -{len(module)} to {len(module) - 1}"
-                )
-            module, here = module[token], f"{here}[{token}]"
-            continue
-        if token not in children:
-            close = difflib.get_close_matches(token, list(children), n=3, cutoff=0.5)
-            if re.fullmatch(r"-\d+", token):
-                close = [f"{here}[{token}]"]
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-            raise LungclsError(
-                f"layer path {path!r}: no module {token!r} in {where}{hint}; valid names there: "
-                f"{', '.join(children) or '(none, it is a leaf module)'}"
-            )
-        module, here = children[token], f"{here}.{token}" if here else token
-    return module
 
 
 # --------------------------------------------------------------------------- Grad-CAM
@@ -220,6 +134,38 @@ def _check_cam_inputs(model: nn.Module, layer: nn.Module | str, images: Tensor, 
     return layer
 
 
+def _batch_cam(model: nn.Module, layer: nn.Module, x: Tensor, target: Tensor | None,
+               size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch's Grad-CAM (CPU maps at ``size``), its float logits and the classes explained,
+    all from one forward pass: the forward hands Captum the explained logit and keeps the rest."""
+    seen: dict[str, Tensor] = {}
+
+    def forward(inp: Tensor, _t: Tensor | None = target, _s=seen) -> Tensor:
+        logits = model(inp)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits)
+            raise LungclsError(
+                f"Grad-CAM needs a model that returns logits [N, classes], got {got}; "
+                "pass the network that maps images to class logits"
+            )
+        chosen = logits.argmax(dim=1) if _t is None else _t
+        if _t is not None:
+            _check_targets(_t, logits.shape[1])
+        _s["logits"], _s["target"] = logits.detach(), chosen.detach()
+        return logits.gather(1, chosen[:, None]).squeeze(1)
+
+    attr = LayerGradCam(forward, layer).attribute(x)
+    if not isinstance(attr, Tensor) or attr.dim() != 4:
+        got = tuple(attr.shape) if isinstance(attr, Tensor) else type(attr).__name__
+        raise LungclsError(
+            f"Grad-CAM layer {type(layer).__name__} gives attributions of shape {got}, "
+            "not a spatial map [N, 1, h, w]; pick a convolutional block before pooling "
+            "(e.g. 'layer4[-1]' for ResNet, 'features.11' for AlexNet)"
+        )
+    up = LayerAttribution.interpolate(attr, size, interpolate_mode="bilinear")
+    return normalize_cams(up[:, 0].detach()).cpu(), seen["logits"].float(), seen["target"]
+
+
 def grad_cam(
     model: nn.Module,
     layer: nn.Module | str,
@@ -250,36 +196,11 @@ def grad_cam(
             # clone(): a normal tensor even if the caller built `images` under inference_mode.
             x = images[start:stop].detach().to(device).clone()
             chunk_target = None if targets is None else targets[start:stop].to(device)
-            seen: dict[str, Tensor] = {}
-
-            def forward(inp: Tensor, _t: Tensor | None = chunk_target, _s=seen) -> Tensor:
-                logits = model(inp)
-                if not isinstance(logits, Tensor) or logits.dim() != 2:
-                    got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits)
-                    raise LungclsError(
-                        f"Grad-CAM needs a model that returns logits [N, classes], got {got}; "
-                        "pass the network that maps images to class logits"
-                    )
-                chosen = logits.argmax(dim=1) if _t is None else _t
-                if _t is not None:
-                    _check_targets(_t, logits.shape[1])
-                _s["logits"], _s["target"] = logits.detach(), chosen.detach()
-                return logits.gather(1, chosen[:, None]).squeeze(1)
-
-            attr = LayerGradCam(forward, layer).attribute(x)
-            if not isinstance(attr, Tensor) or attr.dim() != 4:
-                got = tuple(attr.shape) if isinstance(attr, Tensor) else type(attr).__name__
-                raise LungclsError(
-                    f"Grad-CAM layer {type(layer).__name__} gives attributions of shape {got}, "
-                    "not a spatial map [N, 1, h, w]; pick a convolutional block before pooling "
-                    "(e.g. 'layer4[-1]' for ResNet, 'features.11' for AlexNet)"
-                )
-            up = LayerAttribution.interpolate(attr, (height, width), interpolate_mode="bilinear")
-            cams.append(normalize_cams(up[:, 0].detach()).cpu())
-            logits = seen["logits"].float()
+            cam, logits, chosen = _batch_cam(model, layer, x, chunk_target, (height, width))
+            cams.append(cam)
             probs.append(torch.softmax(logits, dim=1).cpu())
             preds.append(logits.argmax(dim=1).cpu())
-            used.append(seen["target"].cpu())
+            used.append(chosen.cpu())
 
     if n == 0:
         empty = torch.zeros(0, dtype=torch.long)
@@ -293,6 +214,48 @@ def grad_cam(
 
 
 # --------------------------------------------------------------------------- logistic baseline
+
+
+def _gray_images(weight_maps: Tensor, images_gray: Tensor) -> Tensor:
+    """The grayscale images as float [N, H, W] on the CPU, after checking both shapes."""
+    if not isinstance(weight_maps, Tensor) or weight_maps.dim() != 3:
+        got = tuple(weight_maps.shape) if isinstance(weight_maps, Tensor) else type(weight_maps)
+        raise LungclsError(
+            f"weight_maps must be [classes, h, w], got {got}; reshape the linear layer's weight "
+            "to (classes, input_size, input_size)"
+        )
+    if not isinstance(images_gray, Tensor) or images_gray.dim() not in (3, 4):
+        got = tuple(images_gray.shape) if isinstance(images_gray, Tensor) else type(images_gray)
+        raise LungclsError(f"images_gray must be [N, H, W] or [N, 1, H, W], got {got}")
+    x = images_gray.detach().float().cpu()
+    if x.dim() == 4:
+        if x.shape[1] != 1:
+            raise LungclsError(
+                f"images_gray must have one channel, got {x.shape[1]}; convert to grayscale first"
+            )
+        x = x[:, 0]
+    return x
+
+
+def _logistic_probs(contrib: Tensor, probs: Tensor | None, bias: Tensor | None) -> Tensor:
+    """The model's probabilities as float [N, C] on the CPU; without them, the baseline's own from
+    the pixel contributions ``contrib`` [N, C, h, w] and ``bias``."""
+    n, n_classes = contrib.shape[:2]
+    if probs is None:
+        if bias is None:
+            raise LungclsError(
+                "logistic_cam needs the model's probabilities or its bias to know the prediction; "
+                "pass probs=... (from the model) or bias=... (the linear layer's bias)"
+            )
+        logits = contrib.flatten(2).sum(dim=2) + bias.detach().float().cpu().reshape(1, -1)
+        probs = torch.softmax(logits, dim=1)
+    probs = probs.detach().float().cpu()
+    if probs.shape != (n, n_classes):
+        raise LungclsError(
+            f"probs has shape {tuple(probs.shape)}, expected ({n}, {n_classes}) "
+            "(one row per image, one column per class)"
+        )
+    return probs
 
 
 def logistic_cam(
@@ -317,22 +280,7 @@ def logistic_cam(
     and `bias` (one of the two is needed to know the prediction). size: output (H, W), default
     the size of `images_gray`.
     """
-    if not isinstance(weight_maps, Tensor) or weight_maps.dim() != 3:
-        got = tuple(weight_maps.shape) if isinstance(weight_maps, Tensor) else type(weight_maps)
-        raise LungclsError(
-            f"weight_maps must be [classes, h, w], got {got}; reshape the linear layer's weight "
-            "to (classes, input_size, input_size)"
-        )
-    if not isinstance(images_gray, Tensor) or images_gray.dim() not in (3, 4):
-        got = tuple(images_gray.shape) if isinstance(images_gray, Tensor) else type(images_gray)
-        raise LungclsError(f"images_gray must be [N, H, W] or [N, 1, H, W], got {got}")
-    x = images_gray.detach().float().cpu()
-    if x.dim() == 4:
-        if x.shape[1] != 1:
-            raise LungclsError(
-                f"images_gray must have one channel, got {x.shape[1]}; convert to grayscale first"
-            )
-        x = x[:, 0]
+    x = _gray_images(weight_maps, images_gray)
     w = weight_maps.detach().float().cpu()
     n_classes, h, wd = w.shape
     n, height, width = x.shape
@@ -346,20 +294,7 @@ def logistic_cam(
         x = F.adaptive_avg_pool2d(x[:, None], (h, wd))[:, 0]
 
     contrib = x[:, None] * w[None]  # [N, C, h, w]
-    if probs is None:
-        if bias is None:
-            raise LungclsError(
-                "logistic_cam needs the model's probabilities or its bias to know the prediction; "
-                "pass probs=... (from the model) or bias=... (the linear layer's bias)"
-            )
-        logits = contrib.flatten(2).sum(dim=2) + bias.detach().float().cpu().reshape(1, -1)
-        probs = torch.softmax(logits, dim=1)
-    probs = probs.detach().float().cpu()
-    if probs.shape != (n, n_classes):
-        raise LungclsError(
-            f"probs has shape {tuple(probs.shape)}, expected ({n}, {n_classes}) "
-            "(one row per image, one column per class)"
-        )
+    probs = _logistic_probs(contrib, probs, bias)
     preds = probs.argmax(dim=1)
     targets = _targets_tensor(target, n)
     targets = preds.clone() if targets is None else targets

@@ -15,13 +15,8 @@ import torch.nn.functional as F
 
 from lungcls.data.pixels.images import load_image
 from lungcls.errors import LungclsError
-from lungcls.explain.maps.engine import (
-    CamResult,
-    grad_cam,
-    logistic_cam,
-    prepare_for_cam,
-    resolve_layer,
-)
+from lungcls.explain.maps.engine import CamResult, grad_cam, logistic_cam
+from lungcls.explain.maps.preparation import prepare_for_cam, resolve_layer
 from lungcls.explain.maps.layers import AUTO, DEFAULT_MIN_CELLS, CamLayer, choose_layer
 
 

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from conftest import TINY, compose_cfg, write_png
 from lungcls.data.cache.decoded import load_or_decode
-from lungcls.data.datamodule import LungDataModule, build_augment
+from lungcls.data.augment.build import build_augment
+from lungcls.data.datamodule import LungDataModule
 from lungcls.data.pixels.images import load_image
 from lungcls.data.pixels.preprocess import preprocess_from
 from lungcls.errors import LungclsError

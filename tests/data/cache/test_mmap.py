@@ -16,7 +16,8 @@ import torch
 
 from lungcls.data.cache import decoded as cache_module
 from lungcls.data.datamodule import LungDataModule
-from lungcls.data.cache.mapped import MachineImages, mapped_file
+from lungcls.data.cache.machine import MachineImages
+from lungcls.data.cache.mapped import mapped_file
 from lungcls.errors import LungclsError
 
 from conftest import make_class_tree

@@ -73,7 +73,7 @@ def test_bad_source_and_mitigation_settings_are_one_line_before_any_image_is_dec
         raise AssertionError("an image was decoded before the settings were checked")
 
     monkeypatch.setattr("lungcls.data.datamodule.load_or_compute", refuse)
-    monkeypatch.setattr("lungcls.data.cache.mapped.load_or_decode", refuse)
+    monkeypatch.setattr("lungcls.data.cache.machine.load_or_decode", refuse)
     monkeypatch.setattr("lungcls.data.cache.mapped.decode_images", refuse)
     with pytest.raises(LungclsError, match=message) as err:
         data_module(tmp_path, data_dir, *overrides).setup()
