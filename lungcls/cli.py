@@ -24,9 +24,10 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from lungcls.errors import LungclsError, require_extra
 from lungcls.runs.folders import claim_dir, refuse_taken_dir, safe_name, write_state
+from lungcls import settings
 from lungcls.settings import closest_key
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(settings.CONF_DIR)  # the one place: lungcls.settings.bundled_dir
 
 log = logging.getLogger("lungcls")
 
@@ -243,6 +244,11 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
         def main(cfg: DictConfig | None = None) -> Any:
             if cfg is not None:  # called with a composed config: run the task as Hydra would
                 return app(cfg)
+            try:
+                settings.require_bundled("conf")
+            except LungclsError as e:
+                print(f"lungcls: error: {e}", file=sys.stderr)
+                sys.exit(2)
             check_overrides(config_name, sys.argv[1:])
             FAILED_JOBS.clear()
             result = app()

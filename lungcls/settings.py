@@ -27,7 +27,33 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationEr
 from lungcls.errors import LungclsError
 
 T = TypeVar("T")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled_dir(name: str) -> Path:
+    """lungcls's own ``conf/`` or ``sweeps/``, the one place every command looks: inside an installed
+    package (``lungcls/resources/<name>``, where the wheel carries them) or, in a checkout, the
+    repository's top-level folder. A path that does not exist when neither is there
+    (``require_bundled`` says so in one line)."""
+    for candidate in (PACKAGE_DIR / "resources" / name, PACKAGE_DIR.parent / name):
+        if candidate.is_dir():
+            return candidate
+    return PACKAGE_DIR / "resources" / name
+
+
+def require_bundled(name: str) -> Path:
+    """``bundled_dir(name)``, or one line naming the broken installation and the fix."""
+    folder = bundled_dir(name)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise LungclsError(
+            f"lungcls's {name}/ folder is missing from this installation (looked in {folder} and {PACKAGE_DIR.parent / name}); "
+            "reinstall lungcls from a wheel or a git URL (pip install --force-reinstall ...), or use a checkout that has it"
+        )
+    return folder
+
+
+CONF_DIR = bundled_dir("conf")
+SWEEPS_DIR = bundled_dir("sweeps")
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,9 +19,9 @@ import yaml
 
 from lungcls.data.samples.splits import SPLITS
 from lungcls.errors import LungclsError
-from lungcls.settings import check_range, typed
+from lungcls.settings import CONF_DIR, check_range, typed
 
-DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "dataset" / "demo.yaml"
+DEFAULTS_FILE = CONF_DIR / "dataset" / "demo.yaml"
 CACHE_MODES = ("auto", "ram", "gpu", "mmap", "none")
 DUPLICATE_MODES = ("none", "exact", "near")
 CONFLICT_POLICIES = ("error", "drop", "keep")

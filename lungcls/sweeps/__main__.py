@@ -5,6 +5,7 @@ turns it into ``python -m lungcls.train --multirun ...`` (grid: Hydra's basic sw
 bayes: the Optuna sweeper), and the multirun folder to compare is printed at the end.
 
     lungcls-sweep sweeps/backbones.yaml dataset=demo trainer.max_epochs=1 --dry-run
+    lungcls-sweep backbones dataset=demo --dry-run     # a sweep bundled with lungcls, by name
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lungcls.errors import LungclsError
+from lungcls.settings import SWEEPS_DIR
 from lungcls.sweeps.sweepfile import continue_study, load_sweep, merge_overrides, sweep_arguments, train_command
 
 PROG = "lungcls-sweep"
@@ -59,6 +61,23 @@ def _explicit_sweep_dir(extra: Sequence[str]) -> Path | None:
     return None
 
 
+def bundled_sweeps() -> list[str]:
+    return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")) if SWEEPS_DIR.is_dir() else []
+
+
+def sweep_file(given: str) -> str:
+    """A sweep file's path: the file given, or a sweep bundled with lungcls named without its folder
+    and ``.yaml`` (``backbones`` -> ``<lungcls>/sweeps/backbones.yaml``), so an installed lungcls runs
+    its own sweeps from any folder."""
+    if Path(given).expanduser().is_file() or "/" in given or given.endswith((".yaml", ".yml")):
+        return given
+    bundled = SWEEPS_DIR / f"{given}.yaml"
+    if bundled.is_file():
+        return str(bundled)
+    raise LungclsError(f"{given} is neither a sweep file nor a bundled sweep; bundled: {', '.join(bundled_sweeps()) or 'none'} "
+                       "(or give the path of a W&B sweep YAML file)")
+
+
 def _notes(sweep: dict, replaced: list[str], swept: set[str], hydra_args: list[str]) -> list[str]:
     """Say what the local run does differently from the file, and continue a stored Optuna study."""
     for key in replaced:
@@ -99,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lungcls.train: grid through Hydra's basic sweeper, random/bayes through Optuna.",
         epilog="example: lungcls-sweep sweeps/backbones.yaml dataset=demo trainer.max_epochs=1",
     )
-    parser.add_argument("sweep_file", help="a W&B sweep YAML file, e.g. sweeps/backbones.yaml")
+    parser.add_argument("sweep_file", help="a W&B sweep YAML file (e.g. sweeps/backbones.yaml) or the name of a "
+                        f"bundled sweep ({', '.join(bundled_sweeps())})")
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -111,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     try:
-        sweep = load_sweep(args.sweep_file)
+        sweep = load_sweep(sweep_file(args.sweep_file))
         pairs, swept = sweep_arguments(sweep)
         hydra_args, replaced = merge_overrides(pairs, args.overrides)
     except LungclsError as err:
