@@ -1,8 +1,8 @@
 """lungcls installed like any library: the wheel (and the sdist) built from this checkout, installed
 into a fresh virtual environment, runs its commands from a folder that is not a checkout.
 
-The environment reuses the test environment's packages (``--system-site-packages``, the wheel
-installed with ``--no-deps``), so no second torch is downloaded."""
+The environment reuses the test environment's packages (its site-packages added to the new
+environment's path, the wheel installed with ``--no-deps``), so no second torch is downloaded."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -40,7 +41,10 @@ def installed(tmp_path_factory):
     assert "lungcls/resources/conf/train.yaml" in names and "lungcls/resources/sweeps/backbones.yaml" in names
     assert any(n.endswith("/conf/train.yaml") for n in tarfile.open(sdist).getnames())
     venv = root / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], root, env)
+    run([sys.executable, "-m", "venv", str(venv)], root, env)
+    own = run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root, env).stdout.strip()
+    # the test environment's packages (torch, Lightning, ...) after the venv's own: the wheel's lungcls wins
+    (Path(own) / "test_env.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
     run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], root, env)
     work = root / "elsewhere"
     work.mkdir()
