@@ -105,7 +105,8 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu", 
     return model.to(map_location).eval()
 
 
-def sha256_of(path: str | Path) -> str:
+def checkpoint_sha256(path: str | Path) -> str:
+    """The file's SHA-256: how an evaluation's threshold or a card's evidence is matched to one checkpoint."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -135,7 +136,7 @@ class LoadedModel:
     @property
     def sha256(self) -> str:
         if self._sha256 is None:
-            self._sha256 = sha256_of(self.checkpoint)
+            self._sha256 = checkpoint_sha256(self.checkpoint)
         return self._sha256
 
 

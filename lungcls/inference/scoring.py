@@ -116,13 +116,12 @@ def model_card(model: UsedModel) -> dict[str, Any]:
     info = m.info
     data = dict(info.data)
     counts = list(info.class_counts)
-    finetune = dict(m.hparams.finetune or {})  # the whole recipe, not only its name
     return {
         "name": model.name,
         "checkpoint": f"{model.ref.run_dir.name}/{model.ref.checkpoint.relative_to(model.ref.run_dir)}"
         if model.ref.run_dir in model.ref.checkpoint.parents else model.ref.checkpoint.name,
         "backbone": info.backbone,
-        "finetune": {k: v for k, v in finetune.items() if not str(k).startswith("_")},
+        "finetune": dict(info.recipe),
         "trainable_params": int(m.trainable_params),
         "total_params": int(m.total_params),
         "image_size": model.ref.image_size,

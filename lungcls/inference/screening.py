@@ -13,7 +13,6 @@ Undefined values are None (JSON null), as in `lungcls.metrics`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lungcls.errors import LungclsError
+from lungcls.inference.checkpoints import checkpoint_sha256
 
 __all__ = ["screening_report", "operating_point", "possible_missed_disease", "load_screening_thresholds", "ScreeningThreshold"]
 
@@ -193,14 +193,6 @@ def possible_missed_disease(probs: Any, class_names: Sequence[str], normal_class
     k = list(class_names).index(normal_class)
     lead = p[:, k] - np.delete(p, k, axis=1).max(axis=1)
     return (p.argmax(axis=1) == k) & (lead < margin)
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

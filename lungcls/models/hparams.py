@@ -22,6 +22,7 @@ class ModelHparams:
     std: tuple[float, ...]
     class_counts: tuple[int, ...] = ()
     data: Mapping[str, Any] = field(default_factory=dict)  # the training data config, as stored
+    recipe: Mapping[str, Any] = field(default_factory=dict)  # the whole fine-tune setting (name, fraction, ...)
 
     @classmethod
     def from_hparams(cls, hp: Mapping[str, Any]) -> ModelHparams:
@@ -36,6 +37,7 @@ class ModelHparams:
             std=tuple(float(v) for v in hp.get("std", (0.5, 0.5, 0.5))),
             class_counts=tuple(int(c) for c in (hp.get("class_counts") or ())),
             data=dict(hp.get("data") or {}),
+            recipe={k: v for k, v in dict(finetune).items() if not str(k).startswith("_")},
         )
 
     @property
