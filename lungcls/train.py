@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_callbacks(cfg.callbacks, has_val=len(dm.split_rows("val")) > 0, has_logger=bool(loggers),
                                 class_names=dm.class_names)
     trainer = build_trainer(cfg, list(callbacks.values()), loggers)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and not (resume and resume.in_place):  # resumed in place: the run's own, same split
         dm.write_splits(run_dir / "splits.csv")
     for lg in loggers:
         lg.log_hyperparams({"trainable_params": model.trainable_params, "total_params": model.total_params})

@@ -30,25 +30,35 @@ RESUMABLE = ("interrupted", "killed", "failed")
 _LOCKS: dict[str, int] = {}
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int) -> bool | None:
+    """Take the lock if it is free: True, False when held, None where the file system has no locks."""
     import fcntl
 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError:
+        return None
     return True
 
 
 def hold_lock(run_dir: str | Path) -> None:
     """Take the run folder's lock for this process (released by the system when the process ends,
-    however it ends); another live process holding it is a one-line error."""
+    however it ends); another live process holding it is a one-line error. Where the file system
+    has no locks, the run goes without one (its state then relies on the process id)."""
     if os.name != "posix" or str(run_dir) in _LOCKS:
         return
-    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    path = Path(run_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     for _ in range(20):  # another process may be testing the lock (lock_free) for an instant
-        if _try_lock(fd):
+        taken = _try_lock(fd)
+        if taken:
             _LOCKS[str(run_dir)] = fd
+            return
+        if taken is None:
+            os.close(fd)
+            path.unlink(missing_ok=True)  # a lock file nobody can hold would read as a dead run
             return
         time.sleep(0.05)
     os.close(fd)
