@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from lungcls.errors import LungclsError, require_extra
-from lungcls.runs.folders import claim_dir, refuse_taken_dir, safe_name, write_state
+from lungcls.runs.files import write_text_atomic
+from lungcls.runs.folders import claim_dir, refuse_taken_dir, safe_name
+from lungcls.runs.state import write_state
 from lungcls import settings
 from lungcls.settings import closest_key
 
@@ -86,7 +88,7 @@ def _user_error(e: BaseException, run_dir: Path | None) -> Any:
 
     message = _one_line(e)
     if run_dir is not None:
-        (run_dir / "error.txt").write_text(message + "\n")
+        write_text_atomic(run_dir / "error.txt", message + "\n")
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error("this run failed: %s", message)
         FAILED_JOBS.append(f"{run_dir or 'a job'}: {message}")
@@ -135,21 +137,24 @@ def check_extras(args: list[str]) -> None:
             require_extra(modules, extra)
 
 
-def check_run_folders(args: list[str]) -> None:
+def check_run_folders(args: list[str], config_name: str = "train") -> None:
     """A ``hydra.run.dir`` / ``hydra.sweep.dir`` given on the command line that already holds a run
-    is refused (one line, exit 2) before Hydra writes its ``.hydra/`` there; a ``${claim_dir:...}``
-    value claims a fresh folder itself. Other ranks of a distributed run reuse rank 0's folder."""
+    is refused (one line, exit 2) before Hydra writes its ``.hydra/`` there, unless training resumes
+    that folder's own interrupted run (``ckpt_path=<folder>/checkpoints/last.ckpt``); a
+    ``${claim_dir:...}`` value claims a fresh folder itself. Other ranks of a distributed run reuse
+    rank 0's folder."""
     if not _is_rank_zero():
         return
     used = "hydra.sweep.dir" if {"-m", "--multirun"} & set(args) else "hydra.run.dir"
-    for arg in args:
-        key, _, value = arg.lstrip("+~").partition("=")
-        if key == used and value and "${" not in value:
-            try:
-                refuse_taken_dir(value.strip("'\""), key)
-            except LungclsError as e:
-                print(f"lungcls: error: {e}", file=sys.stderr)
-                sys.exit(2)
+    given = dict(arg.lstrip("+~").partition("=")[::2] for arg in args)
+    resume = given.get("ckpt_path", "").strip("'\"") if config_name == "train" and used == "hydra.run.dir" else ""
+    value = given.get(used, "")
+    if value and "${" not in value:
+        try:
+            refuse_taken_dir(value.strip("'\""), used, resume=resume or None)
+        except LungclsError as e:
+            print(f"lungcls: error: {e}", file=sys.stderr)
+            sys.exit(2)
 
 
 def check_overrides(config_name: str, args: list[str]) -> None:
@@ -160,7 +165,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
     except LungclsError as e:
         print(f"lungcls: error: {e}", file=sys.stderr)
         sys.exit(2)
-    check_run_folders(args)
+    check_run_folders(args, config_name)
     if any(a.startswith(_HYDRA_FLAGS_WITHOUT_A_RUN) for a in args):
         return
     from hydra import compose, initialize_config_dir
@@ -269,7 +274,10 @@ def hydra_app(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
         record = run_dir is not None and _is_rank_zero()
         if record:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_state(run_dir, "running")
+            try:
+                write_state(run_dir, "running")  # takes the folder's lock: one live run per folder
+            except LungclsError as e:
+                return _user_error(e, None)  # the folder is another live run's: nothing written there
             signal.signal(signal.SIGTERM, _terminated)  # a cluster's cancel or time limit
         try:
             result = task(cfg)

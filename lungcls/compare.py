@@ -23,6 +23,7 @@ from lungcls.comparison.chart import plot_comparison
 from lungcls.comparison.generalisation import generalisation_rows, markdown_section
 from lungcls.comparison.ranking import DEFAULT_MISSED, STAGES, rank_runs, to_csv, to_markdown
 from lungcls.runs.folders import STATUS_OK, collect_runs, read_yaml
+from lungcls.runs.files import write_text_atomic
 
 PROG = "lungcls-compare"
 OUTPUT_NAMES = ("comparison.md", "comparison.csv", "comparison.png")
@@ -78,14 +79,14 @@ def compare(
         pairs, lines = paired_rows(rows, {r["run"]: r for r in runs}, missed)
         text += "\n## Paired comparison (test split)\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
         paths.append(out / "comparison_paired.csv")
-        paths[-1].write_text(to_csv(pairs))
+        write_text_atomic(paths[-1], to_csv(pairs))
     general, lines = generalisation_rows(runs, missed)
     if general:
         text += markdown_section(general, lines)
         paths.append(out / "generalisation.csv")
-        paths[-1].write_text(to_csv(general))
-    paths[0].write_text(text)
-    paths[1].write_text(to_csv(rows))
+        write_text_atomic(paths[-1], to_csv(general))
+    write_text_atomic(paths[0], text)
+    write_text_atomic(paths[1], to_csv(rows))
     plot_comparison(rows, paths[2], missed=missed, stage=stage, title=f"Runs, best first: {order}")
     return text, paths
 

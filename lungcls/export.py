@@ -30,6 +30,7 @@ from lungcls.data.samples.inputs import collect_inputs
 from lungcls.data.samples.splits import read_splits_csv
 from lungcls.errors import LungclsError, require_extra
 from lungcls.inference.checkpoints import load_checkpoint
+from lungcls.runs.files import replacing, same_file, write_text_atomic
 from lungcls.runs.runfolder import RunFolder
 from lungcls.settings import check_range, typed
 from lungcls.models.packaged import INPUT_NAME, METADATA_NAME, OUTPUT_NAME, PackagedClassifier, metadata
@@ -86,11 +87,12 @@ def sample_paths(given: str | None, ckpt: Path, n: int) -> list[str]:
 
 
 def check_out(path: Path, inputs: list[str | Path], overwrite: bool) -> None:
-    """Refuse an ``export.out`` that is one of the export's inputs (the checkpoint, a sample image),
-    always, or that exists, unless ``export.overwrite=true``; checked before anything is written."""
+    """Refuse an ``export.out`` that is one of the export's inputs (the checkpoint, a sample image, a
+    manifest), always, or that exists, unless ``export.overwrite=true``; checked before anything is
+    written. Inputs are compared as files, so a hard or symbolic link to one is refused too."""
     target = path.resolve()
     for given in inputs:
-        if Path(given).resolve() == target:
+        if same_file(given, path):
             raise LungclsError(f"export.out={path} is one of the export's inputs ({given}); the export would "
                                "replace it: give a new file name (or leave export.out out: model.pt / model.onnx in the run folder)")
     if target.is_dir():
@@ -156,15 +158,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = Path(e.out).expanduser() if e.out else out_dir / f"model{FORMATS[fmt]}"
-    check_out(path, [ckpt, *paths], e.overwrite)
+    check_out(path, [ckpt, *paths, *([e.samples] if e.samples else [])], e.overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata(model, loaded.sha256, fmt)
     package = PackagedClassifier(model).eval()
-    with torch.no_grad():
+    with torch.no_grad(), replacing(path) as tmp:  # a new file: nothing that path links to is truncated
         if fmt == "torchscript":
-            export_torchscript(package, images[:1], path, meta)
+            export_torchscript(package, images[:1], tmp, meta)
         else:
-            export_onnx(package, images[:1], path, meta, e.opset)
+            export_onnx(package, images[:1], tmp, meta, e.opset)
     got, read_meta = run_exported(path, fmt, images)
     reference = predict_files(model, paths, batch_size=len(paths), device=torch.device("cpu")).probs
     diff = float(np.abs(got - reference).max())
@@ -172,7 +174,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     record = {"file": str(path.resolve()), "format": fmt, "checkpoint": str(ckpt.resolve()), "metadata": read_meta,
               "check": {"images": len(paths), "max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance,
                         "same_predictions": bool((got.argmax(1) == reference.argmax(1)).all()), "samples": paths}}
-    (out_dir / "export.json").write_text(json.dumps(record, indent=2, allow_nan=False))
+    write_text_atomic(out_dir / "export.json", json.dumps(record, indent=2, allow_nan=False))
     print(f"exported {fmt}: {path} ({path.stat().st_size / 2**20:.1f} MB)")
     print(f"check on {len(paths)} images: max abs difference in probabilities {diff:.2e} (tolerance {tolerance:g})")
     if diff > tolerance:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from lungcls.explain.maps.overlays import safe_stem
 from lungcls.inference.scoring import UsedModel, check_margin, model_card, score_images
 from lungcls.inference.prediction import tta_copies
 from lungcls.inference.screening import load_screening_thresholds
+from lungcls.runs.files import replacing, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +171,18 @@ def predict(cfg: DictConfig) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tally = [Counter() for _ in models]
     csv_path = out_dir / "predictions.csv"
-    tmp = out_dir / f".predictions.csv.tmp{os.getpid()}"
-    with tmp.open("w", newline="") as f:
+    with replacing(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns(models, s.cam, s.skip_unreadable))
         for start in range(0, len(inputs.images), s.batch_size):
             chunk = inputs.images[start : start + s.batch_size]
             writer.writerows(predict_chunk(models, chunk, start, s, out_dir, tally))
-    os.replace(tmp, csv_path)
     unreadable = len(inputs.images) - tally[0]["scored"]
     lines, cards = summary(models, tally)
     record = {"input": inputs.where, "images": len(inputs.images), "unreadable": unreadable,
               "skipped_files": len(inputs.skipped), "tta": {"mode": str(s.tta), "copies": s.tta_copies},
               "models": cards}
-    (out_dir / "predict.json").write_text(json.dumps(record, indent=2, allow_nan=False))
+    write_text_atomic(out_dir / "predict.json", json.dumps(record, indent=2, allow_nan=False))
     print(f"{len(inputs.images)} images from {inputs.where}" + (f" ({len(inputs.skipped)} other files skipped)" if inputs.skipped else "")
           + (f"; {unreadable} unreadable (see the error column)" if unreadable else ""))
     for line in lines:

@@ -27,7 +27,7 @@ from lungcls.inference.checkpoints import load_classifier
 from lungcls.models.module import LungClassifier
 from lungcls.inference.prediction import predict_split
 from lungcls.runs.results import check_stats, print_summary, write_results
-from lungcls.training.resume import check_resume
+from lungcls.training.resume import ResumePoint, check_resume, resume_point
 from lungcls.training.setup import absolute_paths, make_datamodule, make_model
 from lungcls.training.trainer import build_callbacks, build_trainer, trainer_settings, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
 
@@ -57,19 +57,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer_settings(cfg)  # trainer.* typed and checked before any image is decoded
     refuse_ddp_in_local_multirun(cfg)
     check_stats(OmegaConf.to_container(cfg.stats, resolve=True))  # before, not after, training
+    resume: ResumePoint | None = None
     if run.ckpt_path:
         plain = OmegaConf.to_container(cfg, resolve=True)
         check_resume(run.ckpt_path, {"data": absolute_paths(plain["dataset"]), "backbone": plain["backbone"],
                                           "finetune": plain["finetune"], "optimizer": plain["optimizer"]})
+        resume = resume_point(run.ckpt_path, run_dir)
     dm = make_datamodule(cfg)
     dm.setup("fit")
     model = make_model(cfg, dm)
     log.info("%s with finetune=%s: %d of %d parameters trainable", cfg.backbone.name, cfg.finetune.name, model.trainable_params, model.total_params)
-    loggers = build_loggers(cfg.logger, run_dir, run_name=run_dir.name, config=OmegaConf.to_container(cfg, resolve=True))
+    loggers = build_loggers(cfg.logger, run_dir, run_name=run_dir.name, config=OmegaConf.to_container(cfg, resolve=True),
+                            resume=resume)
     callbacks = build_callbacks(cfg.callbacks, has_val=len(dm.split_rows("val")) > 0, has_logger=bool(loggers),
                                 class_names=dm.class_names)
     trainer = build_trainer(cfg, list(callbacks.values()), loggers)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and not (resume and resume.in_place):  # resumed in place: the run's own, same split
         dm.write_splits(run_dir / "splits.csv")
     for lg in loggers:
         lg.log_hyperparams({"trainable_params": model.trainable_params, "total_params": model.total_params})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lungcls.comparison.ranking import DEFAULT_MISSED, STAGES, is_number
 from lungcls.runs.folders import STATUS_OK
+from lungcls.runs.files import replacing
 
 
 def _label(row: dict, width: int = 48) -> str:
@@ -81,6 +82,7 @@ def plot_comparison(rows: Sequence[dict], path: Path, missed: Sequence[str] = DE
     fig.suptitle(title or f"Runs, best first: fewest missed on {stage}, then {stage} accuracy", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     fig.clear()
     return path

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lungcls.errors import LungclsError  # noqa: E402
+from lungcls.runs.files import replacing  # noqa: E402
 
 __all__ = ["figure_parts", "images_per_row", "plot_cam_grid", "plot_curves", "to_display_gray"]
 
@@ -169,7 +170,8 @@ def plot_cam_grid(
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
-            fig.savefig(out.with_suffix(f".{fmt}"), dpi=dpi, format=fmt)
+            with replacing(out.with_suffix(f".{fmt}")) as tmp:
+                fig.savefig(tmp, dpi=dpi, format=fmt)
     finally:
         plt.close(fig)
     return out.with_suffix(".png")
@@ -220,7 +222,8 @@ def plot_curves(panels: Sequence[tuple[str, dict[str, np.ndarray], np.ndarray]],
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
-            fig.savefig(out.with_suffix(f".{fmt}"), dpi=DPI, format=fmt)
+            with replacing(out.with_suffix(f".{fmt}")) as tmp:
+                fig.savefig(tmp, dpi=DPI, format=fmt)
     finally:
         plt.close(fig)
     return out.with_suffix(".png")

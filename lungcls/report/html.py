@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lungcls.errors import LungclsError
+from lungcls.runs.files import write_text_atomic
 
 __all__ = ["FigureSection", "GroupSection", "TableSection", "write_report_html"]
 
@@ -215,5 +216,5 @@ def write_report_html(
         parts += _table_section(TableSection(table_title, table_rows, table_caption, "table"), 0)
     parts += ["</body>", "</html>", ""]
     path = out / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    write_text_atomic(path, "\n".join(parts))
     return path

@@ -22,6 +22,7 @@ from lungcls.report.html import FigureSection
 from lungcls.explain.maps.layers import CamLayer
 from lungcls.explain.checks.sanity import SanityResult
 from lungcls.report.selection import ReportImage
+from lungcls.runs.files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def _fmt(value: Any) -> str:
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    with path.open("w", newline="") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for row in rows:

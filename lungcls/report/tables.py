@@ -10,6 +10,7 @@ from typing import Any
 
 from lungcls.explain.checks.localisation import BORDER_ALERT, ratio
 from lungcls.report.outputs import Explained
+from lungcls.runs.files import replacing
 
 SUMMARY_COLUMNS = (
     "model", "layer", "images", "right", "lesion_share", "lesion_uniform", "lesion_ratio", "lesion_better_on",
@@ -64,7 +65,7 @@ def cascade_rows(explained: Sequence[Explained]) -> list[dict[str, Any]]:
 
 
 def write_summary_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    with path.open("w", newline="") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(SUMMARY_COLUMNS)
         for row in rows:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from lungcls.metrics.confusion import as_confusion, check_class_names
+from lungcls.runs.files import replacing
 
 
 def plot_confusion_matrix(
@@ -69,7 +70,8 @@ def plot_confusion_matrix(
         fig.suptitle(title)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    with replacing(out) as tmp:
+        fig.savefig(tmp, dpi=120)
     fig.clear()
     return out
 
@@ -102,6 +104,7 @@ def plot_reliability(probs: Any, labels: Any, path: str | Path, bins: int = 15, 
     brier = "n/a" if cal["brier"] is None else f"{cal['brier']:.3f}"
     fig.suptitle(f"{title + ': ' if title else ''}ECE {ece}, Brier {brier}", fontsize=9)
     out = Path(path)
-    fig.savefig(out, dpi=120)
+    with replacing(out) as tmp:
+        fig.savefig(tmp, dpi=120)
     fig.clear()
     return out

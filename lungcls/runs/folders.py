@@ -3,9 +3,8 @@ runs left (config, overrides, metrics, state), so the comparison works from file
 
 Every run gets its own folder even when many start in the same second, on one machine or on several
 sharing a file system: the folder is claimed with an exclusive ``mkdir`` (atomic), and a taken name
-gets a ``-2``, ``-3``... suffix. ``status.json`` records ``running``, then ``complete``, ``failed`` or
-``killed``; a run killed hard (``kill -9``, a node lost) stays ``running`` with a process that no
-longer exists, which the comparison reports as ``incomplete``.
+gets a ``-2``, ``-3``... suffix. A folder that holds a run is refused to a new one, except to resume
+that run in place (its state in ``lungcls.runs.state``).
 """
 
 from __future__ import annotations
@@ -13,19 +12,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import socket
-import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from lungcls.console import natural_key
 from lungcls.errors import LungclsError
+from lungcls.runs.files import same_file
+from lungcls.runs.state import RESUMABLE, STATE_FILE, read_state, run_state, state_status
 
 STATUS_OK = "ok"
-STATE_FILE = "status.json"
 _CLAIMED: dict[str, str] = {}
 # Folders that never hold run folders; skipping them keeps the walk fast on big sweeps.
 _SKIP_DIRS = {"checkpoints", "wandb", "lightning_logs", "__pycache__"}
@@ -100,7 +96,7 @@ def read_run(folder: Path) -> dict:
     metrics_file = folder / "metrics.json"
     error_file = folder / "error.txt"
     record = read_state(folder)
-    from_state = state_status(record) if record else None
+    from_state = state_status(record, folder) if record else None
     if metrics_file.is_file() and from_state is None:
         try:
             loaded = json.loads(metrics_file.read_text())
@@ -220,73 +216,20 @@ def holds_run(folder: str | Path, sweep: bool = False) -> bool:
         (child / ".hydra").is_dir() or (child / STATE_FILE).is_file() for child in folder.iterdir() if child.is_dir())
 
 
-def refuse_taken_dir(path: str | Path, key: str) -> None:
+def refuse_taken_dir(path: str | Path, key: str, resume: str | None = None) -> None:
     """Refuse a run or sweep folder given on the command line (``key``: ``hydra.run.dir`` or
-    ``hydra.sweep.dir``) that already holds a run: a second run would write over its results."""
-    if holds_run(Path(str(path)).expanduser(), sweep=key.endswith("sweep.dir")):
-        state = (read_state(Path(str(path)).expanduser()) or {}).get("state")
-        held = f"a {state} run" if state else "a run"
-        raise LungclsError(f"{key}={path} already holds {held}; a new run would write over it: give a folder that "
-                           f"does not exist yet (or leave {key} out: every run gets a fresh folder under outputs/)")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_state(run_dir: str | Path, state: str, error: str | None = None) -> None:
-    """Record the run's state (``running``, ``complete``, ``failed``, ``killed``) in status.json."""
-    path = Path(run_dir) / STATE_FILE
-    record = read_state(Path(run_dir)) or {}
-    now = time.strftime("%Y-%m-%dT%H:%M:%S")
-    if state == "running":
-        record = {"state": "running", "started": now, "pid": os.getpid(), "host": socket.gethostname(),
-                  "command": _command()}
-    else:
-        record.update(state=state, ended=now, error=error)
-    _write_json(path, record)
-
-
-def _command() -> str:
-    """How the run was started, as a user would type it again (``python -m lungcls.train ...`` or
-    ``lungcls-train ...``)."""
-    argv = list(getattr(sys, "orig_argv", sys.argv))
-    if "-m" in argv:
-        i = argv.index("-m")
-        return shlex.join(["python", *argv[i:]])
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
-def read_state(folder: Path) -> dict | None:
-    try:
-        data = json.loads((folder / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def state_status(record: dict) -> str | None:
-    """What status.json says, as a comparison status; None when the run completed."""
-    state = record.get("state")
-    if state == "complete":
-        return None
-    if state in ("failed", "killed"):
-        return f"{state}: {record.get('error') or 'see the run log'}"
-    if state == "running":
-        host, pid = record.get("host"), record.get("pid")
-        if host == socket.gethostname() and isinstance(pid, int) and not _process_alive(pid):
-            return f"incomplete: killed or crashed (process {pid} is gone)"
-        return f"running (or killed on {host}): started {record.get('started')}"
-    return f"incomplete: unknown state {state!r}"
+    ``hydra.sweep.dir``) that already holds a run: a second run would write over its results. The one
+    exception is resuming in place: ``resume`` (``ckpt_path``) is a checkpoint of that folder's own
+    run, and the run stopped before it finished (interrupted, killed or failed, no ``metrics.json``)."""
+    folder = Path(str(path)).expanduser()
+    if not holds_run(folder, sweep=key.endswith("sweep.dir")):
+        return
+    state = run_state(folder)
+    resumable = state in RESUMABLE and not (folder / "metrics.json").exists()
+    if resumable and resume and same_file(Path(resume).expanduser().parent, folder / "checkpoints"):
+        return
+    held = f"{'an' if state[0] in 'aeiou' else 'a'} {state} run" if state else "a run"
+    how = (f"; resume it in place with ckpt_path={folder / 'checkpoints' / 'last.ckpt'} {key}={path}, or give a folder "
+           "that does not exist yet" if resumable and not key.endswith("sweep.dir") else
+           f": give a folder that does not exist yet (or leave {key} out: every run gets a fresh folder under outputs/)")
+    raise LungclsError(f"{key}={path} already holds {held}; a new run would write over it{how}")

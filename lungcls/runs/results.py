@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from lungcls.metrics.bootstrap import bootstrap_ci
 from lungcls.metrics.calibration import calibration
 from lungcls.metrics.settings import StatsSettings, stats_settings
 from lungcls.runs.figures import plot_confusion_matrix, plot_reliability
+from lungcls.runs.files import replacing, write_text_atomic
 from lungcls.metrics.predictions import Predictions
 
 def check_stats(stats: Mapping[str, Any] | StatsSettings | None) -> dict[str, Any]:
@@ -53,20 +53,17 @@ def summarize_predictions(pred: Predictions, class_names: Sequence[str], normal_
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """``path`` written through a temporary file renamed into place (``lungcls.runs.files``)."""
+    write_text_atomic(path, text)
 
 
 def write_predictions_csv(path: Path, pred: Predictions, class_names: Sequence[str]) -> None:
     """``path,label,pred,prob_<Class>...``, one row per image."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "pred"] + [f"prob_{c}" for c in class_names])
         for p, y, yhat, pr in zip(pred.paths, pred.labels, pred.preds, pred.probs):
             w.writerow([p, class_names[y], class_names[yhat]] + [f"{v:.6f}" for v in pr])
-    os.replace(tmp, path)
 
 
 def write_results(

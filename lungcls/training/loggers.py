@@ -6,14 +6,19 @@ and keeps its CSV metrics, so it is always readable without any service.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import hydra
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from lungcls.runs.files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +49,52 @@ def keep_wandb_in(run_dir: Path) -> None:
             os.environ[key] = str(folder)
 
 
-def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: Path, run_name: str, config: dict | None = None) -> list[Logger]:
-    """The configured loggers plus a CSVLogger writing ``<run_dir>/csv/metrics.csv``."""
+class ContinuedWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it starts from the rows of an earlier ``metrics.csv`` that
+    ``keep`` accepts (a resumed run's rows up to its checkpoint) where Lightning's deletes the file."""
+
+    def __init__(self, log_dir: str, previous: Optional[Path], keep: Callable[[dict], bool]) -> None:
+        self.previous, self.keep = previous, keep
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # Lightning's writer deletes an existing metrics.csv here
+        if self.previous is None or not self.previous.is_file():
+            return
+        with self.previous.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if self.keep(row)]
+            header = list(reader.fieldnames or [])
+        os.makedirs(self.log_dir, exist_ok=True)
+        with replacing(self.metrics_file_path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = sorted(header)
+
+
+class RunCSVLogger(CSVLogger):
+    """The ``CSVLogger`` of every run: each logged row is in the file at once (a run killed hard
+    loses none), and a resumed run continues the file of its checkpoint's run (``previous``, the rows
+    ``keep`` accepts), so ``metrics.csv`` holds every epoch of the whole run once."""
+
+    def __init__(self, *args: Any, previous: Optional[Path] = None, keep: Callable[[dict], bool] = lambda row: True,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, flush_logs_every_n_steps=1, **kwargs)
+        self.previous, self.keep = previous, keep
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = ContinuedWriter(self.log_dir, self.previous, self.keep)
+        return self._experiment
+
+
+def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: Path, run_name: str, config: dict | None = None,
+                  resume: Any = None) -> list[Logger]:
+    """The configured loggers plus a CSVLogger writing ``<run_dir>/csv/metrics.csv``; resuming
+    (``resume``: a ``ResumePoint``), the file continues the metrics of the checkpoint's run."""
     loggers: list[Logger] = []
     for cfg in (logger_cfg or {}).values():
         if not isinstance(cfg, Mapping) or "_target_" not in cfg:
@@ -64,7 +113,8 @@ def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: Path, run_name:
         if isinstance(lg, WandbLogger) and config is not None:
             lg.log_hyperparams(config)
         loggers.append(lg)
-    loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    continued = {"previous": resume.metrics_csv, "keep": resume.keeps} if resume is not None else {}
+    loggers.append(RunCSVLogger(save_dir=str(run_dir), name="csv", version="", **continued))
     return loggers
 
 

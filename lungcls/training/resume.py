@@ -1,8 +1,10 @@
 """Resuming a run (``ckpt_path=.../last.ckpt``): the settings a continued run must share with its
-checkpoint, checked before any image is decoded."""
+checkpoint, checked before any image is decoded, and the point it continues from (its epoch and
+step, and whether it continues in its own folder)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,36 @@ def check_resume(ckpt_path: str, current: dict) -> None:
             f"ckpt_path={ckpt_path} was trained with {key}={was}, not {now}; resume with the checkpoint's settings, "
             "or start a new run without ckpt_path"
         )
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the checkpoint's epoch and optimiser step, whether it resumes
+    in its own folder, and the metrics file of the run the checkpoint belongs to."""
+
+    checkpoint: Path
+    epoch: int
+    step: int
+    in_place: bool
+    metrics_csv: Path
+
+    def keeps(self, row: dict[str, str]) -> bool:
+        """Whether a row of the earlier metrics.csv was logged up to the checkpoint (rows logged after
+        it, before the run stopped, are logged again by the resumed run)."""
+        epoch, step = row.get("epoch") or "", row.get("step") or ""
+        try:
+            return float(epoch) <= self.epoch if epoch else float(step) < self.step
+        except ValueError:
+            return False
+
+
+def resume_point(ckpt_path: str, run_dir: Path) -> ResumePoint:
+    """The ``ResumePoint`` of ``ckpt_path`` (a run's ``checkpoints/<name>.ckpt``) for a run in ``run_dir``."""
+    import torch
+
+    from lungcls.runs.files import same_file
+
+    ckpt = Path(ckpt_path)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)  # mapped: only the counters are read
+    return ResumePoint(ckpt, int(saved.get("epoch", -1)), int(saved.get("global_step", 0)),
+                       same_file(ckpt.parent, Path(run_dir) / "checkpoints"), ckpt.parent.parent / "csv" / "metrics.csv")

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import logging
+import random
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ from lungcls.models.device import resolve_precision
 from lungcls.errors import LungclsError
 from lungcls.settings import check_range, typed_keys
 from lungcls.metrics import metric_direction, metric_key
+from lungcls.runs.files import replacing, same_file
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,78 @@ class KeptModelCheckpoint(ModelCheckpoint):
         if self.monitor and self.monitor not in candidates:
             candidates[self.monitor] = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
         return candidates
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resumed in another folder, Lightning forgets the best score and keeps a path into the old
+        folder, so the first resumed epoch would become the best. The best checkpoint is copied into
+        this run's folder with its score instead: the best epoch of the whole run stays the kept model."""
+        super().load_state_dict(state_dict)
+        old, score = state_dict.get("best_model_path"), state_dict.get("best_model_score")
+        if self.best_model_score is not None or not old or score is None or not Path(old).is_file() or not self.dirpath:
+            return  # resumed in place (Lightning restored all), or nothing kept yet
+        new = Path(self.dirpath) / Path(old).name
+        if new.exists() and not same_file(old, new):
+            raise LungclsError(f"{new} exists; resume into a new run folder (or in the checkpoint's own folder)")
+        if not same_file(old, new):
+            new.parent.mkdir(parents=True, exist_ok=True)
+            with replacing(new) as tmp:
+                shutil.copyfile(old, tmp)
+        self.best_model_path = self.kth_best_model_path = str(new)
+        self.best_model_score = self.kth_value = score
+        self.best_k_models = {str(new): score}
+
+
+class RandomState(pl.Callback):
+    """Keeps the random generators (Python, NumPy, torch on the CPU and GPUs, the training loader's
+    shuffling) in every checkpoint and restores them when a resumed run starts training, so it
+    draws the same shuffles, augmentations and dropout as an uninterrupted run would."""
+
+    KEY = "lungcls_random_state"
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        import numpy as np
+
+        generator = getattr(trainer.train_dataloader, "generator", None)
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint[self.KEY] = {  # tensors, numbers and tuples only: the checkpoint stays loadable with weights_only
+            "python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "loader": generator.get_state() if generator is not None else None}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """The generators are restored when training starts (set-up draws numbers too); the training
+        loader, built later (for the scheduler's step count, or by the fit loop), gets its shuffling
+        state as the data module builds it."""
+        self.pending = state = checkpoint.get(self.KEY)
+        dm = trainer.datamodule
+        if dm is None or state is None or state["loader"] is None:
+            return
+        build = dm.train_dataloader
+
+        def restored_loader() -> Any:
+            loader = build()
+            del dm.train_dataloader  # the data module's own method again
+            if getattr(loader, "generator", None) is not None:
+                loader.generator.set_state(state["loader"])
+            return loader
+
+        dm.train_dataloader = restored_loader
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import numpy as np
+
+        state, self.pending = self.pending, None
+        if state is None:
+            return
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def check_monitor(name: str, mode: str, class_names: Sequence[str], key: str = "callbacks.checkpoint") -> str:

@@ -61,3 +61,34 @@ def test_a_failed_check_keeps_the_file_and_says_not_to_use_it(logistic_run, tmp_
     monkeypatch.setattr(export_module, "run_exported", lambda *a: (real(*a)[0] + 0.01, real(*a)[1]))
     with pytest.raises(LungclsError, match="differs from the checkpoint by .* do not use it"):
         export(export_cfg(logistic_run, tmp_path, "export.format=torchscript"))
+
+
+def copied_run(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("wandb"))
+
+
+def test_export_out_as_a_hard_link_to_the_checkpoint_is_refused_and_the_checkpoint_kept(logistic_run, tmp_path):
+    """A hard link has another path but is the same file: comparing paths let the export replace the
+    checkpoint's contents with the TorchScript file."""
+    run = copied_run(logistic_run, tmp_path)
+    best = run / "checkpoints" / "best.ckpt"
+    before = best.read_bytes()
+    link = tmp_path / "x.ckpt"
+    link.hardlink_to(best)
+    with pytest.raises(LungclsError, match="is one of the export's inputs"):
+        export(export_cfg(run, tmp_path / "e", f"export.out={link}", "export.overwrite=true"))
+    assert best.read_bytes() == before and load_classifier(str(best)).class_names
+
+
+def test_an_export_replaces_its_output_with_a_new_file_and_never_writes_into_the_old_one(logistic_run, tmp_path):
+    """export.overwrite=true gives the name a new file: a file the old one was a hard link to keeps its bytes."""
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(b"someone else's file")
+    out = tmp_path / "model.pt"
+    out.hardlink_to(kept)
+    export(export_cfg(logistic_run, tmp_path / "e", f"export.out={out}", "export.overwrite=true"))
+    assert kept.read_bytes() == b"someone else's file"
+    assert out.stat().st_ino != kept.stat().st_ino and run_exported(out, "torchscript", torch.zeros(1, 1, 64, 64, dtype=torch.uint8))[0].shape[0] == 1
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left

@@ -69,6 +69,13 @@ def test_resume_from_last_checkpoint_continues_the_run(train_cfg, tmp_path):
     train(train_cfg("backbone=logistic", "trainer.max_epochs=3", f"ckpt_path={first}/checkpoints/last.ckpt", out=second))
     resumed = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["epoch"] == 2 and resumed["global_step"] > ckpt["global_step"]
+    # in the new folder: the metrics of all three epochs in one file, and the best of the three kept
+    with (second / "csv" / "metrics.csv").open() as f:
+        f1 = {int(r["epoch"]): float(r["val/macro_f1"]) for r in csv.DictReader(f) if r.get("val/macro_f1")}
+    assert sorted(f1) == [0, 1, 2]
+    best = torch.load(second / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == max(f1, key=lambda e: (f1[e], -e))  # the first epoch with the highest score
+    assert json.loads((second / "metrics.json").read_text())["best_checkpoint"] == str((second / "checkpoints" / "best.ckpt").resolve())
 
 
 def test_best_checkpoint_is_the_epoch_with_fewest_missed_diagnoses(train_cfg, tmp_path):

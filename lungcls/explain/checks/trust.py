@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from lungcls.runs.files import replacing
+
 __all__ = ["METHOD_COLUMNS", "method_table", "recommendation", "verdict_lines", "write_methods_csv"]
 
 # methods.csv column -> gradcam.csv column it averages
@@ -83,7 +85,7 @@ def _paired_uniform(items: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 def write_methods_csv(path: Path, table: Sequence[Mapping[str, Any]]) -> Path:
-    with path.open("w", newline="") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(METHOD_COLUMNS)
         for row in table:
