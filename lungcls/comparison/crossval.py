@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lungcls.comparison.settings import setting_key
 from lungcls.metrics import summarize_confusion
 from lungcls.runs.folders import STATUS_OK
 
@@ -61,13 +62,14 @@ def _why_not_folds(group: Sequence[dict]) -> str | None:
 
 def fold_groups(runs: Sequence[dict]) -> tuple[list[list[dict]], list[str]]:
     """Runs grouped by setting (the k folds of a k-fold setting together, every other run on its
-    own), in the original order; and notes on k-fold runs that could not be folded."""
+    own; a setting is the composed config, not the override text), in the original order; and
+    notes on k-fold runs that could not be folded."""
     groups: dict[tuple, list[dict]] = {}
     order: list[tuple] = []
     for i, run in enumerate(runs):
         ds = _dataset(run)
         kfold = ds.get("folds") and ds.get("folds") != "source" and not ds.get("splits_csv")  # source folds: generalisation.py
-        key = ("folds", ds.get("folds"), _setting(run["overrides"])) if kfold else ("run", i)
+        key = ("folds", ds.get("folds"), setting_key(run)) if kfold else ("run", i)
         if key not in groups:
             order.append(key)
         groups.setdefault(key, []).append(run)

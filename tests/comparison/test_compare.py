@@ -249,3 +249,39 @@ def test_leave_one_source_out_runs_become_generalisation_csv_beside_the_in_sourc
     assert "held out site-B (loso/1): no training images of Viral Pneumonia: their metrics are null" in text
     assert "held out site-A (loso/0): no test images of Viral Pneumonia" in text
     assert "0.600 [0.550, 0.650]" in text
+
+
+def composed_run(folder: Path, overrides: list[str], accuracy: float, tested: dict[str, int]) -> Path:
+    """A run folder as lungcls-train leaves it: .hydra/config.yaml composed by Hydra from ``overrides``
+    (written in overrides.yaml as given), metrics.json and splits.csv."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from lungcls.cli import CONF_DIR
+
+    source_fold_run(folder, None, "site", accuracy, CLASSES, tested)
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name="train", overrides=overrides)
+    (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return folder
+
+
+def test_in_source_run_is_paired_by_its_settings_not_by_its_override_text(tmp_path):
+    """A multirun writes `Viral\\ Pneumonia` where a single run writes `Viral Pneumonia`, and users give
+    overrides in any order: the in-source run is the one whose composed config matches."""
+    classes = ["COVID", "Normal", "Viral Pneumonia"]
+    tested = {"COVID": 5, "Normal": 5}
+    for fold in (0, 1):
+        composed_run(tmp_path / "loso" / str(fold), ["dataset.classes=[COVID,Normal,Viral\\ Pneumonia]",
+                     "backbone=logistic", "dataset.folds=source", f"dataset.fold={fold}"], 0.5, tested)
+    composed_run(tmp_path / "in_source", ["backbone=logistic", "dataset.classes=[COVID,Normal,Viral Pneumonia]"],
+                 0.9, tested)
+    composed_run(tmp_path / "other", ["dataset.classes=[COVID,Normal,Viral Pneumonia]", "backbone=logistic",
+                                      "dataset.image_size=64"], 0.7, tested)  # another setting: not its pair
+    assert main([str(tmp_path / "loso"), str(tmp_path / "in_source"), str(tmp_path / "other"),
+                 "--out", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "generalisation.csv").open()))
+    assert len(rows) == 2 and {r["in_source_run"] for r in rows} == {"in_source"}
+    assert all(float(r["in_source_accuracy"]) == 0.9 and float(r["gap"]) == pytest.approx(0.4) for r in rows)
+    assert yaml.safe_load((tmp_path / "loso" / "0" / ".hydra" / "config.yaml").read_text())["dataset"]["classes"] == classes
