@@ -120,10 +120,10 @@ def fold_row(rows: Sequence[dict], runs: Sequence[dict], stage: str, missed: Seq
         cm, names = pooled
         normal = runs[0]["normal_class"]
         summary = summarize_confusion(cm, names, normal if normal in names else None)
-        fn = summary["fn_to_normal"]
-        for cls, count in fn.items():
+        fn = {c: n for c, n in summary["fn_to_normal"].items() if n is not None}  # classes with images
+        for cls in summary["fn_to_normal"]:
             if f"{stage}/fn_to_normal/{cls}" in out:
-                out[f"{stage}/fn_to_normal/{cls}"] = count
+                out[f"{stage}/fn_to_normal/{cls}"] = fn.get(cls)
         out[f"{stage}/fn_to_normal_total"] = sum(fn.values()) if fn else None
         chosen = [c for c in missed if c in fn] or list(fn)
         out["missed"] = sum(fn[c] for c in chosen) if fn else None

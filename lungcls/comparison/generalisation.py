@@ -73,8 +73,8 @@ def fold_record(run: dict, missed: Sequence[str]) -> tuple[dict[str, Any], str |
         known = c not in untrained and c not in untested
         row[f"recall/{c}"] = (per_class.get(c) or {}).get("recall") if known else None
         row[f"fn_to_normal/{c}"] = fn.get(c) if known and c in fn else None
-    counted = [row.get(f"fn_to_normal/{c}") for c in missed if c in fn]
-    row["missed"] = sum(v for v in counted if v is not None) if counted else None
+    counted = [v for c in missed if (v := row.get(f"fn_to_normal/{c}")) is not None]
+    row["missed"] = sum(counted) if counted else None  # over the missed classes with a count; none: null
     parts = []
     if untrained:
         parts.append(f"no training images of {', '.join(untrained)}")

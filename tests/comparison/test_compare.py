@@ -285,3 +285,25 @@ def test_in_source_run_is_paired_by_its_settings_not_by_its_override_text(tmp_pa
     assert len(rows) == 2 and {r["in_source_run"] for r in rows} == {"in_source"}
     assert all(float(r["in_source_accuracy"]) == 0.9 and float(r["gap"]) == pytest.approx(0.4) for r in rows)
     assert yaml.safe_load((tmp_path / "loso" / "0" / ".hydra" / "config.yaml").read_text())["dataset"]["classes"] == classes
+
+
+def test_held_out_sources_are_not_ranked_and_a_fold_with_nothing_to_miss_has_null_missed(tmp_path):
+    """A fold whose test source has no COVID and whose Viral Pneumonia never reached training has no
+    missed-disease count (null, not 0), and folds tested on different sources get no rank: a fold
+    at 0.0 accuracy must not rank above one at 0.5 for "fewest missed"."""
+    root = tmp_path / "loso"
+    source_fold_run(root / "0", 0, "Actualmed", 0.5, CLASSES, {"COVID": 10, "Normal": 5})
+    kermany = source_fold_run(root / "1", 1, "Kermany", 0.0, ["COVID", "Normal"], {"Normal": 5, "Viral Pneumonia": 5})
+    metrics = json.loads((kermany / "metrics.json").read_text())
+    metrics["test"]["fn_to_normal"] = {"COVID": 0, "Lung_Opacity": 0, "Viral Pneumonia": 0}  # as older runs stored it
+    (kermany / "metrics.json").write_text(json.dumps(metrics))
+    source_fold_run(tmp_path / "random" / "0", None, "", 0.9, CLASSES, {c: 5 for c in CLASSES})
+    assert main([str(root), str(tmp_path / "random"), "--out", str(tmp_path / "out")]) == 0
+    general = {r["source"]: r for r in csv.DictReader((tmp_path / "out" / "generalisation.csv").open())}
+    assert general["Kermany"]["missed"] == "" and general["Kermany"]["fn_to_normal/COVID"] == ""
+    assert general["Actualmed"]["missed"] == "2"
+    ranked = {r["run"]: r["rank"] for r in csv.DictReader((tmp_path / "out" / "comparison.csv").open())}
+    assert ranked == {"random/0": "1", "loso/0": "", "loso/1": ""}
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert "2 leave-one-source-out run(s) are listed after the ranked runs, without a rank" in text
+    assert "different test sets" not in text  # the one ranked run is compared with nothing
