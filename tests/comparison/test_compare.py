@@ -14,6 +14,8 @@ from lungcls.comparison.ranking import rank_runs
 from lungcls.runs.folders import collect_runs
 from lungcls.errors import LungclsError
 
+from conftest import SHARED_REAL, requires_shared, run_cli
+
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
 
@@ -307,3 +309,29 @@ def test_held_out_sources_are_not_ranked_and_a_fold_with_nothing_to_miss_has_nul
     text = (tmp_path / "out" / "comparison.md").read_text()
     assert "2 leave-one-source-out run(s) are listed after the ranked runs, without a rank" in text
     assert "different test sets" not in text  # the one ranked run is compared with nothing
+
+
+@requires_shared
+@pytest.mark.slow  # about a minute on 2 CPU cores: three tiny logistic runs on the 823 real films
+def test_leave_one_source_out_on_real_films_as_a_user_runs_it(tmp_path):
+    """The README's commands on the shared real sample: the multirun's folds pair with the single
+    in-source run (its overrides written differently), a fold without COVID films and without Viral
+    Pneumonia in training has null counts, and no fold is ranked."""
+    common = ["dataset=folder", f"dataset.root={SHARED_REAL}", "backbone=logistic", "dataset.image_size=32",
+              "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv", "dataset.source_from=regex",
+              "dataset.source_regex='images/([A-Za-z0-9]+)-'", f"paths.log_dir={tmp_path / 'outputs'}"]
+    loso = run_cli("lungcls.train", "-m", *common, "dataset.classes=[COVID,Normal,Viral Pneumonia]",
+                   "dataset.folds=source", "dataset.fold=Figure1,Kermany", f"hydra.sweep.dir={tmp_path / 'loso'}")
+    assert loso.returncode == 0, loso.stderr[-2000:]
+    single = run_cli("lungcls.train", "dataset.classes=[COVID,Normal,Viral Pneumonia]", *common,
+                     f"hydra.run.dir={tmp_path / 'in_source'}")
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert "Viral\\ Pneumonia" in (tmp_path / "loso" / "0" / ".hydra" / "overrides.yaml").read_text()
+    kermany = json.loads((tmp_path / "loso" / "1" / "metrics.json").read_text())["test"]
+    assert kermany["fn_to_normal"]["COVID"] is None and kermany["per_class"]["Viral Pneumonia"]["recall"] is None
+    assert main([str(tmp_path / "loso"), str(tmp_path / "in_source"), "--out", str(tmp_path / "cmp")]) == 0
+    rows = {r["source"]: r for r in csv.DictReader((tmp_path / "cmp" / "generalisation.csv").open())}
+    assert set(rows) == {"Figure1", "Kermany"} and all(r["in_source_accuracy"] and r["gap"] for r in rows.values())
+    assert rows["Kermany"]["missed"] == "" and rows["Figure1"]["missed"] != ""
+    ranks = {r["run"]: r["rank"] for r in csv.DictReader((tmp_path / "cmp" / "comparison.csv").open())}
+    assert ranks == {"in_source": "1", "loso/0": "", "loso/1": ""}
