@@ -5,8 +5,9 @@ literature's estimate for a new hospital holds whole sources out (Zech et al. 20
 2021). ``dataset.folds=source`` runs (one per held-out source) give one row each: the source's
 images, accuracy and macro F1 with their 95% intervals, recall and ``fn_to_normal`` per class, beside
 the same setting's in-source result (a run with a random split whose composed config is the same
-but for ``dataset.folds``/``dataset.fold``, however its overrides were written) and the gap. A class with no training images when
-its source is held out, or no test images in it, gets null metrics and one line saying so.
+but for ``dataset.folds``/``dataset.fold``, however its overrides were written) and the gap. A
+class with no training images when its source is held out, or no test images in it, gets null
+metrics and one line saying so; ``missed`` sums the missed classes that have a count.
 """
 
 from __future__ import annotations

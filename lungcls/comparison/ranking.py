@@ -51,7 +51,8 @@ def _stage(metrics: dict | None, stage: str) -> dict | None:
     if not isinstance(block, dict):
         return None
     per_class = block.get("per_class") or {}
-    fn = {c: (None if (per_class.get(c) or {}).get("support") == 0 else n) for c, n in (block.get("fn_to_normal") or {}).items()}
+    fn = {c: None if (per_class.get(c) or {}).get("support") == 0 else n
+          for c, n in (block.get("fn_to_normal") or {}).items()}
     return {**block, "fn_to_normal": fn}
 
 

@@ -92,7 +92,7 @@ def summarize_confusion(
 
         {"accuracy", "macro_f1",
          "per_class": {Class: {"precision", "recall", "f1", "specificity", "support"}},
-         "fn_to_normal": {Class: int}, "confusion_matrix": [[int]], "class_names": [...]}
+         "fn_to_normal": {Class: int | None}, "confusion_matrix": [[int]], "class_names": [...]}
 
     `fn_to_normal[C]` is the number of images of true class C predicted as `normal_class` (missed
     disease), for every class but the normal one (None for a class with no images: nothing to miss
@@ -144,7 +144,7 @@ def summarize_confusion(
     defined_f1 = [v["f1"] for v in per_class.values() if v["f1"] is not None]
     macro_f1 = float(sum(defined_f1) / len(defined_f1)) if defined_f1 else None
 
-    fn_to_normal: dict[str, int] = {}
+    fn_to_normal: dict[str, int | None] = {}
     if normal_class is not None:
         j = names.index(normal_class)
         fn_to_normal = {name: int(cm[k, j]) if support[k] else None for k, name in enumerate(names) if k != j}
@@ -164,8 +164,8 @@ def flat_metrics(summary: dict[str, Any], stage: str) -> dict[str, float | int]:
 
     Keys: `{stage}/acc`, `{stage}/macro_f1`, `{stage}/precision|recall|f1|specificity/{Class}`,
     `{stage}/fn_to_normal/{Class}` and `{stage}/fn_to_normal_total` (sum over the disease classes
-    with images; absent when there is no normal class). An undefined (None) metric is left out rather than
-    logged as 0, so dashboards show a gap instead of a false "always wrong".
+    with images; absent when there is no normal class). An undefined (None) metric is left out
+    rather than logged as 0, so dashboards show a gap instead of a false "always wrong".
     """
     out: dict[str, float] = {}
 
