@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -192,13 +193,15 @@ def test_methods_table_on_films_without_masks_fits_a_1280_px_page(tmp_path):
     from lungcls.report.tables import methods_section
 
     playwright = pytest.importorskip("playwright.sync_api")
-    if not Path("/usr/bin/chromium").is_file():
-        pytest.skip("no Chromium installed")
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
+                     if p and Path(p).is_file()), None)
+    if chromium is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
     section = methods_section(method_table(_real_film_rows()))
     assert "hit_rate" in section.caption and "hit_rate:" not in section.caption  # named as left out, not explained
     page_file = write_report_html(tmp_path, "report", [], [], ["summary"], groups=[GroupSection("Which map to trust", ["x"], [section])])
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(page_file.as_uri())
