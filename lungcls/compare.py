@@ -45,7 +45,8 @@ def _optuna_note(dirs: Sequence[Path]) -> list[str]:
 
 def _header(rows: Sequence[dict], dirs: Sequence[Path], order: str, stage: str) -> list[str]:
     ok = sum(1 for r in rows if r["status"] == STATUS_OK)
-    header = [f"{len(rows)} run(s) from {', '.join(str(d) for d in dirs)}; {ok} ranked by {order}."]
+    ranked = sum(1 for r in rows if r["rank"] is not None)
+    header = [f"{len(rows)} run(s) from {', '.join(str(d) for d in dirs)}; {ranked} ranked by {order}."]
     if ok < len(rows):
         header.append(f"{len(rows) - ok} run(s) without {stage} metrics, failed or incomplete: listed last.")
     return header

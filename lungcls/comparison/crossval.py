@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lungcls.comparison.settings import setting_key
 from lungcls.metrics import summarize_confusion
 from lungcls.runs.folders import STATUS_OK
 
@@ -61,13 +62,14 @@ def _why_not_folds(group: Sequence[dict]) -> str | None:
 
 def fold_groups(runs: Sequence[dict]) -> tuple[list[list[dict]], list[str]]:
     """Runs grouped by setting (the k folds of a k-fold setting together, every other run on its
-    own), in the original order; and notes on k-fold runs that could not be folded."""
+    own; a setting is the composed config, not the override text), in the original order; and
+    notes on k-fold runs that could not be folded."""
     groups: dict[tuple, list[dict]] = {}
     order: list[tuple] = []
     for i, run in enumerate(runs):
         ds = _dataset(run)
         kfold = ds.get("folds") and ds.get("folds") != "source" and not ds.get("splits_csv")  # source folds: generalisation.py
-        key = ("folds", ds.get("folds"), _setting(run["overrides"])) if kfold else ("run", i)
+        key = ("folds", ds.get("folds"), setting_key(run)) if kfold else ("run", i)
         if key not in groups:
             order.append(key)
         groups.setdefault(key, []).append(run)
@@ -118,10 +120,10 @@ def fold_row(rows: Sequence[dict], runs: Sequence[dict], stage: str, missed: Seq
         cm, names = pooled
         normal = runs[0]["normal_class"]
         summary = summarize_confusion(cm, names, normal if normal in names else None)
-        fn = summary["fn_to_normal"]
-        for cls, count in fn.items():
+        fn = {c: n for c, n in summary["fn_to_normal"].items() if n is not None}  # classes with images
+        for cls in summary["fn_to_normal"]:
             if f"{stage}/fn_to_normal/{cls}" in out:
-                out[f"{stage}/fn_to_normal/{cls}"] = count
+                out[f"{stage}/fn_to_normal/{cls}"] = fn.get(cls)
         out[f"{stage}/fn_to_normal_total"] = sum(fn.values()) if fn else None
         chosen = [c for c in missed if c in fn] or list(fn)
         out["missed"] = sum(fn[c] for c in chosen) if fn else None

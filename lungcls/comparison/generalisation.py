@@ -4,9 +4,10 @@ A model scored on a random split of its own sources is scored on the hospitals i
 literature's estimate for a new hospital holds whole sources out (Zech et al. 2018, DeGrave et al.
 2021). ``dataset.folds=source`` runs (one per held-out source) give one row each: the source's
 images, accuracy and macro F1 with their 95% intervals, recall and ``fn_to_normal`` per class, beside
-the same setting's in-source result (a run with a random split: the same overrides without
-``dataset.folds``/``dataset.fold``) and the gap between the two. A class with no training images when
-its source is held out, or no test images in it, gets null metrics and one line saying so.
+the same setting's in-source result (a run with a random split whose composed config is the same
+but for ``dataset.folds``/``dataset.fold``, however its overrides were written) and the gap. A
+class with no training images when its source is held out, or no test images in it, gets null
+metrics and one line saying so; ``missed`` sums the missed classes that have a count.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lungcls.comparison.settings import FOLD_KEYS, setting_key
 from lungcls.runs.folders import STATUS_OK
-
-FOLD_KEYS = ("dataset.fold", "dataset.folds")
 
 
 def _family(overrides: Sequence[str]) -> tuple[str, ...]:
@@ -74,8 +74,8 @@ def fold_record(run: dict, missed: Sequence[str]) -> tuple[dict[str, Any], str |
         known = c not in untrained and c not in untested
         row[f"recall/{c}"] = (per_class.get(c) or {}).get("recall") if known else None
         row[f"fn_to_normal/{c}"] = fn.get(c) if known and c in fn else None
-    counted = [row.get(f"fn_to_normal/{c}") for c in missed if c in fn]
-    row["missed"] = sum(v for v in counted if v is not None) if counted else None
+    counted = [v for c in missed if (v := row.get(f"fn_to_normal/{c}")) is not None]
+    row["missed"] = sum(counted) if counted else None  # over the missed classes with a count; none: null
     parts = []
     if untrained:
         parts.append(f"no training images of {', '.join(untrained)}")
@@ -85,9 +85,9 @@ def fold_record(run: dict, missed: Sequence[str]) -> tuple[dict[str, Any], str |
     return row, line
 
 
-def _in_source(runs: Sequence[dict], family: tuple[str, ...]) -> dict | None:
+def _in_source(runs: Sequence[dict], key: str) -> dict | None:
     for run in runs:
-        if run["status"] == STATUS_OK and not _dataset(run).get("folds") and _family(run["overrides"]) == family:
+        if run["status"] == STATUS_OK and not _dataset(run).get("folds") and setting_key(run) == key:
             return run
     return None
 
@@ -97,18 +97,20 @@ def generalisation_rows(runs: Sequence[dict], missed: Sequence[str]) -> tuple[li
     in-source accuracy (``in_source_accuracy``, null when no such run was given) and the ``gap``."""
     rows: list[dict[str, Any]] = []
     lines: list[str] = []
+    names: dict[str, str] = {}  # setting -> how its first fold's overrides name it
     for run in runs:
         if not is_source_fold(run):
             continue
         if run["status"] != STATUS_OK:
             lines.append(f"{run['run']}: leave-one-source-out run without test metrics ({run['status']}): left out")
             continue
-        family = _family(run["overrides"])
+        key = setting_key(run)
+        name = names.setdefault(key, " ".join(_family(run["overrides"])) or "(defaults)")
         row, line = fold_record(run, missed)
-        own = _in_source(runs, family)
+        own = _in_source(runs, key)
         in_acc = ((own.get("metrics") or {}).get("test") or {}).get("accuracy") if own else None
         lo, hi = _ci(((own.get("metrics") or {}).get("test") or {}) if own else {}, "accuracy")
-        row = {"setting": " ".join(family) or "(defaults)", **row, "in_source_run": own["run"] if own else None,
+        row = {"setting": name, **row, "in_source_run": own["run"] if own else None,
                "in_source_accuracy": in_acc, "in_source_accuracy_lo": lo, "in_source_accuracy_hi": hi,
                "gap": in_acc - row["accuracy"] if in_acc is not None and row["accuracy"] is not None else None}
         rows.append(row)

@@ -17,6 +17,7 @@ from typing import Any
 from lungcls.errors import LungclsError
 from lungcls.metrics import flat_metrics, metric_direction, metric_key
 from lungcls.comparison.crossval import fold_cross_validation, scored_paths
+from lungcls.comparison.generalisation import is_source_fold
 from lungcls.console import natural_key
 from lungcls.runs.folders import STATUS_OK
 
@@ -45,8 +46,15 @@ def distinguishing_overrides(runs: Sequence[dict]) -> list[list[str]]:
 
 
 def _stage(metrics: dict | None, stage: str) -> dict | None:
+    """A split's block; a class with no images there has no missed count (null, as metrics.json
+    stores it now; older files stored 0)."""
     block = metrics.get(stage) if isinstance(metrics, dict) else None
-    return block if isinstance(block, dict) else None
+    if not isinstance(block, dict):
+        return None
+    per_class = block.get("per_class") or {}
+    fn = {c: None if (per_class.get(c) or {}).get("support") == 0 else n
+          for c, n in (block.get("fn_to_normal") or {}).items()}
+    return {**block, "fn_to_normal": fn}
 
 
 def _class_names(runs: Sequence[dict], stage: str) -> list[str]:
@@ -164,7 +172,7 @@ def _sort_key(row: dict, column: str, descending: bool) -> tuple:
     return (1, natural_key(str(value)))
 
 
-def _test_set_notes(runs: Sequence[dict], rows: Sequence[dict], stage: str) -> list[str]:
+def _test_set_notes(runs: Sequence[dict], rows: Sequence[dict], stage: str, unranked: set[str]) -> list[str]:
     """Warn when the ranked runs were scored on different test images: their numbers (counts above
     all) are then not comparable, whatever the ranking says."""
     if stage != "test":
@@ -172,7 +180,7 @@ def _test_set_notes(runs: Sequence[dict], rows: Sequence[dict], stage: str) -> l
     by_name = {r["run"]: r for r in runs}
     sets: dict[frozenset, list[str]] = {}
     for row in rows:
-        if row["status"] != STATUS_OK:
+        if row["status"] != STATUS_OK or row["run"] in unranked:
             continue
         members = row["fold_runs"].split(" ") if row.get("fold_runs") else [row["run"]]
         paths = frozenset(p for m in members if m in by_name for p in scored_paths(by_name[m]))
@@ -185,6 +193,14 @@ def _test_set_notes(runs: Sequence[dict], rows: Sequence[dict], stage: str) -> l
             "and split (same dataset.root, classes, split_seed and fractions)."]
 
 
+def _held_out_note(held_out: set[str]) -> list[str]:
+    if not held_out:
+        return []
+    return [f"{len(held_out)} leave-one-source-out run(s) are listed after the ranked runs, without a rank: each is "
+            "tested on another source's images, so their counts and accuracies are not comparable with each other or "
+            "with a random split's; generalisation.csv sets each beside its in-source result."]
+
+
 def rank_runs(
     runs: Sequence[dict],
     rank_by: str | None = None,
@@ -195,14 +211,16 @@ def rank_runs(
 
     Default: fewest `missed` on `stage`, then highest `stage` accuracy, then macro F1. With
     `rank_by` (any column; `COLUMN:asc` or `COLUMN:desc` to force the direction) that column
-    decides first, the default criteria break ties. Runs without `stage` metrics come after the
-    ranked ones and failed runs last; neither gets a rank number.
+    decides first, the default criteria break ties. Leave-one-source-out runs (each tested on
+    another source), then runs without `stage` metrics, come after the ranked ones and failed runs
+    last; none of them gets a rank number.
     """
     rows, notes = build_rows(runs, missed=missed, stage=stage)
     if not rows:
         return rows, notes
     rows, fold_notes = fold_cross_validation(runs, rows, stage, missed)
-    notes += fold_notes + _test_set_notes(runs, rows, stage)
+    held_out = {r["run"] for r in runs if is_source_fold(r)}
+    notes += fold_notes + _test_set_notes(runs, rows, stage, held_out) + _held_out_note(held_out)
     keys: list[tuple[str, bool]] = []
     if rank_by:
         column, _, direction = rank_by.rpartition(":")
@@ -217,10 +235,12 @@ def rank_runs(
 
     def group(row: dict) -> int:
         if row["status"] == STATUS_OK:
-            return 0
-        return 1 if str(row["status"]).startswith("no ") else 2  # no test metrics, then failed / incomplete
+            return 1 if row["run"] in held_out else 0
+        return 2 if str(row["status"]).startswith("no ") else 3  # no test metrics, then failed / incomplete
 
     def key(row: dict) -> tuple:
+        if group(row):  # unranked: in folder order (held-out sources in fold order)
+            return (group(row), natural_key(row["run"]))
         return (group(row), *(_sort_key(row, c, d) for c, d in keys), natural_key(row["run"]))
 
     ordered = sorted(rows, key=key)

@@ -6,10 +6,15 @@ missed COVID images noise-sized; the intervals say how large. Proportions (accur
 recall, specificity, the share of a disease class predicted Normal) get the Wilson score interval
 (scipy): unlike a percentile bootstrap it does not collapse to zero width when a small class is all
 right or all wrong (0 of 4 missed is not certainty). F1 scores, which have no closed form, get a
-percentile bootstrap: the images of ``resamples`` samples are drawn at once and each sample's
-confusion matrix is one slice of a single ``bincount``, so 1,000 resamples of a 2,000-image split
-take a fraction of a second (seeded, reproducible). A number undefined in most resamples, or with
-no images to count, gets no interval (``None``), never a made-up one.
+percentile bootstrap stratified by true class: each resample draws every class's images from that
+class, as many as the split has, so every resample holds the split's classes in the split's
+numbers. An unstratified resample of a split with 3 Normal films drops Normal one time in twenty,
+and its macro F1, averaged over the classes left, jumps (0.455 [0.410, 0.957]); stratified, the
+interval is of the macro F1 over the classes the split has. The images of ``resamples`` samples are
+drawn at once and each sample's confusion matrix is one slice of a single ``bincount``, so 1,000
+resamples of a 2,000-image split take a fraction of a second (seeded, reproducible). A number
+undefined in most resamples, or with no images to count, gets no interval (``None``), never a
+made-up one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from lungcls.metrics.confusion import PER_CLASS_METRICS
 
-METHOD = "wilson score (proportions), percentile bootstrap (F1)"
+METHOD = "wilson score (proportions), percentile bootstrap stratified by class (F1)"
 BOOTSTRAP = "percentile bootstrap"
 _MIN_DEFINED = 0.5  # share of resamples in which a number must be defined to get an interval
 
@@ -29,6 +34,19 @@ _MIN_DEFINED = 0.5  # share of resamples in which a number must be defined to ge
 def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     """[resamples, n] image indices drawn with replacement (seeded)."""
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def stratified_indices(labels: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """[resamples, n] image indices drawn with replacement within each true class (seeded): every
+    resample has each class's images in the split's numbers."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, len(labels)), dtype=np.int64)
+    start = 0
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        out[:, start:start + len(members)] = members[rng.integers(0, len(members), size=(resamples, len(members)))]
+        start += len(members)
+    return out
 
 
 def resampled_confusions(labels: np.ndarray, preds: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
@@ -119,7 +137,7 @@ def bootstrap_ci(labels: Any, preds: Any, class_names: Sequence[str], normal_cla
     cm = np.bincount(y * k + p, minlength=k * k).reshape(k, k) if len(y) else np.zeros((k, k), dtype=np.int64)
     interval = _proportion_intervals(cm, class_names, normal_class, level)
     if len(y) and resamples >= 1:
-        stats = confusion_statistics(resampled_confusions(y, p, k, resample_indices(len(y), resamples, seed)), class_names, normal_class)
+        stats = confusion_statistics(resampled_confusions(y, p, k, stratified_indices(y, resamples, seed)), class_names, normal_class)
         interval["macro_f1"] = percentile_interval(stats["macro_f1"], level)
         interval.update({f"f1/{c}": percentile_interval(stats[f"f1/{c}"], level) for c in class_names})
     record["accuracy"] = interval.get("accuracy")

@@ -120,10 +120,11 @@ def summarize_confusion(
 
         {"accuracy", "macro_f1",
          "per_class": {Class: {"precision", "recall", "f1", "specificity", "support"}},
-         "fn_to_normal": {Class: int}, "confusion_matrix": [[int]], "class_names": [...]}
+         "fn_to_normal": {Class: int | None}, "confusion_matrix": [[int]], "class_names": [...]}
 
     `fn_to_normal[C]` is the number of images of true class C predicted as `normal_class` (missed
-    disease), for every class but the normal one; `normal_class=None` gives `{}`.
+    disease), for every class but the normal one (None for a class with no images: nothing to miss
+    is not "none missed"); `normal_class=None` gives `{}`.
 
     Undefined values are `None`, not NaN or 0, so a class absent from a split is never reported as
     a class the model always gets wrong:
@@ -151,10 +152,10 @@ def summarize_confusion(
     defined_f1 = [v["f1"] for v in per_class.values() if v["f1"] is not None]
     macro_f1 = float(sum(defined_f1) / len(defined_f1)) if defined_f1 else None
 
-    fn_to_normal: dict[str, int] = {}
+    fn_to_normal: dict[str, int | None] = {}
     if normal_class is not None:
         j = names.index(normal_class)
-        fn_to_normal = {name: int(cm[k, j]) for k, name in enumerate(names) if k != j}
+        fn_to_normal = {name: int(cm[k, j]) if cm[k].sum() else None for k, name in enumerate(names) if k != j}
 
     return {
         "accuracy": _ratio(int(tp.sum()), total),
@@ -170,9 +171,9 @@ def flat_metrics(summary: dict[str, Any], stage: str) -> dict[str, float | int]:
     """Flatten a `summarize_confusion` result into the logger keys of the design.
 
     Keys: `{stage}/acc`, `{stage}/macro_f1`, `{stage}/precision|recall|f1|specificity/{Class}`,
-    `{stage}/fn_to_normal/{Class}` and `{stage}/fn_to_normal_total` (sum over disease classes;
-    absent when there is no normal class). An undefined (None) metric is left out rather than
-    logged as 0, so dashboards show a gap instead of a false "always wrong".
+    `{stage}/fn_to_normal/{Class}` and `{stage}/fn_to_normal_total` (sum over the disease classes
+    with images; absent when there is no normal class). An undefined (None) metric is left out
+    rather than logged as 0, so dashboards show a gap instead of a false "always wrong".
     """
     out: dict[str, float] = {}
 
@@ -188,6 +189,6 @@ def flat_metrics(summary: dict[str, Any], stage: str) -> dict[str, float | int]:
     fn = summary.get("fn_to_normal") or {}
     for name, count in fn.items():
         put(count, "fn_to_normal", name)
-    if fn:
-        put(sum(int(v) for v in fn.values()), "fn_to_normal_total")
+    if fn:  # disease images predicted normal, over the classes the split has (0 when it has none)
+        put(sum(int(v) for v in fn.values() if v is not None), "fn_to_normal_total")
     return out

@@ -95,10 +95,18 @@ def _cell(value: Any) -> tuple[str, bool]:
     return html.escape(str(value)), False
 
 
-def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+def filled_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The columns (first-seen order) that hold a value on some row: a column that is blank on every
+    row (localisation without masks) would only push the others off the page. The CSVs keep them."""
     columns: list[str] = []
     for row in rows:
         columns.extend(str(k) for k in row if str(k) not in columns)
+    lookup = [{str(k): v for k, v in row.items()} for row in rows]
+    return [c for c in columns if any(_cell(r.get(c))[0] for r in lookup)]
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    columns = filled_columns(rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in rows:

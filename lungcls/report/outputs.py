@@ -268,8 +268,10 @@ def sanity_line(e: Explained) -> str:
     last = e.sanity.stages[-1][0] if e.sanity.stages else "?"
     mean = f"{sum(rhos) / len(rhos):.2f}" if rhos else "n/a"
     verdict = "maps follow the learned weights" if not flagged else "flagged maps show the image more than the model"
+    constant = len(e.sanity.spearman) - len(rhos)  # nothing to rank: neither flagged nor passed, as in methods.csv
+    left_out = f"; {constant} constant map(s) have no rank correlation and are left out" if constant else ""
     return (
         f"Sanity check, {e.model.name}: with the layers from the classifier down to {last} re-initialised, the maps' "
-        f"rank correlation with the trained maps is {mean} on average; {flagged} of {len(e.sanity.spearman)} maps "
-        f"flagged (>= {e.sanity.threshold:.2f}): {verdict}."
+        f"rank correlation with the trained maps is {mean} on average; {flagged} of {len(rhos)} maps "
+        f"flagged (>= {e.sanity.threshold:.2f}){left_out}: {verdict}."
     )

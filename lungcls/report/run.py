@@ -35,7 +35,7 @@ from lungcls.report.outputs import (CSV_COLUMNS, TARGET_TEXT, Explained, sanity_
 from lungcls.data.settings import dataset_settings
 from lungcls.report.selection import ReportImage, select_images
 from lungcls.report.settings import ReportSettings, report_settings
-from lungcls.report.tables import cascade_rows, legend_lines, model_rows, write_summary_csv
+from lungcls.report.tables import cascade_rows, legend_lines, methods_section, model_rows, write_summary_csv
 from lungcls.explain.checks.trust import METHOD_COLUMNS, method_table, recommendation, verdict_lines, write_methods_csv
 from lungcls.models.device import pick_device
 from lungcls.training.loggers import log_report_to_wandb
@@ -176,15 +176,7 @@ def trust_section(out_dir: Path, unique: Sequence[ReportImage], per_model: Seque
     curves = write_curve_figure(out_dir, per_model, randoms)
     figures += [curves] if curves is not None else []
     lines = [*recommendation(table, s.sanity_threshold, _model_free()), *verdict_lines(table, s.sanity_threshold), *skipped]
-    shown = [{c: r[c] for c in ("model", "method", "grid", "images", "hit_rate", "iou", "lesion_share", "lesion_ratio",
-                                "lung_share", "border_share", "deletion_auc", "deletion_auc_random", "insertion_auc",
-                                "sanity_spearman", "sanity_flagged", "ms_per_image")} for r in table]
-    caption = ("Means over the images (95% bootstrap intervals in methods.csv). hit_rate: the map's maximum lies on "
-               "the lesion; iou: the map's top pixels (as many as the lesion has) against the lesion mask; "
-               "deletion_auc: lower is more faithful, compare it with deletion_auc_random; sanity_spearman: near 0 "
-               "means the map depends on the learned weights; ms_per_image on the device used.")
-    return GroupSection("Which map to trust", lines, [TableSection("Methods (methods.csv)", shown, caption, "methods")],
-                        figures, "trust")
+    return GroupSection("Which map to trust", lines, [methods_section(table)], figures, "trust")
 
 
 def write_html(out_dir: Path, models: Sequence[ReportModel], unique: Sequence[ReportImage], rows: Sequence[dict],
@@ -205,6 +197,6 @@ def write_html(out_dir: Path, models: Sequence[ReportModel], unique: Sequence[Re
     return write_report_html(
         out_dir, f"Grad-CAM report: {', '.join(m.name for m in models)}", [section for _, section in figures],
         table, lines, table_title=f"Per image x model x method (gradcam.csv; images under {common})", tables=tables,
-        legend=legend_lines(s.border_frac, s.sanity_threshold if s.sanity else None),
+        legend=legend_lines(s.border_frac, s.sanity_threshold if s.sanity else None, unique),
         groups=[trust] if trust is not None else [],
     )

@@ -82,6 +82,8 @@ def write_results(
     metrics: dict[str, Any] = {
         split: summarize_predictions(p, class_names, normal_class, stats, sources) for split, p in predictions.items()
     }
+    if "train" in predictions:
+        null_untrained(metrics, predictions["train"].labels, class_names)
     metrics.update(extra or {})
     if report_split in predictions:
         pred = predictions[report_split]
@@ -92,6 +94,27 @@ def write_results(
         plot_reliability(pred.probs, pred.labels, run_dir / "reliability.png", bins=bins, title=title)
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
     return metrics
+
+
+def null_untrained(metrics: dict[str, Any], train_labels: np.ndarray, class_names: Sequence[str]) -> None:
+    """A class with no training images (a held-out source took them all) was never learnt: on every
+    split its recall and missed count are null, never a 0 that reads as "always wrong", and the
+    split's ``untrained_classes`` names it."""
+    if not len(train_labels):
+        return
+    trained = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(class_names))
+    untrained = [c for c, n in zip(class_names, trained) if not n]
+    for summary in metrics.values() if untrained else ():
+        summary["untrained_classes"] = untrained
+        ci = summary.get("ci") or {}
+        for c in untrained:
+            summary["per_class"][c]["recall"] = None
+            if c in summary["fn_to_normal"]:
+                summary["fn_to_normal"][c] = None
+            if c in (ci.get("per_class") or {}):
+                ci["per_class"][c]["recall"] = None
+            if c in (ci.get("fn_to_normal_rate") or {}):
+                ci["fn_to_normal_rate"][c] = None
 
 
 def with_ci(value: float | None, interval: Sequence[float] | None, digits: int = 3) -> str:
@@ -106,7 +129,7 @@ def summary_line(summary: dict[str, Any], normal_class: str | None) -> str:
     """``accuracy 0.850 [0.80, 0.90] | macro F1 0.849 [...] | predicted Normal: COVID 1, ...``."""
     acc, f1 = summary.get("accuracy"), summary.get("macro_f1")
     ci = summary.get("ci") or {}
-    missed = ", ".join(f"{c} {n}" for c, n in (summary.get("fn_to_normal") or {}).items()) or "n/a"
+    missed = ", ".join(f"{c} {n}" for c, n in (summary.get("fn_to_normal") or {}).items() if n is not None) or "n/a"
     parts = [f"accuracy {with_ci(acc, ci.get('accuracy'))}" if acc is not None else "no images"]
     if f1 is not None:
         parts.append(f"macro F1 {with_ci(f1, ci.get('macro_f1'))}")

@@ -14,6 +14,8 @@ from lungcls.comparison.ranking import rank_runs
 from lungcls.runs.folders import collect_runs
 from lungcls.errors import LungclsError
 
+from conftest import SHARED_REAL, requires_shared, run_cli
+
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
 
@@ -249,3 +251,87 @@ def test_leave_one_source_out_runs_become_generalisation_csv_beside_the_in_sourc
     assert "held out site-B (loso/1): no training images of Viral Pneumonia: their metrics are null" in text
     assert "held out site-A (loso/0): no test images of Viral Pneumonia" in text
     assert "0.600 [0.550, 0.650]" in text
+
+
+def composed_run(folder: Path, overrides: list[str], accuracy: float, tested: dict[str, int]) -> Path:
+    """A run folder as lungcls-train leaves it: .hydra/config.yaml composed by Hydra from ``overrides``
+    (written in overrides.yaml as given), metrics.json and splits.csv."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from lungcls.cli import CONF_DIR
+
+    source_fold_run(folder, None, "site", accuracy, CLASSES, tested)
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name="train", overrides=overrides)
+    (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return folder
+
+
+def test_in_source_run_is_paired_by_its_settings_not_by_its_override_text(tmp_path):
+    """A multirun writes `Viral\\ Pneumonia` where a single run writes `Viral Pneumonia`, and users give
+    overrides in any order: the in-source run is the one whose composed config matches."""
+    classes = ["COVID", "Normal", "Viral Pneumonia"]
+    tested = {"COVID": 5, "Normal": 5}
+    for fold in (0, 1):
+        composed_run(tmp_path / "loso" / str(fold), ["dataset.classes=[COVID,Normal,Viral\\ Pneumonia]",
+                     "backbone=logistic", "dataset.folds=source", f"dataset.fold={fold}"], 0.5, tested)
+    composed_run(tmp_path / "in_source", ["backbone=logistic", "dataset.classes=[COVID,Normal,Viral Pneumonia]"],
+                 0.9, tested)
+    composed_run(tmp_path / "other", ["dataset.classes=[COVID,Normal,Viral Pneumonia]", "backbone=logistic",
+                                      "dataset.image_size=64"], 0.7, tested)  # another setting: not its pair
+    assert main([str(tmp_path / "loso"), str(tmp_path / "in_source"), str(tmp_path / "other"),
+                 "--out", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "generalisation.csv").open()))
+    assert len(rows) == 2 and {r["in_source_run"] for r in rows} == {"in_source"}
+    assert all(float(r["in_source_accuracy"]) == 0.9 and float(r["gap"]) == pytest.approx(0.4) for r in rows)
+    assert yaml.safe_load((tmp_path / "loso" / "0" / ".hydra" / "config.yaml").read_text())["dataset"]["classes"] == classes
+
+
+def test_held_out_sources_are_not_ranked_and_a_fold_with_nothing_to_miss_has_null_missed(tmp_path):
+    """A fold whose test source has no COVID and whose Viral Pneumonia never reached training has no
+    missed-disease count (null, not 0), and folds tested on different sources get no rank: a fold
+    at 0.0 accuracy must not rank above one at 0.5 for "fewest missed"."""
+    root = tmp_path / "loso"
+    source_fold_run(root / "0", 0, "Actualmed", 0.5, CLASSES, {"COVID": 10, "Normal": 5})
+    kermany = source_fold_run(root / "1", 1, "Kermany", 0.0, ["COVID", "Normal"], {"Normal": 5, "Viral Pneumonia": 5})
+    metrics = json.loads((kermany / "metrics.json").read_text())
+    metrics["test"]["fn_to_normal"] = {"COVID": 0, "Lung_Opacity": 0, "Viral Pneumonia": 0}  # as older runs stored it
+    (kermany / "metrics.json").write_text(json.dumps(metrics))
+    source_fold_run(tmp_path / "random" / "0", None, "", 0.9, CLASSES, {c: 5 for c in CLASSES})
+    assert main([str(root), str(tmp_path / "random"), "--out", str(tmp_path / "out")]) == 0
+    general = {r["source"]: r for r in csv.DictReader((tmp_path / "out" / "generalisation.csv").open())}
+    assert general["Kermany"]["missed"] == "" and general["Kermany"]["fn_to_normal/COVID"] == ""
+    assert general["Actualmed"]["missed"] == "2"
+    ranked = {r["run"]: r["rank"] for r in csv.DictReader((tmp_path / "out" / "comparison.csv").open())}
+    assert ranked == {"random/0": "1", "loso/0": "", "loso/1": ""}
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert "2 leave-one-source-out run(s) are listed after the ranked runs, without a rank" in text
+    assert "different test sets" not in text  # the one ranked run is compared with nothing
+
+
+@requires_shared
+@pytest.mark.slow  # about a minute on 2 CPU cores: three tiny logistic runs on the 823 real films
+def test_leave_one_source_out_on_real_films_as_a_user_runs_it(tmp_path):
+    """The README's commands on the shared real sample: the multirun's folds pair with the single
+    in-source run (its overrides written differently), a fold without COVID films and without Viral
+    Pneumonia in training has null counts, and no fold is ranked."""
+    common = ["dataset=folder", f"dataset.root={SHARED_REAL}", "backbone=logistic", "dataset.image_size=32",
+              "trainer.max_epochs=1", "trainer.accelerator=cpu", "logger=csv", "dataset.source_from=regex",
+              "dataset.source_regex='images/([A-Za-z0-9]+)-'", f"paths.log_dir={tmp_path / 'outputs'}"]
+    loso = run_cli("lungcls.train", "-m", *common, "dataset.classes=[COVID,Normal,Viral Pneumonia]",
+                   "dataset.folds=source", "dataset.fold=Figure1,Kermany", f"hydra.sweep.dir={tmp_path / 'loso'}")
+    assert loso.returncode == 0, loso.stderr[-2000:]
+    single = run_cli("lungcls.train", "dataset.classes=[COVID,Normal,Viral Pneumonia]", *common,
+                     f"hydra.run.dir={tmp_path / 'in_source'}")
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert "Viral\\ Pneumonia" in (tmp_path / "loso" / "0" / ".hydra" / "overrides.yaml").read_text()
+    kermany = json.loads((tmp_path / "loso" / "1" / "metrics.json").read_text())["test"]
+    assert kermany["fn_to_normal"]["COVID"] is None and kermany["per_class"]["Viral Pneumonia"]["recall"] is None
+    assert main([str(tmp_path / "loso"), str(tmp_path / "in_source"), "--out", str(tmp_path / "cmp")]) == 0
+    rows = {r["source"]: r for r in csv.DictReader((tmp_path / "cmp" / "generalisation.csv").open())}
+    assert set(rows) == {"Figure1", "Kermany"} and all(r["in_source_accuracy"] and r["gap"] for r in rows.values())
+    assert rows["Kermany"]["missed"] == "" and rows["Figure1"]["missed"] != ""
+    ranks = {r["run"]: r["rank"] for r in csv.DictReader((tmp_path / "cmp" / "comparison.csv").open())}
+    assert ranks == {"in_source": "1", "loso/0": "", "loso/1": ""}

@@ -291,3 +291,37 @@ def test_resampled_statistics_use_the_summary_definitions():
         for key, want in expected.items():
             got = stacked[key][r]
             assert (np.isnan(got) if want is None else got == pytest.approx(want)), (r, key, got, want)
+
+
+def test_macro_f1_interval_resamples_within_each_class_so_no_resample_drops_a_small_class():
+    """3 Normal films all missed among 80 others all right: macro F1 is (0.96 + 0 + 1) / 3. A resample
+    that lost Normal would average over two classes and report about 0.98; every resample keeps the
+    3 Normal films (all still wrong), so the interval stays at or below 2/3."""
+    y = np.array([0] * 40 + [2] * 3 + [3] * 40)
+    p = np.array([0] * 40 + [0] * 3 + [3] * 40)
+    point = summarize_confusion(np.bincount(y * 4 + p, minlength=16).reshape(4, 4), CLASSES, "Normal")["macro_f1"]
+    lo, hi = bootstrap_ci(y, p, CLASSES, "Normal", resamples=1000, seed=0)["macro_f1"]
+    assert lo <= point <= hi <= 2 / 3
+    assert "stratified" in bootstrap_ci(y, p, CLASSES, "Normal", resamples=10)["method"]
+
+
+def test_a_class_never_trained_on_or_never_tested_is_null_in_metrics_json_and_the_console(tmp_path, capsys):
+    """Leave-one-source-out can take every image of a class out of training, or out of the test split:
+    its recall and missed count are then null in metrics.json and left out of the console line."""
+    from lungcls.inference.prediction import Predictions
+    from lungcls.runs.results import print_summary, write_results
+
+    names = ["COVID", "Normal", "Viral Pneumonia"]
+
+    def pred(labels, preds):
+        return Predictions([f"{i}.png" for i in range(len(labels))], np.array(labels), np.eye(3)[preds], names)
+
+    train = pred([0, 0, 1, 1], [0, 0, 1, 1])  # no Viral Pneumonia to learn from
+    test = pred([1, 1, 2, 2], [1, 1, 1, 1])  # no COVID to miss; Viral Pneumonia all called Normal
+    metrics = write_results(tmp_path, {"train": train, "test": test}, names, "Normal")
+    stored = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    assert stored["fn_to_normal"] == {"COVID": None, "Viral Pneumonia": None}
+    assert stored["per_class"]["COVID"]["recall"] is None and stored["per_class"]["Viral Pneumonia"]["recall"] is None
+    assert stored["untrained_classes"] == ["Viral Pneumonia"] and stored["per_class"]["Normal"]["recall"] == 1.0
+    print_summary("test", metrics["test"], "Normal")
+    assert "predicted Normal: n/a" in capsys.readouterr().out

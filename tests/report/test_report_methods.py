@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -156,4 +157,94 @@ def test_all_methods_on_real_xrays_without_masks(two_runs, tmp_path, data_dir):
         assert r["sanity_spearman"] != "" or r["method"] == "edge"
     table = read_rows(out / "methods.csv")
     assert all(t["hit_rate"] == "" and t["deletion_auc"] != "" for t in table)
-    assert "Recommended for" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "Recommended for" in html
+    # the page: blank columns left out (named in the caption), the legend about these films, not the demo's
+    assert "<th>hit_rate</th>" not in html and "<th>sanity_flagged</th>" in html and "Left out, no value" in html
+    assert "the demo data set" not in html and "lesion_share, hit_rate, iou: not measured" in html
+
+
+# --------------------------------------------------------------------------- real films: no masks
+
+
+def _real_film_rows(images: int = 6) -> list[dict]:
+    """Per-image rows as method_rows writes them for films without lung or lesion masks: every
+    localisation number blank, faithfulness, sanity and timing filled; one map constant (no ranking)."""
+    rows = []
+    for model in ("resnet18/full (2026-12-07_21-50-34_resnet18-full)", "logistic/full (2026-12-07_21-51-02_logistic-full)"):
+        for method, grid in (("gradcam", "layer4 (7x7)"), ("occlusion", "window 16 px, stride 8 (27x27)"),
+                             ("edge", "pixels (224x224), model-free")):
+            for i in range(images):
+                rho = None if i == 0 else 0.1 * i
+                rows.append({"model": model, "method": method, "grid": grid, "ms_per_image": 123.456,
+                             "sanity_spearman": rho, "sanity_flag": None if rho is None else rho >= 0.5,
+                             "deletion_auc": 0.29, "insertion_auc": 0.31, "deletion_auc_random": 0.3,
+                             "insertion_auc_random": 0.3, "lung_share": None, "lung_uniform": None,
+                             "lesion_share": None, "lesion_uniform": None, "border_share": 0.2, "border_uniform": 0.19,
+                             "hit": None, "iou": None})
+    return rows
+
+
+def test_methods_table_on_films_without_masks_fits_a_1280_px_page(tmp_path):
+    """Blank localisation columns are left out of the page, so the sanity and timing columns stay in
+    view on a 1280-px screen (measured in Chromium); methods.csv keeps every column."""
+    from lungcls.explain.checks.trust import method_table
+    from lungcls.report.html import GroupSection, write_report_html
+    from lungcls.report.tables import methods_section
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
+                     if p and Path(p).is_file()), None)
+    if chromium is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+    section = methods_section(method_table(_real_film_rows()))
+    assert "hit_rate" in section.caption and "hit_rate:" not in section.caption  # named as left out, not explained
+    page_file = write_report_html(tmp_path, "report", [], [], ["summary"], groups=[GroupSection("Which map to trust", ["x"], [section])])
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_file.as_uri())
+            headers = page.locator("#methods th").all_inner_texts()
+            assert "hit_rate" not in headers and "lung_share" not in headers
+            for name in ("sanity_spearman", "sanity_flagged", "ms_per_image"):
+                box = page.locator("#methods th", has_text=name).bounding_box()
+                assert box["x"] + box["width"] <= 1280, f"{name} is off the page"
+            scroll, width = page.locator("#methods .tablewrap").evaluate("w => [w.scrollWidth, w.clientWidth]")
+            assert scroll <= width
+        finally:
+            browser.close()
+
+
+def test_flagged_maps_are_counted_over_the_maps_that_have_a_ranking_everywhere():
+    """A constant map has no rank correlation: neither flagged nor passed. The console sentence and
+    methods.csv's share use the same maps, so 2 of 5 in one is 0.4 in the other (not 2 of 6)."""
+    from types import SimpleNamespace
+
+    from lungcls.explain.checks.sanity import SanityResult
+    from lungcls.explain.checks.trust import method_table
+    from lungcls.report.outputs import sanity_line
+
+    rows = [r for r in _real_film_rows() if r["model"].startswith("resnet18") and r["method"] == "gradcam"]
+    for r, rho in zip(rows, (None, 0.1, 0.2, 0.6, 0.7, 0.3)):
+        r["sanity_spearman"], r["sanity_flag"] = rho, None if rho is None else rho >= 0.5
+    share = method_table(rows)[0]["sanity_flagged"]
+    result = SanityResult([r["sanity_spearman"] for r in rows], [r["sanity_flag"] for r in rows], [("layer4", 0.38)], 0.5)
+    line = sanity_line(SimpleNamespace(sanity=result, model=SimpleNamespace(name="resnet18")))
+    assert share == pytest.approx(2 / 5)
+    assert "2 of 5 maps flagged" in line and "1 constant map(s) have no rank correlation and are left out" in line
+
+
+def test_how_to_read_says_what_was_measured_on_films_without_masks():
+    """The legend describes the masks these images have, not the demo's lesion masks."""
+    from types import SimpleNamespace
+
+    from lungcls.report.tables import legend_lines
+
+    bare = [SimpleNamespace(mask=None, lesion_mask=None) for _ in range(4)]
+    text = " ".join(legend_lines(0.1, 0.5, bare))
+    assert "demo" not in text and "lesion_share, hit_rate, iou: not measured: none of the 4 images has a lesion mask" in text
+    assert "lung_share: not measured" in text
+    demo = [SimpleNamespace(mask="m.png", lesion_mask="l.png" if i else None) for i in range(4)]
+    text = " ".join(legend_lines(0.1, 0.5, demo))
+    assert "3 of 4 images have one" in text and "not measured" not in text
