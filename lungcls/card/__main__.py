@@ -22,15 +22,15 @@ from lungcls.cli import hydra_main
 @hydra_main("card")
 def main(cfg: DictConfig) -> None:
     settings, target = card_settings(cfg.card), card_target(cfg.card)
-    ev = gather(target.run, target.ckpt, settings.evidence)
-    files = write_card(ev, settings, ev.run)
+    evid = gather(target.run, target.ckpt, settings.evidence)
+    files = write_card(evid, settings, evid.run)
     print(f"model card: {files.html}")
     print(f"  {files.markdown}; checklist: {files.checklist}")
-    found = [f"{len(ev.evaluations)} evaluation(s)", f"{len(ev.audits)} audit(s)", f"{len(ev.reports)} report(s)",
-             f"{len(ev.generalisation)} leave-one-source-out table(s)"]
+    found = [f"{len(evid.evaluations)} evaluation(s)", f"{len(evid.audits)} audit(s)", f"{len(evid.reports)} report(s)",
+             f"{len(evid.generalisation)} leave-one-source-out table(s)"]
     print(f"  evidence: the run, {', '.join(found)}")
-    project = ((ev.config.get("logger") or {}).get("wandb") or {}).get("project")
-    attach_to_run(ev.run, files.html, project)
+    project = ((evid.config.get("logger") or {}).get("wandb") or {}).get("project")
+    attach_to_run(evid.run, files.html, project)
 
 
 if __name__ == "__main__":

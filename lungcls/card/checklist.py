@@ -40,7 +40,7 @@ CLAIM = [
     ("25", "initialisation of the parameters", "initialisation", ""),
     ("26", "training: augmentation, hyperparameters, models trained", "training", ""),
     ("27", "how the final model was selected", "selection", ""),
-    ("29", "performance metrics", "metrics_used", ""), ("30", "uncertainty: intervals and tests", "uncertainty", ""),
+    ("28", "ensembling", "ensemble", ""), ("29", "performance metrics", "metrics_used", ""), ("30", "uncertainty: intervals and tests", "uncertainty", ""),
     ("31", "robustness or sensitivity analysis", "robustness", LOSO),
     ("32", "explainability methods and how they were checked", "explainability", REPORT),
     ("33", "testing on external data", "external", EXTERNAL), ("34", "flow of cases, inclusions and exclusions", "flow", ""),
@@ -84,29 +84,30 @@ NOT_FROM_RUNS = ("ethics approval, a reader study or comparison with radiologist
                  "the reference standard and the annotators")
 
 
-def item_rows(items: list, ev: Evidence) -> tuple[list[list[str]], list[str]]:
+def item_rows(items: list, evid: Evidence) -> tuple[list[list[str]], list[str]]:
     """Table rows for the items evidence can answer, and the author's items."""
     rows, author = [], []
     for number, text, answer, command in items:
         if answer is AUTHOR:
             author.append(f"{number} ({text})")
             continue
-        found = ANSWERS[answer](ev)
+        found = ANSWERS[answer](evid)
         if found is None:
-            rows.append([number, text, "missing", f"run `{command}`", ""])
+            where = str(evid.checkpoint) if evid.checkpoint else "<run>/checkpoints/best.ckpt"
+            rows.append([number, text, "missing", f"run `{command.replace('<run>/checkpoints/best.ckpt', where)}`", ""])
         else:
             rows.append([number, text, "filled", found[0], f"`{found[1]}`"])
     return rows, author
 
 
-def checklist(ev: Evidence) -> str:
-    lines = [f"# Reporting checklist: {ev.run.name}", "",
+def checklist(evid: Evidence) -> str:
+    lines = [f"# Reporting checklist: {evid.run.name}", "",
              "Filled from the run's own files. Item numbers are those of CLAIM 2024 and TRIPOD+AI (2024); the short "
              "texts are our paraphrases, not the guidelines' wording. Every item marked filled states its number and the "
              "file it came from; a missing item names the lungcls command that fills it.", ""]
     author_all = []
     for title, items in (("CLAIM 2024", CLAIM), ("TRIPOD+AI", TRIPOD)):
-        rows, author = item_rows(items, ev)
+        rows, author = item_rows(items, evid)
         lines += [f"## {title}", "", *table(["item", "asks for", "status", "evidence", "from"], rows)]
         author_all.append(f"- {title}: items " + "; ".join(author))
     lines += ["## For the author to complete", "",

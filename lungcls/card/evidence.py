@@ -115,8 +115,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     return plain if isinstance(plain, dict) else {}
 
 
-def data_root(config: dict[str, Any]) -> str:
-    data = config.get("dataset") or {}
+def data_root(stored: dict[str, Any]) -> str:
+    data = stored.get("dataset") or {}
     return str(data.get("manifest") or data.get("root"))
 
 

@@ -63,12 +63,12 @@ def method_rows(report: Report) -> list[list[str]]:
     return rows
 
 
-def explanations_section(ev: Evidence, figure: Path | None) -> list[str]:
+def explanations_section(evid: Evidence, figure: Path | None) -> list[str]:
     lines = ["## Explanations", ""]
-    if not ev.reports:
+    if not evid.reports:
         return lines + [f"Attribution maps: {NOT_MEASURED} (`lungcls-report ckpt=... report.methods=all report.target=true` "
                         "compares the methods and runs the sanity check).", ""]
-    for report in ev.reports:
+    for report in evid.reports:
         method, why = supported(report)
         lines += [f"From `{report.path / 'methods.csv'}` (model {report.model}; sanity threshold "
                   f"{num(report.sanity_threshold, 2)}):", "",

@@ -10,16 +10,16 @@ from lungcls.card.explanations import checks, supported
 from lungcls.card.text import as_float, num, share
 
 
-def confounding(ev: Evidence) -> list[str]:
+def confounding(evid: Evidence) -> list[str]:
     """Classes taken mostly at one source when the audit flags source and label as confounded."""
     out = []
-    for _, audit_doc in ev.audits:
-        conf = audit_doc.get("source_confounding") or {}
-        if not conf.get("flagged"):
+    for _, audit_doc in evid.audits:
+        confounded = audit_doc.get("source_confounding") or {}
+        if not confounded.get("flagged"):
             continue
-        v = num(conf.get("cramers_v"), 2)
-        for name, c in (conf.get("classes") or {}).items():
-            tail = held_out_tail(ev, c.get("main_source"))
+        v = num(confounded.get("cramers_v"), 2)
+        for name, c in (confounded.get("classes") or {}).items():
+            tail = held_out_tail(evid, c.get("main_source"))
             if c.get("single_source"):
                 out.append(f"{name} comes from one source ({c.get('main_source')}; V = {v}): {tail}.")
             elif (c.get("main_share") or 0) >= 0.5:
@@ -27,9 +27,9 @@ def confounding(ev: Evidence) -> list[str]:
     return out
 
 
-def held_out_tail(ev: Evidence, source: Any) -> str:
+def held_out_tail(evid: Evidence, source: Any) -> str:
     """What leave-one-source-out says about a class's main source, or that nothing does."""
-    rows = [r for _, rows in ev.generalisation for r in rows if r.get("source") == source]
+    rows = [r for _, rows in evid.generalisation for r in rows if r.get("source") == source]
     if not rows:
         return "the model was not shown to recognise it at another hospital"
     r = rows[0]
@@ -37,43 +37,43 @@ def held_out_tail(ev: Evidence, source: Any) -> str:
             f"{num(as_float(r.get('in_source_accuracy')))} in-source")
 
 
-def audit_findings(ev: Evidence) -> list[str]:
-    if not ev.audits:
+def audit_findings(evid: Evidence) -> list[str]:
+    if not evid.audits:
         return ["The data were not audited (no lungcls-audit): duplicates, label conflicts, leakage between splits, "
                 "shortcuts and source confounding were not checked."]
     out = []
-    for _, audit_doc in ev.audits:
+    for _, audit_doc in evid.audits:
         cross = audit_doc.get("cross_split") or {}
         straddling = (cross.get("exact") or 0) + (cross.get("near") or 0)
         if straddling:
             out.append(f"{straddling} group(s) of copies straddle train/val/test under the audited split: test numbers may be flattered.")
         if audit_doc.get("label_conflicts"):
             out.append(f"{len(audit_doc['label_conflicts'])} group(s) of copies carry different labels: the reference standard is inconsistent.")
-        probe = audit_doc.get("shortcut_probe") or {}
-        if probe.get("flagged"):
-            out.append(f"A probe reads the label from outside the lungs ({probe.get('region')}) with balanced accuracy "
-                       f"{num(probe.get('balanced_accuracy'))} (chance {num(probe.get('chance'))}): the images carry shortcuts the model may use.")
-    return out + confounding(ev)
+        shortcut = audit_doc.get("shortcut_probe") or {}
+        if shortcut.get("flagged"):
+            out.append(f"A probe reads the label from outside the lungs ({shortcut.get('region')}) with balanced accuracy "
+                       f"{num(shortcut.get('balanced_accuracy'))} (chance {num(shortcut.get('chance'))}): the images carry shortcuts the model may use.")
+    return out + confounding(evid)
 
 
-def generalisation_findings(ev: Evidence) -> list[str]:
-    external = ev.external()
-    if not external and not ev.generalisation:
+def generalisation_findings(evid: Evidence) -> list[str]:
+    external = evid.external()
+    if not external and not evid.generalisation:
         return ["No external or leave-one-source-out evaluation was run: every number above comes from the sources "
                 "the model was trained on."]
     out = []
     if not external:
         out.append("No external evaluation was run (data from another site, scored with lungcls-evaluate).")
-    if not ev.generalisation:
+    if not evid.generalisation:
         out.append("No leave-one-source-out evaluation was run (dataset.folds=source).")
-    test_acc = (ev.metrics.get("test") or {}).get("accuracy")
+    test_acc = (evid.metrics.get("test") or {}).get("accuracy")
     for _, metrics in external:
         block = metrics.get(str(metrics.get("split"))) or {}
         missed = sum(v for v in (block.get("fn_to_normal") or {}).values() if isinstance(v, int))
         out.append(f"On external data ({metrics.get('data_root')}, {sum_support(block)} images) accuracy was "
                    f"{num(block.get('accuracy'))} against {num(test_acc)} on the test split, with {missed} disease "
                    "images predicted normal.")
-    for _, rows in ev.generalisation:
+    for _, rows in evid.generalisation:
         for r in rows:
             out.append(f"Held out, source {r.get('source')} ({r.get('images')} images) scored accuracy "
                        f"{num(as_float(r.get('accuracy')))} against {num(as_float(r.get('in_source_accuracy')))} in-source "
@@ -85,11 +85,11 @@ def sum_support(block: dict[str, Any]) -> int:
     return sum((v or {}).get("support") or 0 for v in (block.get("per_class") or {}).values())
 
 
-def test_findings(ev: Evidence, calibration_limit: float, min_images: int) -> list[str]:
-    test = ev.metrics.get("test") or {}
+def test_findings(evid: Evidence, calibration_limit: float, min_images: int) -> list[str]:
+    test = evid.metrics.get("test") or {}
     if test.get("accuracy") is None:
         return ["The run scored no test images: no performance was measured."]
-    normal = (ev.config.get("dataset") or {}).get("normal_class")
+    normal = (evid.config.get("dataset") or {}).get("normal_class")
     ci = (test.get("ci") or {}).get("per_class") or {}
     out = []
     for name in test.get("class_names") or []:
@@ -109,21 +109,21 @@ def test_findings(ev: Evidence, calibration_limit: float, min_images: int) -> li
     return out
 
 
-def data_findings(ev: Evidence) -> list[str]:
+def data_findings(evid: Evidence) -> list[str]:
     out = []
-    if not ev.source_counts:
+    if not evid.source_counts:
         out.append("No source (hospital, scanner) was recorded per image: how the model does per source is unknown.")
-    if not (ev.config.get("dataset") or {}).get("manifest"):
+    if not (evid.config.get("dataset") or {}).get("manifest"):
         out.append("Images, not patients, were split (no patient identifiers): films of one patient may sit in both "
                    "training and test.")
     return out
 
 
-def explanation_findings(ev: Evidence) -> list[str]:
-    if not ev.reports:
+def explanation_findings(evid: Evidence) -> list[str]:
+    if not evid.reports:
         return ["Where the model looks was not measured (no lungcls-report with this checkpoint)."]
     out = []
-    for report in ev.reports:
+    for report in evid.reports:
         method, why = supported(report)
         if method is None:
             out.append(f"No attribution method is supported by the evidence ({why}): the maps are not evidence of what the model uses.")
@@ -134,7 +134,7 @@ def explanation_findings(ev: Evidence) -> list[str]:
     return out
 
 
-def limitations(ev: Evidence, calibration_limit: float, min_images: int) -> list[str]:
+def limitations(evid: Evidence, calibration_limit: float, min_images: int) -> list[str]:
     """Every limitation sentence, the data's first."""
-    return (audit_findings(ev) + data_findings(ev) + generalisation_findings(ev)
-            + test_findings(ev, calibration_limit, min_images) + explanation_findings(ev))
+    return (audit_findings(evid) + data_findings(evid) + generalisation_findings(evid)
+            + test_findings(evid, calibration_limit, min_images) + explanation_findings(evid))

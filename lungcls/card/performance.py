@@ -44,9 +44,9 @@ def calibration_lines(block: dict[str, Any]) -> list[str]:
             f"{num(cal.get('brier'))}.", ""]
 
 
-def screening_lines(ev: Evidence) -> list[str]:
+def screening_lines(evid: Evidence) -> list[str]:
     rows = []
-    for path, metrics in ev.evaluations:
+    for path, metrics in evid.evaluations:
         screen = metrics.get("screening") or {}
         if not screen:
             continue
@@ -71,8 +71,8 @@ def source_lines(block: dict[str, Any]) -> list[str]:
     return ["Per source (test split):", "", *table(["source", "images", "accuracy", "missed"], rows)]
 
 
-def external_lines(ev: Evidence, normal: str | None) -> list[str]:
-    external = ev.external()
+def external_lines(evid: Evidence, normal: str | None) -> list[str]:
+    external = evid.external()
     if not external:
         return [f"External evaluation: {NOT_MEASURED} (`lungcls-evaluate ckpt=... dataset=folder dataset.root=... "
                 "dataset.split=all`).", ""]
@@ -87,12 +87,12 @@ def external_lines(ev: Evidence, normal: str | None) -> list[str]:
     return lines
 
 
-def loso_lines(ev: Evidence) -> list[str]:
-    if not ev.generalisation:
+def loso_lines(evid: Evidence) -> list[str]:
+    if not evid.generalisation:
         return [f"Leave-one-source-out: {NOT_MEASURED} (`lungcls-train -m ... dataset.folds=source 'dataset.fold=range(k)'`, "
                 "then `lungcls-compare`).", ""]
     lines = ["### Leave-one-source-out", ""]
-    for path, rows in ev.generalisation:
+    for path, rows in evid.generalisation:
         shown = [[r.get("source"), r.get("images"), with_interval(as_float(r.get("accuracy")),
                   [as_float(r.get("accuracy_lo")), as_float(r.get("accuracy_hi"))]),
                   with_interval(as_float(r.get("in_source_accuracy")),
@@ -103,9 +103,9 @@ def loso_lines(ev: Evidence) -> list[str]:
     return lines
 
 
-def performance_section(ev: Evidence, figures: dict[str, Path]) -> list[str]:
-    test = ev.metrics.get("test") or {}
-    normal = (ev.config.get("dataset") or {}).get("normal_class")
+def performance_section(evid: Evidence, figures: dict[str, Path]) -> list[str]:
+    test = evid.metrics.get("test") or {}
+    normal = (evid.config.get("dataset") or {}).get("normal_class")
     lines = ["## Performance", ""]
     if not test or test.get("accuracy") is None:
         lines += [f"Test split: {NOT_MEASURED} (the run scored no test images).", ""]
@@ -114,5 +114,5 @@ def performance_section(ev: Evidence, figures: dict[str, Path]) -> list[str]:
     for key, caption in (("confusion", "Confusion matrix (test split)"), ("reliability", "Reliability diagram (test split)")):
         if key in figures:
             lines += [f"![{caption}]({figures[key]})", ""]
-    lines += calibration_lines(test) + screening_lines(ev) + source_lines(test)
-    return lines + external_lines(ev, normal) + loso_lines(ev)
+    lines += calibration_lines(test) + screening_lines(evid) + source_lines(test)
+    return lines + external_lines(evid, normal) + loso_lines(evid)

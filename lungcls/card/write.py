@@ -32,39 +32,39 @@ class CardFiles:
     checklist: Path
 
 
-def evidence_lines(ev: Evidence) -> list[str]:
-    files = [ev.run / "metrics.json", ev.run / "splits.csv", ev.run / "status.json", ev.run / ".hydra" / "config.yaml"]
-    files += [p / "metrics.json" for p, _ in ev.evaluations] + [p / "audit.json" for p, _ in ev.audits]
-    files += [r.path / "methods.csv" for r in ev.reports] + [p / "generalisation.csv" for p, _ in ev.generalisation]
+def evidence_lines(evid: Evidence) -> list[str]:
+    files = [evid.run / "metrics.json", evid.run / "splits.csv", evid.run / "status.json", evid.run / ".hydra" / "config.yaml"]
+    files += [p / "metrics.json" for p, _ in evid.evaluations] + [p / "audit.json" for p, _ in evid.audits]
+    files += [r.path / "methods.csv" for r in evid.reports] + [p / "generalisation.csv" for p, _ in evid.generalisation]
     lines = ["## Evidence read", "", *[f"- `{f}`" for f in files if f.is_file()]]
-    return lines + [f"- Note: {note}" for note in ev.notes] + [""]
+    return lines + [f"- Note: {note}" for note in evid.notes] + [""]
 
 
-def card_markdown(ev: Evidence, settings: CardSettings, folder: Path, checklist_name: str) -> str:
-    figures = {key: Path(relative(ev.run / name, folder)) for key, name in
-               (("confusion", "confusion_matrix.png"), ("reliability", "reliability.png")) if (ev.run / name).is_file()}
-    attribution = next((r.figure for r in ev.reports if r.figure is not None), None)
-    title = f"{ev.metrics.get('backbone') or '?'}/{ev.metrics.get('finetune') or '?'} ({ev.run.name})"
+def card_markdown(evid: Evidence, settings: CardSettings, folder: Path, checklist_name: str) -> str:
+    figures = {key: Path(relative(evid.run / name, folder)) for key, name in
+               (("confusion", "confusion_matrix.png"), ("reliability", "reliability.png")) if (evid.run / name).is_file()}
+    attribution = next((r.figure for r in evid.reports if r.figure is not None), None)
+    title = f"{evid.metrics.get('backbone') or '?'}/{evid.metrics.get('finetune') or '?'} ({evid.run.name})"
     lines = [f"# Model card: {title}", "",
              f"Written by lungcls {lungcls.__version__} on {datetime.now():%Y-%m-%d %H:%M} from the files the run and its "
              "evidence left on disk (listed at the end); every number below is copied from the file named beside it. "
              f"The reporting checklist (CLAIM 2024, TRIPOD+AI) is in [{checklist_name}]({checklist_name}).", ""]
-    lines += model_section(ev) + use_section(settings.intended_use, settings.out_of_scope) + data_section(ev)
-    lines += performance_section(ev, figures)
-    lines += explanations_section(ev, Path(relative(attribution, folder)) if attribution else None)
-    found = limitations(ev, settings.calibration_limit, settings.min_class_images)
+    lines += model_section(evid) + use_section(settings.intended_use, settings.out_of_scope) + data_section(evid)
+    lines += performance_section(evid, figures)
+    lines += explanations_section(evid, Path(relative(attribution, folder)) if attribution else None)
+    found = limitations(evid, settings.calibration_limit, settings.min_class_images)
     lines += ["## Limitations", "", *[f"- {sentence}" for sentence in found], ""]
-    return "\n".join(lines + evidence_lines(ev))
+    return "\n".join(lines + evidence_lines(evid))
 
 
-def write_card(ev: Evidence, settings: CardSettings, folder: Path) -> CardFiles:
+def write_card(evid: Evidence, settings: CardSettings, folder: Path) -> CardFiles:
     """model_card.md, model_card.html and checklist.md in ``folder``, under fresh names."""
     md_path, html_path, list_path = fresh_paths(folder)
-    text = card_markdown(ev, settings, folder, list_path.name)
-    page = to_html(text, folder, f"Model card: {ev.run.name}")
+    text = card_markdown(evid, settings, folder, list_path.name)
+    page = to_html(text, folder, f"Model card: {evid.run.name}")
     write_new(md_path, text)
     write_new(html_path, page)
-    write_new(list_path, checklist(ev))
+    write_new(list_path, checklist(evid))
     return CardFiles(md_path, html_path, list_path)
 
 
@@ -89,8 +89,8 @@ def card_at_end(cfg: Any, run_dir: Path, run: str | None = None, ckpt: str | Non
         return None
     named = list(settings.evidence) + ([str(run_dir)] if run is None else [])
     try:
-        ev = gather(run, ckpt, named)
-        files = write_card(ev, settings, run_dir)
+        evid = gather(run, ckpt, named)
+        files = write_card(evid, settings, run_dir)
     except LungclsError as e:
         print(f"model card not written: {e}")
         return None
