@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,9 @@ def _run_row(run: dict, overrides: list[str], stage: str, classes: list[str], di
 
 def latest_card(folder: Any) -> str | None:
     """The run's newest model card page (``model_card.html``, ``-2``...), for the table's link."""
-    cards = sorted(Path(folder).glob("model_card*.html"), key=lambda p: natural_key(p.name)) if folder else []
-    return str(cards[-1].resolve()) if cards else None
+    numbered = [(int(m.group(1) or 1), p) for p in (Path(folder).glob("model_card*.html") if folder else [])
+                if (m := re.fullmatch(r"model_card(?:-(\d+))?\.html", p.name))]
+    return str(max(numbered)[1].resolve()) if numbered else None
 
 
 def build_rows(
