@@ -104,7 +104,8 @@ def checklist(evid: Evidence) -> str:
     lines = [f"# Reporting checklist: {evid.run.name}", "",
              "Filled from the run's own files. Item numbers are those of CLAIM 2024 and TRIPOD+AI (2024); the short "
              "texts are our paraphrases, not the guidelines' wording. Every item marked filled states its number and the "
-             "file it came from; a missing item names the lungcls command that fills it.", ""]
+             f"file it came from (a bare file name is the run's own, in `{evid.run}`); a missing item names the lungcls "
+             "command that fills it.", ""]
     author_all = []
     for title, items in (("CLAIM 2024", CLAIM), ("TRIPOD+AI", TRIPOD)):
         rows, author = item_rows(items, evid)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,14 @@ def data_root(stored: dict[str, Any]) -> str:
 
 
 def task_of(folder: Path) -> str | None:
-    return read_config(folder).get("task_name")
+    """The command that made a folder (its config's ``task_name``), read without composing the config:
+    a card looks at every folder beside its run."""
+    try:
+        text = (folder / ".hydra" / "config.yaml").read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"^task_name: *([\w-]+)", text, flags=re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def run_checkpoint(run: RunFolder, ckpt: str | None) -> Path | None:

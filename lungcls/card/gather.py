@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lungcls.card.evidence import EVIDENCE_FILES, Evidence, Report, data_root, load_run, read_config, read_json, read_rows
+from lungcls.card.evidence import (EVIDENCE_FILES, Evidence, Report, data_root, load_run, read_config, read_json,
+                                   read_rows, task_of)
 from lungcls.errors import LungclsError
 
 FIGURES = ("methods.png", "gradcam_per_class.png", "gradcam_paths.png", "gradcam_misses.png")
@@ -112,7 +113,7 @@ def add_beside(evid: Evidence, named: set[Path]) -> None:
     for folder in candidates:
         if folder.resolve() in named or not any((folder / f).is_file() for f in EVIDENCE_FILES):
             continue
-        if folder != evid.run and read_config(folder).get("task_name") == "train":
+        if folder != evid.run and task_of(folder) == "train":
             continue  # another training run
         try:
             if folder == evid.run:
