@@ -22,11 +22,11 @@ def training_seconds(state: dict[str, Any]) -> float | None:
 
 
 def reproduce_command(evid: Evidence) -> str:
-    """The command that made the run (``status.json``), else ``lungcls-train`` with its overrides."""
-    command = evid.state.get("command")
-    if command:
-        return str(command)
-    return shlex.join(["lungcls-train", *evid.overrides])
+    """``lungcls-train`` with the run's own overrides (a sweep job's, not the sweep's; no run folder, so the
+    new run claims a fresh one), else the command ``status.json`` recorded."""
+    if evid.overrides or not evid.state.get("command"):
+        return shlex.join(["lungcls-train", *evid.overrides])
+    return str(evid.state["command"])
 
 
 def recipe(stored: dict[str, Any]) -> str:

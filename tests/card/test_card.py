@@ -54,7 +54,7 @@ def make_run(folder: Path, root: str = "/data/xrays") -> Path:
         "callbacks": {"checkpoint": {"monitor": "val/macro_f1", "mode": "auto"}}})
     write_yaml(folder / ".hydra" / "overrides.yaml", ["backbone=resnet18"])
     (folder / "status.json").write_text(json.dumps({"state": "complete", "started": "2026-01-01T10:00:00",
-                                                   "ended": "2026-01-01T10:02:05", "command": "lungcls-train backbone=resnet18"}))
+                                                   "ended": "2026-01-01T10:02:05", "command": "lungcls-train backbone=resnet18 hydra.run.dir=/x/run"}))
     rows = ["path,label,split,source"] + [f"x{i}.png,{CLASSES[i % 3]},{('train', 'val', 'test')[i % 5 // 2]},site-{'AB'[i % 2]}"
                                          for i in range(40)]
     (folder / "splits.csv").write_text("\n".join(rows) + "\n")
@@ -124,6 +124,7 @@ def test_a_card_copies_its_numbers_from_the_files_it_read(tmp_path):
     assert f"accuracy {metrics['accuracy']:.3f} [0.710, 0.880]" in text
     assert f"ECE {metrics['calibration']['ece']:.3f}" in text
     assert f"`{sha(run / 'checkpoints' / 'best.ckpt')}`" in text and "| training time | 125 s" in text
+    assert "```bash\nlungcls-train backbone=resnet18\n```" in text  # its own overrides: a fresh folder, not the old one
     audit = json.loads((found["audit"] / "audit.json").read_text())
     assert f"Cramer's V {audit['source_confounding']['cramers_v']:.2f} [0.55, 0.80]" in text
     ext = json.loads((found["ext"] / "metrics.json").read_text())["all"]

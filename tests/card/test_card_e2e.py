@@ -43,8 +43,9 @@ def demo(tmp_path_factory) -> Path:
     ok(run_cli("lungcls.evaluate", f"ckpt={ckpt}", "evaluate.positive_class=COVID", f"hydra.run.dir={out / 'eval'}"))
     ok(run_cli("lungcls.evaluate", f"ckpt={ckpt}", "dataset=demo", "dataset.demo.seed=1", *DATA[:3], "dataset.split=all",
                data, f"hydra.run.dir={out / 'ext'}"))
-    ok(run_cli("lungcls.train", "-m", *TRAIN, "logger=csv", data, "dataset.folds=source", "dataset.fold=range(3)",
-               f"hydra.sweep.dir={out / 'loso'}", "card.auto=false", timeout=900))
+    # the same overrides as the run plus the folds: lungcls-compare pairs the folds with their in-source run
+    ok(run_cli("lungcls.train", "-m", *TRAIN, data, "dataset.folds=source", "dataset.fold=range(3)",
+               f"hydra.sweep.dir={out / 'loso'}", timeout=900))
     ok(run_cli("lungcls.compare", str(out / "loso"), str(out / "run"), "--out", str(out / "cmp")))
     ok(run_cli("lungcls.report", f"ckpt={ckpt}", "report.methods=[gradcam,saliency,edge]", "report.target=true",
                "report.per_class=2", "report.misses=false", f"hydra.run.dir={out / 'report'}"))
@@ -130,3 +131,12 @@ def test_the_card_page_in_a_real_browser(demo):
             assert not errors, errors
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_lungcls_card_on_a_folder_that_is_not_a_run_is_one_line(tmp_path):
+    (tmp_path / "notes").mkdir()
+    result = run_cli("lungcls.card", f"card.run={tmp_path / 'notes'}", f"hydra.run.dir={tmp_path / 'card'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "is not a lungcls run folder" in result.stderr, result.stderr
+    assert not list((tmp_path / "notes").iterdir())  # nothing written into the folder it was given
