@@ -18,7 +18,7 @@ MAX_SIDE = 1400  # pixels: figures are shrunk to this for the page (the files ke
 STYLE = """body{font-family:system-ui,sans-serif;max-width:68rem;margin:2rem auto;padding:0 1rem;line-height:1.45;color:#1b1b1b}
 table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f1f4f8}code{background:#f4f4f4;padding:0 .2rem;word-break:break-all}pre{background:#f4f4f4;padding:.6rem;overflow-x:auto}
-img{max-width:100%;border:1px solid #ddd}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+img{max-width:100%;border:1px solid #ddd}img[alt="Attribution maps"]{max-width:40rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 #limitations li{margin:.2rem 0}"""
 
 

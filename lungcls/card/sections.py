@@ -58,7 +58,7 @@ def model_section(evid: Evidence) -> list[str]:
         ("lungcls version", f"{lungcls.__version__} (writing this card)"),
         ("run folder", f"`{evid.run}`"),
     ]
-    return ["## Model details", "", *table(["", ""], rows),
+    return ["## Model details", "", *table(["", "value"], rows),
             "Reproduce it with:", "", "```bash", reproduce_command(evid), "```", ""]
 
 
