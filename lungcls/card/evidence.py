@@ -62,8 +62,9 @@ class Evidence:
 
     def external(self) -> list[tuple[Path, dict[str, Any]]]:
         """Evaluations on other data than the run's own (a whole folder, or another root)."""
-        own = data_root(self.config)
-        return [(p, m) for p, m in self.evaluations if m.get("split") == "all" or str(m.get("data_root")) != own]
+        own = data_root(self.config)  # "None" when the run's config is not on disk: then only whole folders count
+        return [(p, m) for p, m in self.evaluations
+                if m.get("split") == "all" or (own != "None" and str(m.get("data_root")) != own)]
 
 
 def file_sha256(path: Path) -> str:
