@@ -3,11 +3,8 @@ card sits beside the run's curves once ``wandb sync`` uploads it."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 def wandb_off() -> bool:

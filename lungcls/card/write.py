@@ -3,7 +3,6 @@ the three files; and the card written at the end of ``lungcls-train`` and ``lung
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +20,6 @@ from lungcls.card.render import fresh_paths, relative, to_html, write_new
 from lungcls.card.sections import data_section, model_section, use_section
 from lungcls.card.settings import CardSettings, card_settings
 from lungcls.errors import LungclsError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ def test_the_card_numbers_are_the_numbers_of_the_evidence_files(demo):
     assert f"Supported method: **{recommended.group(1)}**" in text  # the report's own verdict, read back from methods.csv
     checklist = (demo / "run" / "checklist-2.md").read_text()
     assert f"{external['data_root']}: 48 images, accuracy {external['all']['accuracy']:.3f}" in checklist
+    pages = list((demo / "run" / "wandb").glob("offline-run-*/files/media/html/model_card_*.html"))
+    assert len(pages) == 2  # training logged its card; lungcls-card added the later one to the same W&B run
     assert (demo / "eval" / "model_card.md").is_file()  # an evaluation's own card, with itself as evidence
     assert "COVID vs rest" in (demo / "eval" / "model_card.md").read_text()
 
