@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from lungcls.card.write import card_at_end
 from lungcls.cli import hydra_main
 from lungcls.settings import check_range, typed, typed_keys
 from lungcls.inference.checkpoints import LoadedModel, legacy_checkpoint, load_checkpoint
@@ -224,6 +225,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print(f"temperature {scaled['temperature']:.3f} fitted on val: {split} ECE {before['ece']:.3f} -> {after['ece']:.3f}, "
               f"Brier {before['brier']:.3f} -> {after['brier']:.3f}")
     print(f"run folder: {run_dir}")
+    card_at_end(cfg, run_dir, ckpt=str(ckpt))  # card.auto: the checkpoint's run, with this evaluation as evidence
     return metrics[split]
 
 

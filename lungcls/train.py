@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from lungcls.card.write import card_at_end
 from lungcls.cli import hydra_main
 from lungcls.settings import typed_keys
 from lungcls.data.datamodule import LungDataModule
@@ -84,6 +85,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # last-epoch value
         results = {k: v for k, v in results.items() if not k.startswith(("val/", "test/"))}
         results.update(score_kept_model(cfg, run_dir, dm, model, callbacks, loggers, trainer.global_step))
+    if run.test and trainer.is_global_zero:  # card.auto: the model card, before W&B closes (it gets the page)
+        card_at_end(cfg, run_dir, run=str(run_dir), loggers=loggers)
     for lg in loggers:
         lg.finalize("success")
     finish_wandb(loggers)

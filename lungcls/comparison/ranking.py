@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from lungcls.errors import LungclsError
@@ -116,7 +118,15 @@ def _run_row(run: dict, overrides: list[str], stage: str, classes: list[str], di
     fallback = bool(block and not chosen and run_disease)
     row["missed"] = _sum(fn[c] for c in (run_disease if fallback else chosen)) if block else None
     row["status"] = status
+    row["card"] = latest_card(run["path"])
     return row, fallback
+
+
+def latest_card(folder: Any) -> str | None:
+    """The run's newest model card page (``model_card.html``, ``-2``...), for the table's link."""
+    numbered = [(int(m.group(1) or 1), p) for p in (Path(folder).glob("model_card*.html") if folder else [])
+                if (m := re.fullmatch(r"model_card(?:-(\d+))?\.html", p.name))]
+    return str(max(numbered)[1].resolve()) if numbered else None
 
 
 def build_rows(
@@ -287,6 +297,8 @@ def to_markdown(rows: Sequence[dict], title: str = "", notes: Sequence[str] = ()
 
 def _cell_with_interval(row: dict, column: str) -> str:
     lo, hi, sd = row.get(f"{column}_lo"), row.get(f"{column}_hi"), row.get(f"{column}_sd")
+    if column == "card" and row.get(column):
+        return f"[card](<{row[column]}>)"
     text = _cell_md(row.get(column))
     if is_number(row.get(column)) and is_number(sd):
         text += f" ± {_cell_md(sd)}"

@@ -12,6 +12,7 @@ the W&B run of a training run folder (``report.log_to``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from lungcls.report.settings import ReportSettings, report_settings
 from lungcls.report.tables import cascade_rows, legend_lines, methods_section, model_rows, write_summary_csv
 from lungcls.explain.checks.trust import METHOD_COLUMNS, method_table, recommendation, verdict_lines, write_methods_csv
 from lungcls.models.device import pick_device
+from lungcls.inference.screening import checkpoint_sha256
 from lungcls.training.loggers import log_report_to_wandb
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,8 @@ def make_report(cfg: DictConfig) -> Path:
     selections, notes = select_images(s, models, seed=int(cfg.seed), data=data)
     unique, index, membership = unique_images(selections)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "checkpoints.json").write_text(json.dumps([  # lets a model card match this report to its checkpoint
+        {"model": m.name, "checkpoint": str(m.checkpoint), "sha256": checkpoint_sha256(m.checkpoint)} for m in models], indent=2))
     per_model, randoms, skipped = explain_all(models, layers, unique, membership, s)
     explained = [items[0] for items in per_model if items]  # the first method shown per model
     if not explained:
