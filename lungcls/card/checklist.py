@@ -102,8 +102,9 @@ def item_rows(items: list, evid: Evidence) -> tuple[list[list[str]], list[str]]:
 
 def checklist(evid: Evidence) -> str:
     lines = [f"# Reporting checklist: {evid.run.name}", "",
-             "Filled from the run's own files. Item numbers are those of CLAIM 2024 and TRIPOD+AI (2024); the short "
-             "texts are our paraphrases, not the guidelines' wording. Every item marked filled states its number and the "
+             "Filled from the run's own files. Item numbers follow CLAIM 2024 and TRIPOD+AI (2024) as lungcls maps "
+             "them: check each against the published checklist before you submit; the short texts are our "
+             "paraphrases, not the guidelines' wording. Every item marked filled states its number and the "
              f"file it came from (a bare file name is the run's own, in `{evid.run}`); a missing item names the lungcls "
              "command that fills it.", ""]
     author_all = []
