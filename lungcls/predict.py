@@ -29,6 +29,7 @@ from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError
 from lungcls.explain.maps.explainer import ReportModel
 from lungcls.inference.checkpoints import load_checkpoints
+from lungcls.inference.prediction import refuse_lung_masked
 from lungcls.explain.maps.overlays import safe_stem
 from lungcls.inference.scoring import UsedModel, check_margin, model_card, score_images
 from lungcls.inference.prediction import tta_copies
@@ -164,6 +165,7 @@ def predict(cfg: DictConfig) -> Path:
     s = typed(cfg.predict, PredictSettings, "predict")
     out_dir = Path(cfg.paths.output_dir)
     refs = [ReportModel.of(m) for m in load_checkpoints(cfg.ckpt, pick_device(s.device))]
+    refuse_lung_masked(refs, "files given to lungcls-predict")
     thresholds = load_screening_thresholds(s.screening, [r.checkpoint for r in refs])
     models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin) for r in refs]
     classes = sorted({c for m in models for c in m.class_names})

@@ -129,6 +129,18 @@ def predict_files(model, paths: Sequence[str], labels: Sequence[int] | None = No
     return Predictions(list(paths), y, probs, names)
 
 
+LUNG_MASK_NEEDED = ("this model was trained with dataset.mask_outside_lungs=true and needs each image's lung mask, which "
+                    "{what} do not carry; score a folder with masks/ next to images/ with lungcls-evaluate ckpt={ckpt} "
+                    "dataset=folder dataset.root=<folder> dataset.split=all, or use a model trained without it")
+
+
+def refuse_lung_masked(models: Sequence, what: str) -> None:
+    """One line before any image is read when a model needs lung masks that ``what`` cannot give."""
+    for m in models:
+        if m.model.info.preprocess.mask_outside_lungs:
+            raise LungclsError(f"{m.name}: " + LUNG_MASK_NEEDED.format(what=what, ckpt=m.checkpoint))
+
+
 def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, device: torch.device | None = None,
                    tta: str | int | None = None) -> np.ndarray:
     """Probabilities [N, C] for already decoded images (``read_gray`` output, any size): resized
@@ -138,9 +150,7 @@ def predict_arrays(model, grays: Sequence[np.ndarray], batch_size: int = 32, dev
     size = model.info.image_size
     pre = model.info.preprocess  # as the model was trained (no masks here)
     if pre.mask_outside_lungs and len(grays):
-        raise LungclsError("this model was trained with dataset.mask_outside_lungs=true and needs each image's lung mask, "
-                           "which images scored one by one do not have; score a folder with masks/ next to images/ "
-                           "with lungcls-evaluate ckpt_path=... dataset=folder dataset.root=...")
+        raise LungclsError(LUNG_MASK_NEEDED.format(what="images scored one by one", ckpt="..."))
     batches = (
         (torch.stack([gray_to_input(pre.apply(g), size) for g in grays[start : start + batch_size]]), None)
         for start in range(0, len(grays), batch_size)

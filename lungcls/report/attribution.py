@@ -131,7 +131,7 @@ def explain_methods(model: ReportModel, layer: CamLayer, images: Sequence[Report
     """Grad-CAM pass (probabilities, explained classes), every method that can run, the random-order
     yardstick, and one-line notes for the methods skipped."""
     device = next(iter(model.model.parameters())).device
-    x_cpu = image_batch(images, model.image_size)  # Grad-CAM moves its batches itself; the weight map stays on the CPU
+    x_cpu = image_batch(images, model)  # Grad-CAM moves its batches itself; the weight map stays on the CPU
     targets = class_targets(s.target, model, images)
     base, base_ms = _timed(lambda: explain_batch(model, x_cpu, targets, s.batch_size, layer), device, len(x_cpu))
     x = x_cpu.to(device)

@@ -19,6 +19,7 @@ from lungcls.models.device import pick_device
 from lungcls.errors import LungclsError, require_extra
 from lungcls.explain.maps.explainer import ReportModel
 from lungcls.inference.checkpoints import load_checkpoints
+from lungcls.inference.prediction import refuse_lung_masked
 from lungcls.inference.scoring import UsedModel
 from lungcls.serve.settings import ServeSettings
 from lungcls.settings import typed
@@ -50,6 +51,7 @@ def serve(cfg: DictConfig) -> None:
 
     s = typed(cfg.serve, ServeSettings, "serve")
     refs = [ReportModel.of(m) for m in load_checkpoints(cfg.ckpt, pick_device(s.device))]
+    refuse_lung_masked(refs, "uploads")
     thresholds = load_screening_thresholds(s.screening, [r.checkpoint for r in refs])
     models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin) for r in refs]
     sock = bind(s.host, s.port)

@@ -84,11 +84,13 @@ class ReportModel:
 # --------------------------------------------------------------------------- Grad-CAM
 
 
-def image_batch(images: Sequence[ReportImage], size: int) -> torch.Tensor:
-    """[N, 1, size, size] float in [0, 1]: what `LungClassifier.forward` takes."""
+def image_batch(images: Sequence[ReportImage], model: ReportModel) -> torch.Tensor:
+    """[N, 1, size, size] float in [0, 1] at the model's size: what `LungClassifier.forward` takes."""
+    size = model.image_size
     if not images:
         return torch.zeros(0, 1, size, size)
-    return torch.stack([load_image(im.path, size) for im in images]).float().div_(255.0)
+    pre = model.model.info.preprocess  # decoded as the model was trained (crop, equalisation, lung masking)
+    return torch.stack([load_image(im.path, size, preprocess=pre, mask=im.mask) for im in images]).float().div_(255.0)
 
 
 def class_targets(target: str, model: ReportModel, images: Sequence[ReportImage]) -> list[int] | None:
@@ -125,7 +127,7 @@ def explain_images(
 ) -> CamResult:
     """CAMs [N, S, S] of report images at the model's own image size (see ``explain_batch``)."""
     targets = class_targets(target, model, images)
-    return explain_batch(model, image_batch(images, model.image_size), targets, batch_size, layer)
+    return explain_batch(model, image_batch(images, model), targets, batch_size, layer)
 
 
 def explain_batch(model: ReportModel, x: torch.Tensor, targets: Sequence[int] | None = None, batch_size: int = 16,

@@ -139,3 +139,43 @@ def test_resume_keeps_the_decoding_and_accepts_checkpoints_from_before_the_keys(
     check_resume(str(ckpt), {"data": now})  # an older checkpoint: same data, same pixels
     with pytest.raises(LungclsError, match="was trained with dataset.crop_border=0.0, not 0.2"):
         check_resume(str(ckpt), {"data": {**now, "crop_border": 0.2}})
+
+
+def lung_masked_checkpoint(logistic_run, tmp_path):
+    """The tiny run's checkpoint as if it had been trained with dataset.mask_outside_lungs=true."""
+    content = torch.load(logistic_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    content["hyper_parameters"]["data"] = {**content["hyper_parameters"]["data"], "mask_outside_lungs": True}
+    path = tmp_path / "masked.ckpt"
+    torch.save(content, path)
+    return path
+
+
+def test_a_lung_masked_model_is_refused_where_images_come_without_masks_and_explained_with_them(logistic_run, tmp_path,
+                                                                                             data_dir, monkeypatch):
+    """serve (uploads) and predict (loose files) refuse it in one line before reading an image; the
+    report decodes as training did: with each image's lung mask, and one line without it."""
+    from lungcls.explain.maps.explainer import ReportImage, ReportModel, image_batch
+    from lungcls.inference.checkpoints import load_checkpoint
+    from lungcls.predict import predict
+    from lungcls.serve.__main__ import serve
+
+    def never_serve(*_):
+        raise AssertionError("the service started with a model it cannot run on uploads")
+
+    monkeypatch.setattr("lungcls.serve.__main__.bind", never_serve)
+    ckpt = lung_masked_checkpoint(logistic_run, tmp_path)
+    image, mask = framed(tmp_path)
+    for command, run, overrides, what in (("serve", serve, ["serve.port=0"], "uploads"),
+                                          ("predict", predict, [f"input={image}"], "files given to lungcls-predict")):
+        cfg = compose_cfg(command, [f"ckpt={ckpt}", *overrides], tmp_path / command, data_dir)
+        with pytest.raises(LungclsError, match=f"needs each image's lung mask, which {what} do not carry; .*ckpt={ckpt}"):
+            run(cfg)
+    assert not (tmp_path / "predict" / "predictions.csv").exists()
+    model = ReportModel.of(load_checkpoint(str(ckpt)))
+    size = model.image_size
+    x = image_batch([ReportImage(str(image), mask=str(mask))], model)
+    expected = load_image(image, size, preprocess=preprocess_from({**OFF, "mask_outside_lungs": True}), mask=mask)
+    assert torch.equal((x * 255).round().to(torch.uint8), expected[None])
+    assert not torch.equal(expected, load_image(image, size))  # the raw film differs: masking happened
+    with pytest.raises(LungclsError, match="has no lung mask"):
+        image_batch([ReportImage(str(image))], model)
