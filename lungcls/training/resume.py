@@ -3,7 +3,6 @@ checkpoint, checked before any image is decoded."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from lungcls.errors import LungclsError
