@@ -108,7 +108,7 @@ KINDS = (("bool", "must be true or false"), ("int", "must be a whole number"), (
 def expected(annotation: Any) -> str:
     """What a field's type asks for, in words (``Optional[int]`` -> must be a whole number or null)."""
     text = str(getattr(annotation, "__name__", annotation))
-    kind = next((words for name, words in KINDS if name in text), "has the wrong type; see conf/ and the README")
+    kind = next((words for name, words in KINDS if name in text), "has the wrong type; see conf/ and docs/configuration.md")
     return kind + (" (or null)" if "Optional" in text or "None" in text else "")
 
 

@@ -105,7 +105,7 @@ def fold_row(rows: Sequence[dict], runs: Sequence[dict], stage: str, missed: Seq
     setting = " ".join(_setting(rows[0]["overrides"].split()))
     out["run"] = f"{setting or 'runs ' + rows[0]['run'] + '..' + rows[-1]['run']} ({len(rows)} folds)"
     out["overrides"] = f"{setting} dataset.fold=0..{len(rows) - 1}".strip()
-    for column, value in rows[0].items():
+    for column in rows[0]:
         values = [r.get(column) for r in rows]
         if column in ("rank", "trainable_params") or not all(_is_number(v) for v in values):
             continue

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lungcls.explain.maps.explainer import ReportImage, ReportModel, class_targets, explain_batch, image_batch, to_display
+from lungcls.explain.maps.explainer import ReportImage, ReportModel, class_targets, explain_batch, image_batch
 from lungcls.explain.checks.faithfulness import Curves, blurred, faithfulness_curves, random_maps
 from lungcls.explain.maps.engine import CamResult
 from lungcls.explain.maps.preparation import resolve_layer

@@ -20,9 +20,8 @@ from lungcls.explain.maps.engine import (
     grad_cam,
     logistic_cam,
     normalize_cams,
-    prepare_for_cam,
-    resolve_layer,
 )
+from lungcls.explain.maps.preparation import prepare_for_cam, resolve_layer
 from lungcls.report.html import FigureSection, write_report_html
 from lungcls.explain.checks.localisation import (
     border_band,

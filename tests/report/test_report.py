@@ -289,7 +289,7 @@ def test_default_model_puts_its_cam_on_the_lesions(default_runs, tmp_path, data_
 
 @pytest.mark.slow
 def test_a_planted_shortcut_fails_elsewhere_and_shows_in_the_report(default_runs, tmp_path, data_dir):
-    """The README's worked example. Trained where 90% of the films carry a class tag, a model loses
+    """The worked example of docs/examples/planted-shortcut.md. Trained where 90% of the films carry a class tag, a model loses
     clearly on other patients' untagged films, and its maps leave the lungs for the border; the
     model trained without tags keeps its accuracy and looks at the lungs and lesions."""
     from lungcls.evaluate import evaluate

@@ -1,7 +1,7 @@
 """``report.methods``: every attribution method on real (tiny) checkpoints, side by side on the same
 X-rays: gradcam.csv rows per image x model x method, methods.csv with intervals, the "Which map to
 trust" section and its figures, the model-free edge control exposed by the sanity check, methods a
-backbone cannot run skipped with one line; and, slow, the demo measurement the README reports and
+backbone cannot run skipped with one line; and, slow, the demo measurement docs/benchmarks.md reports and
 the same report on real X-rays without masks."""
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def test_demo_evidence_the_readme_reports(tmp_path, data_dir):
     control is flagged and deletes no faster than random, Grad-CAM puts at least twice a uniform
     map's share on the lesions and deletes faster than random, and a method finer than 8x8 that
     passes the sanity check does as well on the lesions. (Grad-CAM's strict hit rate was 0.20 in
-    the README's run: its 8x8 maximum sits beside the lesion; that is reported, not asserted.)"""
+    the benchmarks page's run: its 8x8 maximum sits beside the lesion; that is reported, not asserted.)"""
     from lungcls.train import train
 
     run = tmp_path / "default"

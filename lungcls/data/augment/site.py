@@ -5,7 +5,7 @@ Per image, on whole batches (Kornia, on the batch's device like ``lungcls.data.a
 gamma (the exposure/tone curve), contrast, Gaussian noise (the detector), Gaussian blur (the
 sharpness) and a border crop resized back (a collimation edge or burned-in marker cut away or moved),
 plus the usual horizontal flip. Whether it helps at an unseen hospital is measured with
-leave-one-source-out runs (README: "Will it work at another hospital?").
+leave-one-source-out runs (docs/generalisation.md).
 """
 
 from __future__ import annotations

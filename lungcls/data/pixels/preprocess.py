@@ -13,7 +13,7 @@ data set, each a ``dataset.*`` key stored with the checkpoint:
   lung masks, as the Radiography Database and the demo ship them).
 
 Whether they help is an empirical question: ``lungcls-compare`` measures it with leave-one-source-out
-runs (README: "Will it work at another hospital?").
+runs (docs/generalisation.md).
 """
 
 from __future__ import annotations

@@ -183,7 +183,6 @@ def client(logistic_run):
     """The service's application in-process (FastAPI's TestClient), with the default limits."""
     from fastapi.testclient import TestClient
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     from lungcls.cli import CONF_DIR
     from lungcls.explain.maps.explainer import ReportModel

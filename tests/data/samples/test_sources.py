@@ -156,7 +156,7 @@ def test_cramers_v_agrees_with_scipy_on_tables_with_empty_rows():
 
 @pytest.mark.slow
 def test_leave_one_source_out_on_the_multi_source_demo_end_to_end(tmp_path, data_dir):
-    """The commands of the README: every site held out once, folded by lungcls-compare beside the
+    """The commands of docs/examples/leave-one-source-out.md: every site held out once, folded by lungcls-compare beside the
     in-source run of the same setting."""
     common = [o for o in TINY if not o.startswith("trainer.")] + [*SITES, "backbone=logistic", "trainer.max_epochs=2",
                                                                  "trainer.accelerator=cpu", f"paths.data_dir={data_dir}"]
