@@ -165,6 +165,7 @@ def simulate(scores: Any, is_disease: Any, alphas: Sequence[float], delta: float
             miss = (normal & test_d).sum(axis=1) / np.maximum(test_d.sum(axis=1), 1)
             referred = (~normal & ~test_d).sum(axis=1) / np.maximum((~test_d).sum(axis=1), 1)
             row[method] = {"mean_miss": float(miss.mean()), "share_above_alpha": float((miss > alpha).mean()),
-                           "mean_referred_normal": float(referred.mean())}
+                           "mean_referred_normal": float(referred.mean()),
+                           "out_of_reach": float((m < 0).mean())}  # splits too small for alpha: everything referred
         out["alphas"][f"{alpha:.2f}"] = row
     return out
