@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +28,13 @@ ALPHAS = (0.02, 0.05, 0.10)
 DEFAULT_MODEL = Path("outputs") / "bench" / "miss-rate-model"
 
 
-def _compose(config: str, overrides: list[str], out: Path, gen_dir: str):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    from lungcls.cli import CONF_DIR
-
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR, job_name="bench"):
-        cfg = compose(config_name=config, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.paths.data_dir = str(gen_dir)
-    return cfg
+def _command(module: str, overrides: list[str], out: Path, gen_dir: str) -> None:
+    """Run a lungcls command in its own process (as a user would); its one-line error becomes ours."""
+    cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={out}", f"paths.data_dir={gen_dir}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LungclsError(f"{module.split('.')[-1]} failed for the miss-rate bench: {last}")
 
 
 def default_model(gen_dir: str) -> Path:
@@ -46,19 +43,20 @@ def default_model(gen_dir: str) -> Path:
     if ckpt.is_file():
         print(f"[bench] reusing the default demo model {ckpt}", flush=True)
         return ckpt
-    from lungcls.train import train
-
     if DEFAULT_MODEL.exists():
         raise LungclsError(f"{DEFAULT_MODEL} exists without checkpoints/best.ckpt; remove it or give --ckpt")
     print(f"[bench] training the default demo model into {DEFAULT_MODEL} (about 2 minutes on a CPU)", flush=True)
-    train(_compose("train", ["logger=csv"], DEFAULT_MODEL, gen_dir))
+    _command("lungcls.train", ["logger=csv"], DEFAULT_MODEL.resolve(), gen_dir)
     return ckpt
 
 
 def score_pool(ckpt: Path, args: Any, out: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Normal scores and disease truth of the pool, from one ``lungcls-evaluate`` pass."""
-    from lungcls.evaluate import evaluate
+    from lungcls.inference.checkpoints import load_checkpoint
 
+    normal = load_checkpoint(str(ckpt), "cpu").model.normal_class
+    if not normal:
+        raise LungclsError(f"{ckpt} has no normal class (dataset.normal_class) to cap the miss rate against")
     if args.pool_root:
         data = ["dataset=folder", f"dataset.root={args.pool_root}", "dataset.split=all"]
     else:
@@ -66,14 +64,12 @@ def score_pool(ckpt: Path, args: Any, out: Path) -> tuple[np.ndarray, np.ndarray
                 f"dataset.demo.source_size={args.pool_source_size}", "dataset.split=all"]
     if args.pool_root and args.pool_classes:
         data.append(f"dataset.classes=[{args.pool_classes}]")
-    evaluate(_compose("evaluate", [f"ckpt={ckpt}", *data], out / "pool", args.gen_dir))
+    print(f"[bench] scoring the pool with {ckpt}", flush=True)
+    _command("lungcls.evaluate", [f"ckpt={ckpt.resolve()}", *data], (out / "pool").resolve(), args.gen_dir)
     metrics = json.loads((out / "pool" / "metrics.json").read_text())
     rows = list(csv.DictReader((out / "pool" / "predictions.csv").open()))
-    from lungcls.inference.checkpoints import load_checkpoint
-
-    normal = load_checkpoint(str(ckpt), "cpu").model.normal_class
-    if not rows or not normal or f"prob_{normal}" not in rows[0]:
-        raise LungclsError(f"{ckpt} has no normal class (dataset.normal_class) to cap the miss rate against")
+    if not rows or f"prob_{normal}" not in rows[0]:
+        raise LungclsError(f"the pool scored by {ckpt} has no image or no {normal} column")
     scores = np.array([float(r[f"prob_{normal}"]) for r in rows])
     disease = np.array([r["label"] != normal for r in rows])
     pool = {"images": len(rows), "disease": int(disease.sum()), "normal": int((~disease).sum()),
