@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "allowed_misses", "smallest_alpha", "calibrate", "mondrian", "decide", "achieved", "simulate"]
+__all__ = ["METHODS", "allowed_misses", "smallest_alpha", "calibrate", "mondrian", "decide", "achieved", "simulate", "held_out_miss_rates"]
 
 METHODS = ("crc", "ltt", "validation_quantile")
 _EPS = 1e-9
@@ -168,4 +168,22 @@ def simulate(scores: Any, is_disease: Any, alphas: Sequence[float], delta: float
                            "mean_referred_normal": float(referred.mean()),
                            "out_of_reach": float((m < 0).mean())}  # splits too small for alpha: everything referred
         out["alphas"][f"{alpha:.2f}"] = row
+    return out
+
+
+def held_out_miss_rates(cal: Any, held_out: Any, class_names: Sequence[str], normal_class: str,
+                        alphas: Sequence[float] = (0.02, 0.05, 0.10), level: float = 0.95) -> dict[str, Any]:
+    """Where the guarantee ends: the cap calibrated (conformal risk control) on the training
+    sources' val predictions, measured at a source held out of training and calibration.
+    ``cal`` and ``held_out`` are ``Predictions``; per alpha: the threshold, the achieved miss rate
+    with its Wilson interval, and ``kept`` (the rate at or below alpha; None without disease images)."""
+    k = list(class_names).index(normal_class)
+    out = {}
+    for alpha in alphas:
+        chosen = calibrate(cal.probs[:, k], cal.labels != k, alpha)
+        t = np.inf if chosen["threshold"] is None else chosen["threshold"]
+        got = achieved(held_out.probs[:, k] > t, held_out.labels, class_names, k, level)["miss_rate"]
+        out[f"{alpha:.2f}"] = {"threshold": chosen["threshold"], "calibration_disease": chosen["calibration"]["disease"],
+                               "miss_rate": got["rate"], "interval": got["interval"], "images": got["images"],
+                               "kept": None if got["rate"] is None else got["rate"] <= alpha}
     return out

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcls.metrics.riskcontrol import achieved, allowed_misses, calibrate, decide, mondrian, simulate, smallest_alpha
+from lungcls.metrics.riskcontrol import (achieved, allowed_misses, calibrate, decide, held_out_miss_rates, mondrian, simulate,
+                                         smallest_alpha)
 
 
 def true_miss_rates(n: int, alpha: float, method: str, draws: int = 4000, delta: float = 0.1) -> np.ndarray:
@@ -80,3 +81,44 @@ def test_referral_decision_and_achieved_rates_with_wilson_intervals():
     assert got["referred_normal"]["rate"] == 0.5 and got["specificity"]["rate"] == 0.5
     lo, hi = got["miss_rate"]["interval"]
     assert 0 < lo < 1 / 3 < hi < 1
+
+
+def test_held_out_source_measures_where_the_cap_ends():
+    from lungcls.metrics.predictions import Predictions
+
+    rng = np.random.default_rng(4)
+    names = ["COVID", "Normal"]
+
+    def draw(n, shift):  # disease images look more Normal at a shifted source
+        y = np.r_[np.zeros(n, int), np.ones(n, int)]
+        normal = np.clip(np.where(y == 1, rng.beta(5, 2, 2 * n), rng.beta(2, 5, 2 * n) + shift), 0, 1)
+        return Predictions([str(i) for i in range(2 * n)], y, np.c_[1 - normal, normal], names)
+
+    cal = draw(400, 0.0)
+    same = held_out_miss_rates(cal, draw(2000, 0.0), names, "Normal")
+    moved = held_out_miss_rates(cal, draw(2000, 0.3), names, "Normal")
+    assert set(same) == {"0.02", "0.05", "0.10"}
+    for alpha in same:
+        assert same[alpha]["miss_rate"] <= float(alpha) + 0.02 and same[alpha]["calibration_disease"] == 400
+        assert moved[alpha]["miss_rate"] > float(alpha) and moved[alpha]["kept"] is False
+        lo, hi = moved[alpha]["interval"]
+        assert lo <= moved[alpha]["miss_rate"] <= hi
+
+
+@pytest.mark.slow
+def test_leave_one_source_out_run_reports_the_cap_at_the_held_out_source_in_generalisation_csv(data_dir, tmp_path):
+    import csv as csvmod
+    import json
+
+    from conftest import TINY, run_cli
+    from lungcls.compare import main as compare_main
+
+    run = tmp_path / "loso" / "0"
+    out = run_cli("lungcls.train", *TINY, "backbone=logistic", "dataset.demo.sources=3", "dataset.folds=source",
+                  "dataset.fold=0", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    caps = json.loads((run / "metrics.json").read_text())["miss_rate_at_held_out_source"]
+    assert set(caps) == {"0.02", "0.05", "0.10"} and all(c["images"] > 0 for c in caps.values())
+    assert compare_main([str(tmp_path / "loso"), "--out", str(tmp_path / "out")]) == 0
+    row, = csvmod.DictReader((tmp_path / "out" / "generalisation.csv").open())
+    assert float(row["miss_rate_cap/0.05"]) == pytest.approx(caps["0.05"]["miss_rate"])
