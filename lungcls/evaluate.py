@@ -31,6 +31,9 @@ from lungcls.inference.prediction import predict_split, tta_copies
 from lungcls.metrics.predictions import Predictions
 from lungcls.runs.results import check_stats, print_summary, write_results
 from lungcls.inference.screening import screening_line
+from lungcls.inference.misscap import GUARANTEES
+from lungcls.inference.capview import cap_and_groups, check_cap, check_cap_data, print_cap_and_groups
+from lungcls.data.samples.splits import SPLITS
 from lungcls.data.pixels.preprocess import mitigation_settings
 
 log = logging.getLogger(__name__)
@@ -56,10 +59,22 @@ class EvaluateSettings:
     tta: Any
     temperature_scaling: bool
     exclude_training_images: bool
+    miss_rate: Optional[float]
+    miss_guarantee: str
+    miss_delta: float
+    calibration: str
+    miss_rate_by: Optional[str]
+    group_by: list[str]
 
     def __post_init__(self) -> None:
         check_range(self.threshold, "evaluate.threshold", 0, 1)
         check_range(self.target_sensitivity, "evaluate.target_sensitivity", 0, 1, low_open=True)
+        check_range(self.miss_rate, "evaluate.miss_rate", 0, 1, low_open=True, high_open=True)
+        check_range(self.miss_delta, "evaluate.miss_delta", 0, 1, low_open=True, high_open=True)
+        if self.miss_guarantee not in GUARANTEES:
+            raise LungclsError(f"evaluate.miss_guarantee={self.miss_guarantee} must be one of {', '.join(GUARANTEES)}")
+        if self.calibration not in SPLITS:
+            raise LungclsError(f"evaluate.calibration={self.calibration} must be a split: {', '.join(SPLITS)}")
         tta_copies(self.tta)  # an unknown value fails here, before any loading
 
 
@@ -111,12 +126,21 @@ def to_model_space(pred: Predictions, mapping: list[int | None]) -> Predictions:
     return kept
 
 
-def _screening(ev: EvaluateSettings, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
+def _predicted(model, dm: LungDataModule, split: str, device, mapping, tta: Any, cache: dict) -> Predictions:
+    """A split's predictions in the model's label space, computed once per (split, tta) for every
+    view that needs them (screening, temperature scaling, the miss-rate cap)."""
+    key = (split, "none" if tta_copies(tta) == 1 else str(tta))
+    if key not in cache:
+        cache[key] = to_model_space(predict_split(model, dm, split, device, tta=tta), mapping)
+    return cache[key]
+
+
+def _screening(ev: EvaluateSettings, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device, cache: dict) -> dict[str, Any]:
     from lungcls.inference.screening import screening_report
 
     val = None
     if split != "val" and len(dm.split_rows("val")):
-        val = to_model_space(predict_split(model, dm, "val", device), mapping)
+        val = _predicted(model, dm, "val", device, mapping, None, cache)
     return screening_report(
         model.class_names, ev.positive_class, pred.probs, pred.labels,
         val.probs if val is not None else None, val.labels if val is not None else None,
@@ -124,14 +148,15 @@ def _screening(ev: EvaluateSettings, model, dm: LungDataModule, split: str, pred
     )
 
 
-def _temperature_scaling(ev: EvaluateSettings, bins: int, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device) -> dict[str, Any]:
+def _temperature_scaling(ev: EvaluateSettings, bins: int, model, dm: LungDataModule, split: str, pred: Predictions, mapping, device,
+                         cache: dict) -> dict[str, Any]:
     """Fit a temperature on val, and report ``split``'s calibration before and after it (the
     predicted classes, hence every confusion-matrix number, do not change)."""
     from lungcls.metrics.calibration import calibration, fit_temperature, scale_temperature
 
     if split == "val" or not len(dm.split_rows("val")):
         return {"temperature": None, "reason": "temperature scaling is fitted on the val split, and there is no other split to report it on"}
-    val = to_model_space(predict_split(model, dm, "val", device, tta=ev.tta), mapping)
+    val = _predicted(model, dm, "val", device, mapping, ev.tta, cache)
     t = fit_temperature(val.probs, val.labels)
     return {
         "temperature": t,
@@ -186,13 +211,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     given = OmegaConf.to_container(cfg.dataset, resolve=True)
     data, split = data_settings_for(given, loaded)
     own_data = "name" not in given
+    check_cap(ev, model, data, split)
     dm = LungDataModule(data, augment=None, seed=run.seed, prepare=not own_data)
     dm.setup("test")
     mapping, mismatch = class_alignment(model.class_names, dm.class_names, dm.class_counts(split))
     if mismatch:
         print(f"class mismatch: {mismatch}")  # metrics.json records it as class_mismatch
-    tta = ev.tta
-    pred = to_model_space(predict_split(model, dm, split, device, tta=tta), mapping)
+    tta, cache = ev.tta, {}
+    check_cap_data(ev, model, dm, data)
+    pred = _predicted(model, dm, split, device, mapping, tta, cache)
     if len(pred.labels) == 0:
         raise LungclsError(f"no image of the '{split}' split belongs to a class the model knows ({model.class_names})")
     pred, overlap = leave_out_training_images(loaded.run, ev.exclude_training_images, dm, split, own_data, pred)
@@ -211,14 +238,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "duplicates": dm.duplicate_record,
     }
     if ev.positive_class:
-        extra["screening"] = _screening(ev, model, dm, split, pred, mapping, device)
+        extra["screening"] = _screening(ev, model, dm, split, pred, mapping, device, cache)
     if ev.temperature_scaling:
-        extra["temperature_scaling"] = _temperature_scaling(ev, stats["calibration_bins"], model, dm, split, pred, mapping, device)
+        extra["temperature_scaling"] = _temperature_scaling(ev, stats["calibration_bins"], model, dm, split, pred, mapping, device, cache)
+    extra.update(cap_and_groups(ev, stats, model, dm, data, (split, pred), lambda s: _predicted(model, dm, s, device, mapping, tta, cache)))
     metrics = write_results(run_dir, {split: pred}, model.class_names, model.normal_class, report_split=split,
                             extra=extra, stats=stats, sources=dm.sources())
     print_summary(split, metrics[split], model.normal_class, images=len(pred.labels))
     if metrics.get("screening"):
         print(screening_line(metrics["screening"]))
+    print_cap_and_groups(metrics, model.normal_class)
     scaled = metrics.get("temperature_scaling") or {}
     if scaled.get("temperature"):
         before, after = scaled["before"], scaled["after"]

@@ -34,6 +34,7 @@ from lungcls.explain.maps.overlays import safe_stem
 from lungcls.inference.scoring import UsedModel, check_margin, model_card, score_images
 from lungcls.inference.prediction import tta_copies
 from lungcls.inference.screening import load_screening_thresholds
+from lungcls.inference.capload import load_miss_caps
 from lungcls.runs.files import replacing, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class PredictSettings:
     screening: Any
     tta: Any
     skip_unreadable: bool
+    miss_rate: Any
 
     def __post_init__(self) -> None:
         check_range(self.batch_size, "predict.batch_size", 1)
@@ -78,6 +80,8 @@ def columns(models: Sequence[UsedModel], cam: bool, with_errors: bool) -> list[s
         own = ["pred", *[f"prob_{c}" for c in m.class_names], "possible_missed_disease"]
         if m.screening is not None:
             own.append(f"screen_{m.screening.positive_class}")
+        if m.miss_cap is not None:
+            own += ["miss_cap", "miss_cap_class"]
         if cam:
             own.append("overlay")
         cols += [prefix + c for c in own]
@@ -85,12 +89,14 @@ def columns(models: Sequence[UsedModel], cam: bool, with_errors: bool) -> list[s
 
 
 def _model_cells(m: UsedModel, item: dict[str, Any] | None, overlay: str | None) -> list[Any]:
-    n = 2 + len(m.class_names) + (m.screening is not None) + (overlay is not None)
+    n = 2 + len(m.class_names) + (m.screening is not None) + 2 * (m.miss_cap is not None) + (overlay is not None)
     if item is None:
         return [""] * n
     cells = [item["prediction"], *[f"{item['probabilities'][c]:.6f}" for c in m.class_names], int(item["possible_missed_disease"])]
     if m.screening is not None:
         cells.append(int(item["screening"]["flagged"]))
+    if m.miss_cap is not None:
+        cells += [item["miss_cap"]["decision"], item["miss_cap"]["called"]]
     return cells + ([overlay] if overlay is not None else [])
 
 
@@ -136,7 +142,8 @@ def predict_chunk(models: Sequence[UsedModel], chunk: Sequence[InputImage], star
                 overlay = _write_overlay(out_dir, start + i, im, k, len(models) > 1, item["overlay_png"]) if item else ""
             if item is not None:
                 tally[k].update(["scored", f"pred:{item['prediction']}"] + ["missed"] * item["possible_missed_disease"]
-                                + ["screened"] * bool(item["screening"] and item["screening"]["flagged"]))
+                                + ["screened"] * bool(item["screening"] and item["screening"]["flagged"])
+                                + ["referred"] * bool(item.get("miss_cap") and item["miss_cap"]["decision"] == "refer"))
             row += _model_cells(m, item, overlay)
         rows.append(row + ([errors[i] or ""] if s.skip_unreadable else []))
     return rows
@@ -152,10 +159,13 @@ def summary(models: Sequence[UsedModel], tally: Sequence[Counter]) -> tuple[list
             line += f" | possible missed disease ({m.ref.normal_class} ahead by < {m.normal_margin:g}): {t['missed']}"
         if m.screening is not None:
             line += f" | {m.screening.positive_class} at threshold {m.screening.threshold:.4g}: {t['screened']} flagged"
+        if m.miss_cap is not None:
+            line += f" | miss-rate cap {m.miss_cap.alpha:g} ({m.miss_cap.guarantee}): {t['referred']} referred, {t['scored'] - t['referred']} Normal"
         lines.append(line)
         card = model_card(m)
         card.update(checkpoint_path=str(m.ref.checkpoint), predicted=predicted, possible_missed_disease=t["missed"],
-                    screened_positive=t["screened"] if m.screening is not None else None)
+                    screened_positive=t["screened"] if m.screening is not None else None,
+                    referred_by_miss_cap=t["referred"] if m.miss_cap is not None else None)
         cards.append(card)
     return lines, cards
 
@@ -167,7 +177,8 @@ def predict(cfg: DictConfig) -> Path:
     refs = [ReportModel.of(m) for m in load_checkpoints(cfg.ckpt, pick_device(s.device))]
     refuse_lung_masked(refs, "files given to lungcls-predict")
     thresholds = load_screening_thresholds(s.screening, [r.checkpoint for r in refs])
-    models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin) for r in refs]
+    caps = load_miss_caps(s.miss_rate, [r.checkpoint for r in refs])
+    models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin, caps.get(r.checkpoint)) for r in refs]
     classes = sorted({c for m in models for c in m.class_names})
     inputs = images_to_score(cfg, classes)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from lungcls.inference.checkpoints import load_classifier
 from lungcls.models.module import LungClassifier
 from lungcls.inference.prediction import predict_split
 from lungcls.runs.results import check_stats, print_summary, write_results
+from lungcls.metrics.riskcontrol import held_out_miss_rates
 from lungcls.training.resume import ResumePoint, check_resume, resume_point
 from lungcls.training.setup import absolute_paths, make_datamodule, make_model
 from lungcls.training.trainer import build_callbacks, build_trainer, trainer_settings, leave_run_folder_to_rank_zero, refuse_ddp_in_local_multirun
@@ -118,6 +119,8 @@ def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: 
         "finetune": cfg.finetune.name,
         "duplicates": dm.duplicate_record,
     }
+    if dm.cfg.folds == "source" and dm.normal_class in dm.class_names:  # does the miss-rate cap hold at an unseen source?
+        extra["miss_rate_at_held_out_source"] = held_out_miss_rates(predictions["val"], predictions["test"], dm.class_names, dm.normal_class)
     stats = OmegaConf.to_container(cfg.stats, resolve=True)
     metrics = write_results(run_dir, predictions, dm.class_names, dm.normal_class, report_split="test", extra=extra,
                             stats=stats, sources=dm.sources())

@@ -171,6 +171,21 @@ def run_data_scale(args: Any) -> int:
     return 0
 
 
+def run_miss_rate_cli(args: Any) -> int:
+    """``--miss-rate``: the cap's guarantee measured (lungcls.benchmark.missrate)."""
+    from lungcls.benchmark.missrate import run_miss_rate
+
+    args.gen_dir = args.gen_dir or os.environ.get("LUNGCLS_DATA_DIR") or "outputs/data"
+    args.out = args.out or str(Path("outputs") / "bench" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    args.seed = 0
+    try:
+        result = json.loads(run_miss_rate(args).read_text())
+    except LungclsError as e:
+        print(f"lungcls-bench: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 3 if args.check_targets and not all(c["passed"] for c in result["checks"]) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 all measurements ran, 1 one failed, 2 bad input, 3 a target missed (with
     ``--check-targets``)."""
@@ -179,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.scale is not None or args.near_duplicates is not None:
         return run_data_scale(args)
+    if args.miss_rate:
+        return run_miss_rate_cli(args)
     threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     try:
         if args.threads is not None:

@@ -106,6 +106,22 @@ def _conf_names(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
+def _miss_rate_arguments(p: argparse.ArgumentParser) -> None:
+    """``--miss-rate`` and its options (lungcls.benchmark.missrate)."""
+    p.add_argument("--miss-rate", action="store_true", help="instead of the throughput run: measure the miss-rate cap's guarantee "
+                   "(conformal risk control, Learn-then-Test, today's validation quantile) over --miss-splits calibration/test "
+                   "splits of a scored pool at alpha 0.02, 0.05, 0.10; writes miss_rate.json and miss_rate.png")
+    p.add_argument("--ckpt", help="--miss-rate: the checkpoint (default: train or reuse the default demo model)")
+    p.add_argument("--miss-splits", type=int, default=500, help="--miss-rate: random calibration/test splits (default 500)")
+    p.add_argument("--miss-delta", type=float, default=0.1, help="--miss-rate: Learn-then-Test's delta (default 0.1)")
+    p.add_argument("--calibration-share", type=float, default=0.3, help="--miss-rate: share of the pool in each calibration part (default 0.3)")
+    p.add_argument("--pool-per-class", type=int, default=150, help="--miss-rate: demo images per class in the scored pool (default 150)")
+    p.add_argument("--pool-seed", type=int, default=1, help="--miss-rate: demo seed of the pool (default 1: other patients than the model's)")
+    p.add_argument("--pool-source-size", type=int, default=128, help="--miss-rate: side of the pool's demo PNGs (default 128)")
+    p.add_argument("--pool-root", help="--miss-rate: score this class-folder tree instead of a demo pool")
+    p.add_argument("--pool-classes", help="--miss-rate with --pool-root: its class names, comma-separated")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lungcls-bench",
@@ -153,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-subset", type=int, default=20000, help="codes checked against all pairs for --near-duplicates' recall (default 20000)")
     p.add_argument("--templates", metavar="DIR", help="--near-duplicates: draw the codes around the hashes of the X-rays under DIR "
                    "(any layout, e.g. a sample of your data) instead of the demo phantom's")
+    _miss_rate_arguments(p)
     p.add_argument("--faiss-codes", type=int, default=100000, help="--near-duplicates: time faiss's IndexBinaryMultiHash beside "
                    "lungcls's index on the first this many codes (default 100000; 0 skips it)")
     return p

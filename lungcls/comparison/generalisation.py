@@ -74,6 +74,8 @@ def fold_record(run: dict, missed: Sequence[str]) -> tuple[dict[str, Any], str |
         known = c not in untrained and c not in untested
         row[f"recall/{c}"] = (per_class.get(c) or {}).get("recall") if known else None
         row[f"fn_to_normal/{c}"] = fn.get(c) if known and c in fn else None
+    for alpha, cap in ((run.get("metrics") or {}).get("miss_rate_at_held_out_source") or {}).items():
+        row[f"miss_rate_cap/{alpha}"] = cap["miss_rate"]  # achieved at the held-out source by a cap calibrated on the others
     counted = [v for c in missed if (v := row.get(f"fn_to_normal/{c}")) is not None]
     row["missed"] = sum(counted) if counted else None  # over the missed classes with a count; none: null
     parts = []

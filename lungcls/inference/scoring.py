@@ -24,6 +24,7 @@ from lungcls.explain.maps.explainer import ReportModel, explain_batch
 from lungcls.explain.maps.overlays import overlay_rgb, png_bytes
 from lungcls.inference.prediction import predict_arrays
 from lungcls.inference.screening import ScreeningThreshold, possible_missed_disease
+from lungcls.inference.capload import MissCap
 
 
 @dataclass
@@ -33,6 +34,7 @@ class UsedModel:
     ref: ReportModel
     screening: ScreeningThreshold | None = None
     normal_margin: float = 0.1
+    miss_cap: MissCap | None = None  # "Normal" / "refer" at the threshold of a miss-rate cap
 
     @property
     def name(self) -> str:
@@ -55,6 +57,7 @@ def decide(model: UsedModel, probs: np.ndarray) -> list[dict[str, Any]]:
     names = model.class_names
     near_miss = possible_missed_disease(probs, names, model.ref.normal_class, model.normal_margin)
     screen = model.screening.flags(probs, names) if model.screening is not None else None
+    capped = model.miss_cap.decisions(probs, names) if model.miss_cap is not None and len(probs) else None
     out = []
     for i, p in enumerate(probs):
         k = int(np.argmax(p))
@@ -68,6 +71,9 @@ def decide(model: UsedModel, probs: np.ndarray) -> list[dict[str, Any]]:
         if screen is not None:
             s = model.screening
             item["screening"] = {"positive_class": s.positive_class, "threshold": s.threshold, "flagged": bool(screen[i])}
+        if capped is not None:
+            item["miss_cap"] = {"decision": "refer" if capped[1][i] else "Normal", "called": names[int(capped[0][i])],
+                                "alpha": model.miss_cap.alpha, "threshold": model.miss_cap.threshold}
         out.append(item)
     return out
 
@@ -142,4 +148,5 @@ def model_card(model: UsedModel) -> dict[str, Any]:
             "target_sensitivity": model.screening.target_sensitivity,
             "val_sensitivity": model.screening.val_sensitivity,
         },
+        "miss_cap": None if model.miss_cap is None else model.miss_cap.card(),
     }

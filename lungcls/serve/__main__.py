@@ -24,6 +24,7 @@ from lungcls.inference.scoring import UsedModel
 from lungcls.serve.settings import ServeSettings
 from lungcls.settings import typed
 from lungcls.inference.screening import load_screening_thresholds
+from lungcls.inference.capload import load_miss_caps
 
 log = logging.getLogger("lungcls.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -53,7 +54,8 @@ def serve(cfg: DictConfig) -> None:
     refs = [ReportModel.of(m) for m in load_checkpoints(cfg.ckpt, pick_device(s.device))]
     refuse_lung_masked(refs, "uploads")
     thresholds = load_screening_thresholds(s.screening, [r.checkpoint for r in refs])
-    models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin) for r in refs]
+    caps = load_miss_caps(s.miss_rate, [r.checkpoint for r in refs], "serve.miss_rate")
+    models = [UsedModel(r, thresholds.get(r.checkpoint), s.normal_margin, caps.get(r.checkpoint)) for r in refs]
     sock = bind(s.host, s.port)
     host, port = sock.getsockname()[:2]
     if s.host not in LOOPBACK:

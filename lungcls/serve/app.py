@@ -49,12 +49,20 @@ class Screening(BaseModel):
     flagged: bool
 
 
+class MissCapResult(BaseModel):
+    decision: str  # "Normal" or "refer"
+    called: str  # the class called: the normal class, or the most likely disease class when referred
+    alpha: float
+    threshold: float
+
+
 class ModelResult(BaseModel):
     probabilities: dict[str, float]
     prediction: str
     probability: float
     possible_missed_disease: bool
     screening: Optional[Screening] = None
+    miss_cap: Optional[MissCapResult] = None
     overlay_png_base64: Optional[str] = None
 
 

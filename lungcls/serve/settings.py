@@ -27,6 +27,7 @@ class ServeSettings:
     overlay_size: int
     normal_margin: float
     screening: Optional[Any]
+    miss_rate: Optional[Any]
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

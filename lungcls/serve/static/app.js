@@ -63,6 +63,8 @@ function showCard(name) {
   row(t, "possible missed disease", m.normal_class ? `${m.normal_class} wins by less than ${m.normal_margin}` : "off");
   const s = m.screening;
   row(t, "screening", s ? `${s.positive_class} >= ${s.threshold.toFixed(4)} (chosen on val for sensitivity ${s.target_sensitivity})` : "no threshold given");
+  const cap = m.miss_cap;
+  if (cap) row(t, "miss-rate cap", `${cap.normal_class} only above ${cap.threshold.toFixed(4)}: missed disease <= ${cap.alpha} (${cap.guarantee}), calibrated on ${cap.calibration}`);
   $("#card-body").replaceChildren(t);
   $("#card").showModal();
 }
@@ -99,6 +101,12 @@ function modelResult(file, name, r) {
     const s = r.screening;
     text.append(el("div", { class: "screen" + (s.flagged ? " positive" : ""),
       text: `${s.positive_class} screening: ${s.flagged ? "POSITIVE" : "negative"} at threshold ${s.threshold.toFixed(4)}` }));
+  }
+  if (r.miss_cap) {
+    const c = r.miss_cap;
+    text.append(el("div", { class: "screen miss-cap" + (c.decision === "refer" ? " positive" : ""),
+      text: c.decision === "refer" ? `Refer (${c.called}) under the miss-rate cap ${c.alpha} (Normal only above ${c.threshold.toFixed(4)})`
+        : `Normal under the miss-rate cap ${c.alpha} (above ${c.threshold.toFixed(4)})` }));
   }
   text.append(bars(r.probabilities, r.prediction));
   const box = el("div", { class: "model-result", "data-model": name }, text);
@@ -179,11 +187,12 @@ function csvCell(v) {
 
 function resultsCsv() {
   const classes = [...new Set(state.models.flatMap((m) => m.classes))];
-  const lines = [["file", "model", "prediction", "probability", ...classes.map((c) => `prob_${c}`), "possible_missed_disease", "screening_class", "screening_flag"]];
+  const lines = [["file", "model", "prediction", "probability", ...classes.map((c) => `prob_${c}`), "possible_missed_disease", "screening_class", "screening_flag", "miss_cap", "miss_cap_class"]];
   for (const r of state.results) {
     for (const [name, m] of Object.entries(r.models)) {
       lines.push([r.file, name, m.prediction, m.probability.toFixed(6), ...classes.map((c) => (c in m.probabilities ? m.probabilities[c].toFixed(6) : "")),
-        m.possible_missed_disease ? 1 : 0, m.screening ? m.screening.positive_class : "", m.screening ? (m.screening.flagged ? 1 : 0) : ""]);
+        m.possible_missed_disease ? 1 : 0, m.screening ? m.screening.positive_class : "", m.screening ? (m.screening.flagged ? 1 : 0) : "",
+        m.miss_cap ? m.miss_cap.decision : "", m.miss_cap ? m.miss_cap.called : ""]);
     }
   }
   return lines.map((l) => l.map(csvCell).join(",")).join("\n") + "\n";
