@@ -173,7 +173,7 @@ def estimates(evid: Evidence) -> Answer:
 
 def failures(evid: Evidence) -> Answer:
     missed = (evid.metrics.get("test") or {}).get("fn_to_normal") or {}
-    return "disease images predicted normal on test: " + ", ".join(f"{k} {v}" for k, v in missed.items()), "metrics.json, predictions.csv"
+    return "disease images predicted normal on test: " + ", ".join(f"{k} {v}" for k, v in missed.items() if v is not None), "metrics.json, predictions.csv"
 
 
 def limitations_ref(evid: Evidence) -> Answer:

@@ -18,7 +18,7 @@ def class_rows(block: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name in block.get("class_names") or []:
         pc, cc = (block.get("per_class") or {}).get(name) or {}, ci.get(name) or {}
-        gone = str(missed[name]) if name in missed else "–"
+        gone = str(missed[name]) if missed.get(name) is not None else "–"  # null: no images, nothing to miss
         if name in missed and rates.get(name):
             gone += f" (rate 95% CI [{num(rates[name][0])}, {num(rates[name][1])}])"
         rows.append([name, pc.get("support"), with_interval(pc.get("precision"), cc.get("precision")),
@@ -66,7 +66,7 @@ def source_lines(block: dict[str, Any]) -> list[str]:
     per_source = block.get("per_source") or {}
     if not per_source:
         return [f"Per-source results: {NOT_MEASURED} (no source per image).", ""]
-    rows = [[src, v.get("images"), num(v.get("accuracy")), sum((v.get("fn_to_normal") or {}).values())]
+    rows = [[src, v.get("images"), num(v.get("accuracy")), sum(n for n in (v.get("fn_to_normal") or {}).values() if isinstance(n, int))]
             for src, v in per_source.items()]
     return ["Per source (test split):", "", *table(["source", "images", "accuracy", "missed"], rows)]
 

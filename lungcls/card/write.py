@@ -91,6 +91,10 @@ def card_at_end(cfg: Any, run_dir: Path, run: str | None = None, ckpt: str | Non
     except LungclsError as e:
         print(f"model card not written: {e}")
         return None
+    except Exception as e:  # noqa: BLE001 - the run's results are written; its card must not undo that
+        print(f"model card not written ({type(e).__name__}: {e}); the run's results are complete: "
+              f"write it with lungcls-card card.run={run or run_dir}")
+        return None
     log_to_wandb(loggers, files)
     print(f"model card: {files.html} (and {files.markdown.name}, {files.checklist.name})")
     return files

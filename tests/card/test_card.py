@@ -213,3 +213,17 @@ def test_the_comparison_links_each_runs_card(tmp_path):
     card = row[0].split(",").index("card")
     assert row[1].split(",")[card] == str((run / "model_card-2.html").resolve())
     assert f"[card](<{(run / 'model_card-2.html').resolve()}>)" in text
+
+
+def test_a_class_with_nothing_to_miss_is_not_a_count_in_the_card(tmp_path):
+    """A held-out source can leave a class without test images: its fn_to_normal is null in
+    metrics.json (nothing to miss is not "none missed"), and the card neither adds nor prints it."""
+    run = make_run(tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test"]["fn_to_normal"]["Viral Pneumonia"] = None
+    metrics["test"]["per_source"]["site-B"]["fn_to_normal"]["Viral Pneumonia"] = None
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    text, checklist = card_text(run)
+    performance = text[text.index("## Performance"):text.index("## Explanations")]
+    assert "None" not in performance and "Viral Pneumonia None" not in checklist
+    assert "| site-B | 6 | 0.667 | 2 |" in performance  # the COVID misses alone
