@@ -91,9 +91,10 @@ def memory_mb() -> dict[str, float]:
     return {"rss_mb": round(now, 1), "peak_rss_mb": round(max(peak, now), 1)}  # two sources, rounded apart
 
 
-def _decode_one(data: bytes, name: str, max_pixels: int, budget: int, request_limit: int) -> Any:
+def _decode_one(data: bytes, name: str, max_pixels: int, budget: int, request_limit: int, min_side: int = 1) -> Any:
     """One upload as uint8 grayscale: a scored format, at most ``max_pixels`` pixels and at most
-    ``budget`` (what is left of ``serve.max_request_pixels``), both checked from the header."""
+    ``budget`` (what is left of ``serve.max_request_pixels``), both checked from the header, and
+    no side under ``min_side``."""
     fmt = upload_format(data, name)
     if fmt is None:
         other = other_image_format(data)
@@ -102,7 +103,7 @@ def _decode_one(data: bytes, name: str, max_pixels: int, budget: int, request_li
         raise LungclsError(f"{name} is not an image lungcls can read; send a PNG, JPEG or DICOM X-ray")
     key = "serve.max_pixels" if max_pixels <= budget else None
     try:
-        return read_gray(io.BytesIO(data), max(1, min(max_pixels, budget)), name, key)
+        return read_gray(io.BytesIO(data), max(1, min(max_pixels, budget)), name, key, min_side, "serve.min_side")
     except PixelLimitError as e:
         if key is None:
             raise LungclsError(f"the images of this request have more than serve.max_request_pixels={request_limit:,} pixels "
@@ -122,10 +123,7 @@ async def decode_uploads(files: Sequence[UploadFile], max_pixels: int, min_side:
         data = await upload.read()
         if not data:
             raise LungclsError(f"{name} is empty; send a PNG, JPEG or DICOM X-ray")
-        gray = await run_in_threadpool(_decode_one, data, name, max_pixels, max_request_pixels - used, max_request_pixels)
-        if min(gray.shape) < min_side:
-            raise LungclsError(f"{name} is {gray.shape[1]}x{gray.shape[0]} pixels, smaller than serve.min_side={min_side}; "
-                               "send the X-ray at its own resolution")
+        gray = await run_in_threadpool(_decode_one, data, name, max_pixels, max_request_pixels - used, max_request_pixels, min_side)
         used += int(gray.size)
         decoded.append((name, gray))
     return decoded

@@ -4,8 +4,8 @@ formats it scores, and memory handed back after large requests.
 A request whose declared ``Content-Length`` is over the limit gets 413 without a byte of its body
 being read; a body without a length (chunked) is counted as it arrives and refused with 413 the
 moment it passes the limit. Bodies within the limit are handed on unchanged. Only PNG, JPEG and
-DICOM are scored (told by content): Pillow would read GIF, BMP, TIFF and more, which no X-ray
-workflow produces and the models were never checked on. Decoding large images leaves freed memory
+DICOM are scored, told by content by the reader every command uses (``lungcls.data.pixels.images``):
+Pillow would read GIF, BMP, TIFF and more, which no X-ray workflow produces. Decoding large images leaves freed memory
 in the C allocator's arenas (threads decode in parallel); it is handed back to the system after
 each large request (glibc's ``malloc_trim``), so the server returns to its level after a burst.
 """
@@ -18,21 +18,15 @@ import io
 import json
 from typing import Any, Callable
 
-from lungcls.data.pixels.dicom import DICOM_EXTENSIONS, looks_like_dicom
+from lungcls.data.pixels.images import READ_FORMATS, content_format
 
-SCORED_FORMATS = ("PNG", "JPEG", "DICOM")
-_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+SCORED_FORMATS = READ_FORMATS
 
 
 def upload_format(data: bytes, name: str) -> str | None:
-    """``PNG``, ``JPEG`` or ``DICOM`` (a Part 10 file, or a .dcm/.dicom name without the preamble)
-    from the upload's content; None for anything else."""
-    if looks_like_dicom(data[:132]):
-        return "DICOM"
-    for magic, fmt in _MAGIC.items():
-        if data.startswith(magic):
-            return fmt
-    return "DICOM" if name.lower().endswith(DICOM_EXTENSIONS) else None
+    """``PNG``, ``JPEG`` or ``DICOM`` from the upload's content (as every command decides); None
+    for anything else."""
+    return content_format(data[:132], name)
 
 
 def other_image_format(data: bytes) -> str | None:
