@@ -167,3 +167,26 @@ def test_training_and_evaluation_read_dicom_folders(train_cfg, tmp_path):
     assert out.returncode == 0, out.stderr
     got = json.loads((ev_all / "metrics.json").read_text())["all"]
     assert sum(v["support"] for v in got["per_class"].values()) == 31
+
+
+def test_a_file_cut_off_in_its_header_is_called_truncated_and_reader_warnings_are_one_line(tmp_path, caplog, capfd):
+    """A header length that runs past the file's end made pydicom warn once per 512 bytes, quoting
+    them raw, before the error called the file 'no image': now one summary line, and 'truncated'."""
+    import logging
+
+    whole = write_dicom(tmp_path / "whole.dcm", ramp(4095, (64, 64)), bits_stored=12).read_bytes()
+    at = whole.index(b"\x02\x00\x10\x00UI")  # (0002,0010) Transfer Syntax UID, explicit VR: 2-byte length
+    huge = tmp_path / "huge.dcm"
+    huge.write_bytes(whole[: at + 6] + b"\xff\xf0" + whole[at + 8 :])
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole[:400])
+    said = {}
+    for path in (huge, cut):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), pytest.raises(LungclsError, match=f"DICOM .*{path.name} is truncated or damaged"):
+            read_gray(path)
+        said[path.name] = [r.getMessage() for r in caplog.records]
+    assert len(said["huge.dcm"]) == 1 and "warning(s) from the reader" in said["huge.dcm"][0] and len(said["huge.dcm"][0]) < 300
+    assert len(said["cut.dcm"]) <= 1
+    out, err = capfd.readouterr()
+    assert len(out) + len(err) < 500  # nothing printed around the logging system
