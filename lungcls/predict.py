@@ -53,9 +53,11 @@ class PredictSettings:
     tta: Any
     skip_unreadable: bool
     miss_rate: Any
+    min_side: int
 
     def __post_init__(self) -> None:
         check_range(self.batch_size, "predict.batch_size", 1)
+        check_range(self.min_side, "predict.min_side", 1)
         check_range(self.cam_size, "predict.cam_size", 16)
         self.normal_margin = check_margin(self.normal_margin, "predict.normal_margin")
         self.tta_copies = tta_copies(self.tta)  # an unknown value fails here, before any loading
@@ -100,12 +102,12 @@ def _model_cells(m: UsedModel, item: dict[str, Any] | None, overlay: str | None)
     return cells + ([overlay] if overlay is not None else [])
 
 
-def _decode(chunk: Sequence[InputImage], skip_unreadable: bool) -> tuple[list, list[str | None]]:
+def _decode(chunk: Sequence[InputImage], skip_unreadable: bool, min_side: int) -> tuple[list, list[str | None]]:
     """Decoded images of a chunk (None where unreadable and skipped) and the errors."""
     grays, errors = [], []
     for im in chunk:
-        try:
-            grays.append(read_gray(im.path, limit_key=None))  # predict has no key for the limit
+        try:  # predict has no key for the pixel limit
+            grays.append(read_gray(im.path, limit_key=None, min_side=min_side, side_key="predict.min_side"))
             errors.append(None)
         except LungclsError as e:
             if not skip_unreadable:
@@ -125,7 +127,7 @@ def _write_overlay(out_dir: Path, index: int, image: InputImage, model_index: in
 def predict_chunk(models: Sequence[UsedModel], chunk: Sequence[InputImage], start: int, s: PredictSettings,
                   out_dir: Path, tally: list[Counter]) -> list[list[Any]]:
     """CSV rows of one chunk of images (every model on the same decoded images)."""
-    grays, errors = _decode(chunk, s.skip_unreadable)
+    grays, errors = _decode(chunk, s.skip_unreadable, s.min_side)
     ok = [i for i, g in enumerate(grays) if g is not None]
     cam = s.cam
     per_model = []
@@ -193,10 +195,11 @@ def predict(cfg: DictConfig) -> Path:
     unreadable = len(inputs.images) - tally[0]["scored"]
     lines, cards = summary(models, tally)
     record = {"input": inputs.where, "images": len(inputs.images), "unreadable": unreadable,
-              "skipped_files": len(inputs.skipped), "tta": {"mode": str(s.tta), "copies": s.tta_copies},
+              "skipped_files": len(inputs.skipped), "skipped": inputs.skipped,
+              "tta": {"mode": str(s.tta), "copies": s.tta_copies},
               "models": cards}
     write_text_atomic(out_dir / "predict.json", json.dumps(record, indent=2, allow_nan=False))
-    print(f"{len(inputs.images)} images from {inputs.where}" + (f" ({len(inputs.skipped)} other files skipped)" if inputs.skipped else "")
+    print(f"{len(inputs.images)} images from {inputs.where}" + (f" ({len(inputs.skipped)} other files skipped, named in predict.json)" if inputs.skipped else "")
           + (f"; {unreadable} unreadable (see the error column)" if unreadable else ""))
     for line in lines:
         print(line)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcls.cli import hydra_main
 from lungcls.data.datamodule import LungDataModule
-from lungcls.data.cache.prepared import is_remote, require_litdata, write_prepared
+from lungcls.data.cache.prepared import check_output, is_remote, require_litdata, write_prepared
 from lungcls.errors import LungclsError
 from lungcls.data.settings import dataset_settings
 from lungcls.settings import check_range, typed
@@ -47,10 +47,11 @@ def prepare(cfg: DictConfig) -> dict:
     data = dataset_settings(OmegaConf.to_container(cfg.dataset, resolve=True))
     if data.layout == "litdata":
         raise LungclsError("dataset.layout=litdata is already a prepared set; prepare from the original images' layout")
+    output = Path(settings.output).expanduser().resolve()
+    check_output(output)  # before decoding anything
     # the writer processes decode each image once, into the chunks
     dm = LungDataModule(dataclasses.replace(data, cache="none"), augment=None)
     dm.setup("prepare")
-    output = Path(settings.output).expanduser().resolve()
     meta = write_prepared(dm, output, settings.chunk_bytes, settings.workers)
     counts = ", ".join(f"{n} {split}" for split, n in meta["images"].items())
     print(f"prepared {sum(meta['images'].values())} images ({counts}) at {meta['image_size']} px in {output}")

@@ -47,6 +47,7 @@ def test_arguments_of_library_objects_may_still_be_added():
         (["seed=abc"], "seed=abc must be a whole number"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs=abc must be a whole number"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+        (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 gives the run no length"),
         (["dataset.near_duplicate_bits=500"], "dataset.near_duplicate_bits=500 must be in [0, 144]"),
         (["dataset.near_duplicate_bits=-1"], "dataset.near_duplicate_bits=-1 must be in [0, 144]"),
         (["dataset.allow_missing_classes=maybe"], "dataset.allow_missing_classes=maybe must be true or false"),

@@ -4,7 +4,8 @@
 Safe by default: bodies are bounded (``BodyLimit``: 413), every upload is decoded to decide what it
 is (400 with a one-line JSON error when it is not a PNG, JPEG or DICOM image lungcls can read,
 when it has more pixels than ``max_pixels``, a side under ``min_side``, or the request's images
-together more than ``max_request_pixels``), upload names are only echoed back, never used as
+together more than ``max_request_pixels``; requests wait while all in flight would decode more
+than ``max_pixels_in_flight``), upload names are only echoed back, never used as
 paths, and the models are the checkpoints named on the command line, nothing a request can change.
 """
 
@@ -33,7 +34,8 @@ from lungcls.serve.settings import ServeSettings
 from lungcls.errors import LungclsError
 from lungcls.inference.scoring import UsedModel, model_card
 from lungcls.serve.batching import Batcher
-from lungcls.serve.limits import SCORED_FORMATS, BodyLimit, other_image_format, release_memory, upload_format
+from lungcls.serve.limits import (SCORED_FORMATS, BodyLimit, PixelBudget, other_image_format, pixels_asked, release_memory,
+                                  upload_format)
 
 STATIC = resources.files("lungcls.serve") / "static"
 PAGE_HEADERS = {
@@ -99,9 +101,10 @@ def memory_mb() -> dict[str, float]:
     return {"rss_mb": round(now, 1), "peak_rss_mb": round(max(peak, now), 1)}  # two sources, rounded apart
 
 
-def _decode_one(data: bytes, name: str, max_pixels: int, budget: int, request_limit: int) -> Any:
+def _decode_one(data: bytes, name: str, max_pixels: int, budget: int, request_limit: int, min_side: int = 1) -> Any:
     """One upload as uint8 grayscale: a scored format, at most ``max_pixels`` pixels and at most
-    ``budget`` (what is left of ``serve.max_request_pixels``), both checked from the header."""
+    ``budget`` (what is left of ``serve.max_request_pixels``), both checked from the header, and
+    no side under ``min_side``."""
     fmt = upload_format(data, name)
     if fmt is None:
         other = other_image_format(data)
@@ -110,7 +113,7 @@ def _decode_one(data: bytes, name: str, max_pixels: int, budget: int, request_li
         raise LungclsError(f"{name} is not an image lungcls can read; send a PNG, JPEG or DICOM X-ray")
     key = "serve.max_pixels" if max_pixels <= budget else None
     try:
-        return read_gray(io.BytesIO(data), max(1, min(max_pixels, budget)), name, key)
+        return read_gray(io.BytesIO(data), max(1, min(max_pixels, budget)), name, key, min_side, "serve.min_side")
     except PixelLimitError as e:
         if key is None:
             raise LungclsError(f"the images of this request have more than serve.max_request_pixels={request_limit:,} pixels "
@@ -130,10 +133,7 @@ async def decode_uploads(files: Sequence[UploadFile], max_pixels: int, min_side:
         data = await upload.read()
         if not data:
             raise LungclsError(f"{name} is empty; send a PNG, JPEG or DICOM X-ray")
-        gray = await run_in_threadpool(_decode_one, data, name, max_pixels, max_request_pixels - used, max_request_pixels)
-        if min(gray.shape) < min_side:
-            raise LungclsError(f"{name} is {gray.shape[1]}x{gray.shape[0]} pixels, smaller than serve.min_side={min_side}; "
-                               "send the X-ray at its own resolution")
+        gray = await run_in_threadpool(_decode_one, data, name, max_pixels, max_request_pixels - used, max_request_pixels, min_side)
         used += int(gray.size)
         decoded.append((name, gray))
     return decoded
@@ -178,6 +178,7 @@ def create_app(models: Sequence[UsedModel], settings: ServeSettings) -> tuple[An
     app = FastAPI(title="lungcls", version="1", docs_url=None, redoc_url=None,
                   description="Chest X-ray classification with Grad-CAM, from trained lungcls checkpoints.")
     app.state.batcher = batcher
+    in_flight = PixelBudget(settings.max_pixels_in_flight)
 
     _add_error_handlers(app)
 
@@ -193,7 +194,7 @@ def create_app(models: Sequence[UsedModel], settings: ServeSettings) -> tuple[An
 
     @app.get("/healthz", summary="Liveness, queue and memory")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "models": len(models), **batcher.stats, "queued": batcher.jobs.qsize(), **memory_mb()}
+        return {"status": "ok", "models": len(models), **batcher.stats, "queued": batcher.jobs.qsize(), **in_flight.stats, **memory_mb()}
 
     @app.get("/api/models", summary="The model cards: backbone, fine-tune, training data, test metrics, thresholds")
     async def api_models() -> dict[str, Any]:
@@ -208,15 +209,16 @@ def create_app(models: Sequence[UsedModel], settings: ServeSettings) -> tuple[An
         if len(file) > max_files:
             return _error(400, f"{len(file)} files in one request, more than {max_files}; send them in several requests")
         background.add_task(release_memory)  # after the response, when this request's images are freed
-        try:
-            decoded = await decode_uploads(file, max_pixels, min_side, max_request_pixels)
-        except LungclsError as e:
-            return _error(400, str(e))
-        finally:
-            for upload in file:
-                await upload.close()
-        future = batcher.submit([g for _, g in decoded], cam_default if cam is None else bool(cam))
-        per_image = await asyncio.wrap_future(future)
+        async with in_flight.hold(await pixels_asked(file, max_pixels)):  # across requests: serve.max_pixels_in_flight
+            try:
+                decoded = await decode_uploads(file, max_pixels, min_side, max_request_pixels)
+            except LungclsError as e:
+                return _error(400, str(e))
+            finally:
+                for upload in file:
+                    await upload.close()
+            future = batcher.submit([g for _, g in decoded], cam_default if cam is None else bool(cam))
+            per_image = await asyncio.wrap_future(future)
         return {"results": [_result(name, gray, d) for (name, gray), d in zip(decoded, per_image)]}
 
     return BodyLimit(app, int(settings.max_upload_mb * 2**20)), batcher

@@ -20,6 +20,7 @@ class ServeSettings:
     max_files: int
     max_pixels: int
     max_request_pixels: int
+    max_pixels_in_flight: int
     min_side: int
     batch_size: int
     max_wait_ms: float
@@ -35,4 +36,7 @@ class ServeSettings:
         for key, low in (("max_upload_mb", 0.001), ("max_files", 1), ("max_pixels", 1), ("max_request_pixels", 1),
                          ("min_side", 1), ("batch_size", 1), ("overlay_size", 16), ("max_wait_ms", 0)):
             check_range(getattr(self, key), f"serve.{key}", low)
+        if self.max_pixels_in_flight < self.max_request_pixels:
+            raise LungclsError(f"serve.max_pixels_in_flight={self.max_pixels_in_flight:,} is less than serve.max_request_pixels="
+                               f"{self.max_request_pixels:,}: one full request could never run; raise it or lower the other")
         self.normal_margin = check_margin(self.normal_margin, "serve.normal_margin")

@@ -183,7 +183,7 @@ class TrainerSettings:
     devices: Any
     strategy: str
     precision: str
-    max_epochs: Optional[int]             # Lightning's own meanings for null (its default) and -1 (no limit)
+    max_epochs: Optional[int]             # null: Lightning's default; -1 (no limit) only with trainer.max_steps
     min_epochs: Optional[int]
     log_every_n_steps: Optional[int]
     accumulate_grad_batches: int
@@ -197,7 +197,15 @@ class TrainerSettings:
 
 
 def trainer_settings(cfg: DictConfig) -> TrainerSettings:
-    return typed_keys(cfg.trainer, TrainerSettings, "trainer")
+    """The typed ``trainer.*``; no epoch limit (-1) only with a step limit (``trainer.max_steps``), since
+    the learning-rate schedule needs the run's length."""
+    settings = typed_keys(cfg.trainer, TrainerSettings, "trainer")
+    steps = cfg.trainer.max_steps if "max_steps" in cfg.trainer else None
+    epochs = settings.max_epochs
+    if epochs is not None and epochs < 0 and not (epochs == -1 and isinstance(steps, int) and steps > 0):
+        raise LungclsError(f"trainer.max_epochs={epochs} gives the run no length (the learning-rate schedule needs one); "
+                           "use 1 or more epochs")
+    return settings
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:

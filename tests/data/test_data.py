@@ -197,14 +197,14 @@ def test_cap_per_class_is_a_seeded_subset(tmp_path):
 
 
 def test_decoded_cache_is_reused_and_rebuilt_when_files_change(tmp_path):
-    root = make_class_tree(tmp_path / "d", {"COVID": 3}, size=16)
+    root = make_class_tree(tmp_path / "d", {"COVID": 3}, size=40)
     paths = [s.path for s in discover_samples("folder", ["COVID"], root)]
     first = load_or_decode(paths, 16, tmp_path / "cache")
     files = list((tmp_path / "cache").glob("*.pt"))
     assert len(files) == 1
     again = load_or_decode(paths, 16, tmp_path / "cache")
     assert torch.equal(first, again) and list((tmp_path / "cache").glob("*.pt")) == files
-    write_png(Path(paths[0]), np.zeros((16, 16), np.uint8))  # the file changes: a new cache
+    write_png(Path(paths[0]), np.zeros((40, 40), np.uint8))  # the file changes: a new cache
     changed = load_or_decode(paths, 16, tmp_path / "cache")
     assert changed[0].sum() == 0 and len(list((tmp_path / "cache").glob("*.pt"))) == 2
 

@@ -145,3 +145,33 @@ def test_predict_takes_the_same_dataset_configs_as_training(logistic_run, class_
     for both in ({"input": str(class_tree), "dataset": {"name": "folder", "root": str(class_tree)}}, {"input": None, "dataset": {}}):
         with pytest.raises(LungclsError, match="one of the two"):
             images_to_score(OmegaConf.create(both), ["COVID"])
+
+
+def test_predict_refuses_what_serve_refuses_and_names_the_files_it_skips(logistic_run, tmp_path):
+    """A GIF given directly, a TIFF renamed .png in a folder and a 1x1 PNG are refused as
+    lungcls-serve refuses them (one line; listed in the error column with skip_unreadable); files
+    without an image's name are named in predict.json, not only counted."""
+    from conftest import compose_cfg
+    from lungcls.errors import LungclsError
+    from lungcls.predict import predict
+
+    ckpt = f"ckpt={logistic_run}/checkpoints/best.ckpt"
+    picture = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "scan.gif")
+    with pytest.raises(LungclsError, match="scan.gif is a GIF image; lungcls reads PNG, JPEG and DICOM"):
+        predict(compose_cfg("predict", [ckpt, f"input={tmp_path / 'scan.gif'}"], tmp_path / "gif", tmp_path))
+    folder = tmp_path / "new"
+    write_png(folder / "a.png", picture)
+    Image.fromarray(picture).save(folder / "tiff.png", format="TIFF")
+    write_png(folder / "icon.png", np.full((1, 1), 9, np.uint8))
+    (folder / "notes.txt").write_text("notes")
+    with pytest.raises(LungclsError, match="icon.png is 1x1 pixels, smaller than predict.min_side=32"):
+        predict(compose_cfg("predict", [ckpt, f"input={folder}"], tmp_path / "refused", tmp_path))
+    out = tmp_path / "listed"
+    predict(compose_cfg("predict", [ckpt, f"input={folder}", "predict.skip_unreadable=true"], out, tmp_path))
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in read_rows(out / "predictions.csv")}
+    assert rows["a.png"]["pred"] and not rows["a.png"]["error"]
+    assert "is a TIFF image" in rows["tiff.png"]["error"] and rows["tiff.png"]["pred"] == ""
+    assert "1x1 pixels, smaller than predict.min_side=32" in rows["icon.png"]["error"] and rows["icon.png"]["pred"] == ""
+    record = json.loads((out / "predict.json").read_text())
+    assert record["unreadable"] == 2 and record["skipped"] == [str(folder / "notes.txt")]

@@ -215,7 +215,7 @@ def test_misses_are_disease_images_predicted_normal_most_confident_first(tmp_pat
     pool = []
     for i, (label, level) in enumerate([("COVID", 200), ("Normal", 250), ("Viral Pneumonia", 120), ("COVID", 90)]):
         path = tmp_path / f"{i}.png"
-        Image.fromarray(np.full((16, 16), level, np.uint8)).save(path)
+        Image.fromarray(np.full((32, 32), level, np.uint8)).save(path)
         pool.append(ReportImage(str(path), label))
     model = ReportModel("stand-in", tmp_path / "x.ckpt", tmp_path, BrightIsNormal())
     chosen = _missed(pool, [model], batch_size=2, limit=2)

@@ -40,7 +40,8 @@ def server(tmp_path_factory, logistic_run):
     spool.mkdir()
     env = dict(os.environ, TMPDIR=str(spool), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "lungcls.serve", f"ckpt={run}/checkpoints/best.ckpt", "serve.port=0", "serve.max_upload_mb=3",
-           "serve.max_pixels=3000000", "serve.max_request_pixels=4000000", "serve.max_files=4", f"hydra.run.dir={base}/served"]
+           "serve.max_pixels=3000000", "serve.max_request_pixels=4000000", "serve.max_pixels_in_flight=7000000", "serve.max_files=4",
+           f"hydra.run.dir={base}/served"]
     proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, lines, deadline = None, [], time.monotonic() + 120
     while url is None and time.monotonic() < deadline and proc.poll() is None:
@@ -193,6 +194,20 @@ def test_only_png_jpeg_dicom_of_a_useful_size_within_the_request_budget_are_scor
     cut = dcm.read_bytes()
     status, body = upload(server, [("scan.dcm", cut[:cut.index(b"\xe0\x7f\x10\x00") + 3])])
     assert status == 400 and "\n" not in body["error"]
+
+
+def test_concurrent_large_uploads_take_turns_within_the_pixels_in_flight(server):
+    """Six concurrent 3-megapixel uploads against serve.max_pixels_in_flight=7,000,000: at most two
+    are decoded and held at once, the others wait their turn, and every one is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    big = _image_bytes("PNG", 1732)  # 2,999,824 pixels
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: upload(server, [(f"big{i}.png", big)], "?cam=false"), range(6)))
+    assert [status for status, _ in answers] == [200] * 6
+    status, health = request(server["host"], server["port"], "GET", "/healthz")
+    health = json.loads(health)
+    assert 2_999_824 <= health["peak_pixels_in_flight"] <= 7_000_000 and health["pixels_in_flight"] == 0
 
 
 def test_bounded_load_test_has_no_errors_and_reports_latency_and_memory(server, xrays, capsys):

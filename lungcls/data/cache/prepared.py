@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from functools import partial
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import lungcls
+from lungcls.data.dedup.parallel import die_with
 from lungcls.data.pixels.images import load_image
 from lungcls.data.samples.sample import Sample
 from lungcls.data.pixels.normalization import normalization_stats, pixel_moments
@@ -51,19 +53,27 @@ def require_litdata():
     return litdata
 
 
-def _item(row: int, files: Sequence[tuple[str, int]], image_size: int, max_pixels: int) -> dict[str, Any]:
+def _item(row: int, files: Sequence[tuple[str, int]], image_size: int, max_pixels: int, parent: int = 0) -> dict[str, Any]:
     """One stored sample: the decoded uint8 image [1, S, S], its label and its row in ``lungcls.json``."""
+    if parent and parent != os.getpid():
+        die_with(parent)
     path, label = files[row]
     return {"image": load_image(path, image_size, max_pixels).numpy(), "label": label, "row": row}
+
+
+def check_output(output: Path) -> None:
+    """Refuse an output folder that holds anything (checked before any image is decoded, and again
+    before writing): lungcls-prepare never writes over a prepared set."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise LungclsError(f"prepare.output={output} already exists and is not empty; name a new folder "
+                           "(lungcls-prepare never writes over a prepared set)")
 
 
 def write_prepared(dm: Any, output: Path, chunk_bytes: str, workers: int) -> dict[str, Any]:
     """Write the set-up data module ``dm`` (its samples, split, duplicates) to ``output`` as one
     LitData optimised dataset per split, plus ``lungcls.json`` and ``splits.csv``. Returns the record."""
     litdata = require_litdata()
-    if output.exists() and any(output.iterdir()):
-        raise LungclsError(f"prepare.output={output} already exists and is not empty; name a new folder "
-                           "(lungcls-prepare never writes over a prepared set)")
+    check_output(output)
     files = [(s.path, s.label) for s in dm.samples]
     counts = {}
     for split in SPLITS:
@@ -72,7 +82,8 @@ def write_prepared(dm: Any, output: Path, chunk_bytes: str, workers: int) -> dic
         if not rows:
             continue
         log.info("writing %d %s images to %s", len(rows), split, output / split)
-        litdata.optimize(fn=partial(_item, files=files, image_size=dm.image_size, max_pixels=dm.cfg.max_image_pixels),
+        item = partial(_item, files=files, image_size=dm.image_size, max_pixels=dm.cfg.max_image_pixels, parent=os.getpid())
+        litdata.optimize(fn=item,
                          inputs=rows, output_dir=str(output / split), chunk_bytes=chunk_bytes, num_workers=workers,
                          mode=None, verbose=False, start_method="fork" if sys.platform == "linux" else None)
     meta = {
@@ -146,6 +157,28 @@ def check_meta(meta: Mapping[str, Any], cfg: DatasetSettings) -> None:
     if list(meta["classes"]) != list(cfg.classes):
         raise LungclsError(f"dataset.root={root} was prepared with classes {meta['classes']}, not dataset.classes="
                            f"{list(cfg.classes)}; set dataset.classes to the prepared ones (same order) or prepare again")
+    check_chunks(str(root), meta)
+
+
+def check_chunks(root: str, meta: Mapping[str, Any]) -> None:
+    """Every split a local set records is there whole: its LitData index and each chunk at the size
+    the index names. A missing split folder or a cut-off chunk (an interrupted copy) would otherwise
+    stop training midway with LitData's own exception, after minutes of waiting for the chunk."""
+    if is_remote(root):
+        return  # an object store is read as LitData downloads it
+    base = Path(root).expanduser()
+    for split, n in meta["images"].items():
+        index = base / split / "index.json"
+        if n and not index.is_file():
+            raise LungclsError(f"dataset.root={root} has no {split}/{index.name} though it was prepared with {n} {split} "
+                               "images; copy the whole prepared folder again, or prepare the set again")
+        for chunk in json.loads(index.read_text())["chunks"] if n else ():
+            path = base / split / chunk["filename"]
+            size = path.stat().st_size if path.is_file() else None
+            if size is None or size < int(chunk["chunk_bytes"]):
+                found = "is missing" if size is None else f"has {size:,} of its {int(chunk['chunk_bytes']):,} bytes (truncated)"
+                raise LungclsError(f"dataset.root={root}: {split}/{chunk['filename']} {found}; copy the whole prepared "
+                                   "folder again, or prepare the set again")
 
 
 def prepared_samples(meta: Mapping[str, Any]) -> list[Sample]:

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 # Bump whenever the pixels change, so existing demo folders are regenerated.
-GENERATOR_VERSION = "lungcls-demo-phantom/2"
+GENERATOR_VERSION = "lungcls-demo-phantom/3"
 DEMO_CLASSES: tuple[str, ...] = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 META_FILE = "demo.json"
 ANNOTATIONS_FILE = "demo_annotations.csv"

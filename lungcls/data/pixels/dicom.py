@@ -11,11 +11,19 @@ refused with one line.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import warnings
+from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
 
 from lungcls.errors import LungclsError
+
+log = logging.getLogger(__name__)
+_WARNINGS_LOCK = threading.Lock()
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 _PREAMBLE = 128
@@ -66,10 +74,22 @@ def _check_supported(ds, name: str) -> None:
         if "Rows" in ds or "Columns" in ds or "BitsAllocated" in ds:  # an image whose pixels were cut off
             raise LungclsError(f"DICOM {name} is truncated or damaged: it describes an image (Rows, Columns) but its "
                                "Pixel Data is missing; copy the file again from its source")
+        if _cut_in_header(ds):
+            raise LungclsError(f"DICOM {name} is truncated or damaged: it ends inside its header, before the image is "
+                               "described; copy the file again from its source")
         raise LungclsError(f"DICOM {name} holds no image (no Pixel Data); give an image object, not a report or structured document")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
         raise LungclsError(f"DICOM {name}: photometric interpretation {photometric} is not supported; use MONOCHROME1/2 or RGB images")
+
+
+def _cut_in_header(ds) -> bool:
+    """Nothing after the file meta, or an image object (its SOP class says so) without a word of
+    its image: the file was cut off (or a length in its header ran past its end)."""
+    if len(ds) == 0:
+        return True
+    sop = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return "Image Storage" in str(getattr(sop, "name", ""))
 
 
 def _pixels(ds, name: str) -> np.ndarray:
@@ -121,15 +141,45 @@ def read_dicom(source: str | IO[bytes], name: str, max_pixels: int | None = None
     exception type) becomes one ``LungclsError`` naming the file."""
     import pydicom
 
-    try:
-        ds = pydicom.dcmread(source, force=True)
-        _check_pixel_count(ds, name, max_pixels, limit_key)
-        return dicom_to_gray(ds, name)
-    except LungclsError:
-        raise
-    except Exception as e:  # noqa: BLE001 - pydicom's errors on damaged files have no common base
-        why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
-        raise LungclsError(f"cannot read DICOM {name}, it is damaged ({why}); remove or replace the file") from None
+    with summarised_warnings(f"DICOM {name}", "pydicom"):
+        try:
+            ds = pydicom.dcmread(source, force=True)
+            _check_pixel_count(ds, name, max_pixels, limit_key)
+            return dicom_to_gray(ds, name)
+        except LungclsError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pydicom's errors on damaged files have no common base
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+            raise LungclsError(f"cannot read DICOM {name}, it is damaged ({why}); remove or replace the file") from None
+
+
+@contextlib.contextmanager
+def summarised_warnings(what: str, logger: str) -> Iterator[None]:
+    """A reader's warnings (Python warnings and its ``logger``'s records) about one file become one
+    logged line: a damaged header can make pydicom warn a thousand times, quoting raw bytes. The
+    warnings filters are global to the process, so readers in threads (the service) take turns."""
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    log_ = logging.getLogger(logger)
+    handler, propagate = Collect(logging.WARNING), log_.propagate
+    with _WARNINGS_LOCK:
+        log_.addHandler(handler)
+        log_.propagate = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            log_.removeHandler(handler)
+            log_.propagate = propagate
+            said = list(dict.fromkeys([str(w.message) for w in caught] + records))
+            if said:  # also when the read failed: the warnings often say why
+                first = ascii(" ".join(said[0].split()))[1:-1][:120]
+                log.warning("%s: %d warning(s) from the reader, e.g. %s", what, len(said), first)
 
 
 def _check_pixel_count(ds, name: str, max_pixels: int | None, limit_key: str | None) -> None:

@@ -4,7 +4,10 @@ X-rays are single-channel. Whatever the file holds (8-bit or 16-bit grayscale, R
 PNG, JPEG or DICOM), we map it to one uint8 channel with a fixed rule, so models see the same value
 range for every source: 16-bit images are scaled by the range their bit depth can hold (12-bit if no
 value exceeds 4095, else 16-bit), colour images are converted to luminance, alpha is dropped; DICOM
-goes through its LUTs first (``lungcls.data.pixels.dicom``). The format is told by content, not by name.
+goes through its LUTs first (``lungcls.data.pixels.dicom``). The format is told by content, not by name:
+only PNG, JPEG and DICOM are read (Pillow would also open GIF, BMP, TIFF..., which no X-ray workflow
+produces and no model was checked on), and an image with a side under ``min_side`` pixels (an icon,
+a thumbnail) is refused, so every command accepts and refuses the same files.
 
 Training, evaluation, prediction, export checks and the web service all decode through
 ``read_gray`` and resize through ``gray_to_input``: one preprocessing, so a probability means the
@@ -25,6 +28,10 @@ from lungcls.errors import LungclsError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", *DICOM_EXTENSIONS)
 DEFAULT_MAX_PIXELS = 100_000_000  # dataset.max_image_pixels: larger files are refused, unread
+DEFAULT_MIN_SIDE = 32  # predict.min_side, serve.min_side: a shorter side is an icon, not an X-ray
+READ_FORMATS = ("PNG", "JPEG", "DICOM")
+_PIL_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG"}  # MPO: a camera's JPEG with a second picture
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 # lungcls checks every file's pixel count itself (read_gray, with a limit the config sets), so PIL's
 # own global limit, which raises an exception of its own kind, is switched off.
@@ -45,6 +52,17 @@ def is_image_file(path: Path) -> bool:
         except OSError:
             return False
     return False
+
+
+def content_format(head: bytes, name: str = "") -> str | None:
+    """``PNG``, ``JPEG`` or ``DICOM`` from a file's first 132 bytes (a .dcm/.dicom name may lack the
+    Part 10 preamble); None for anything else, whatever the file is called."""
+    if looks_like_dicom(head):
+        return "DICOM"
+    for magic, fmt in _MAGIC.items():
+        if head.startswith(magic):
+            return fmt
+    return "DICOM" if name.lower().endswith(DICOM_EXTENSIONS) else None
 
 
 def _to_gray_uint8(img: Image.Image) -> np.ndarray:
@@ -70,6 +88,8 @@ def check_pixels(name: str, width: int, height: int, max_pixels: int | None, key
 
 def _read_pil(source: str | Path | IO[bytes], name: str, max_pixels: int | None, key: str | None) -> tuple[np.ndarray, str]:
     with Image.open(source) as img:
+        if img.format not in _PIL_FORMATS:
+            raise LungclsError(f"{name} is a {img.format} image; lungcls reads PNG, JPEG and DICOM X-rays: convert it to PNG")
         check_pixels(name, img.size[0], img.size[1], max_pixels, key)
         img.load()
         return _to_gray_uint8(img), img.mode
@@ -84,8 +104,19 @@ def _head(source: str | Path | IO[bytes]) -> bytes:
         return f.read(132)
 
 
+def check_side(gray: np.ndarray, name: str, min_side: int | None, key: str | None) -> np.ndarray:
+    """Refuse an image whose shorter side is under ``min_side`` pixels; the message names the
+    command's ``key`` for the limit (None: the command has none)."""
+    if min_side and min(gray.shape) < min_side:
+        limit = f"{key}={min_side}" if key else f"the {min_side} pixels an X-ray has at least"
+        raise LungclsError(f"{name} is {gray.shape[1]}x{gray.shape[0]} pixels, smaller than {limit}; "
+                           "use the X-ray at its own resolution (an icon or a thumbnail is not one)")
+    return gray
+
+
 def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None,
-              limit_key: str | None = "dataset.max_image_pixels") -> np.ndarray:
+              limit_key: str | None = "dataset.max_image_pixels", min_side: int | None = DEFAULT_MIN_SIDE,
+              side_key: str | None = None) -> np.ndarray:
     """The image as a 2-D uint8 array; a corrupt, unreadable or oversized file raises a one-line
     LungclsError.
 
@@ -93,16 +124,18 @@ def read_gray(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_M
     DICOM is recognised by its ``DICM`` marker, everything else goes to Pillow; a .dcm/.dicom file
     Pillow cannot open is read as DICOM without the Part 10 preamble. Images above ``max_pixels``
     pixels are refused from their header, before decoding (the message names ``limit_key``, the
-    command's key for the limit, or None where it has none). Any exception of a decoder on a damaged
-    file becomes the one-line error.
+    command's key for the limit, or None where it has none), images with a side under ``min_side``
+    after it (``side_key`` likewise). Any exception of a decoder on a damaged file becomes the
+    one-line error.
     """
-    return read_gray_and_mode(source, max_pixels, name, limit_key)[0]
+    gray = read_gray_and_mode(source, max_pixels, name, limit_key)[0]
+    return check_side(gray, name or str(source), min_side, side_key)
 
 
 def read_gray_and_mode(source: str | Path | IO[bytes], max_pixels: int | None = DEFAULT_MAX_PIXELS,
                        name: str | None = None, limit_key: str | None = "dataset.max_image_pixels") -> tuple[np.ndarray, str]:
     """``read_gray`` and the file's own mode (PIL's ``L``, ``I;16``, ``RGB``..., or ``DICOM``), for
-    audits of bit depth."""
+    audits of bit depth; the side is not checked (the audit reports sizes)."""
     name = name or str(source)
     try:
         if looks_like_dicom(_head(source)):
@@ -146,7 +179,7 @@ def load_image(path: str | Path, size: int, max_pixels: int | None = DEFAULT_MAX
     mask file, when it has one."""
     gray = read_gray(path, max_pixels)
     if preprocess is not None and preprocess.active:
-        lungs = read_gray(mask) > 127 if mask is not None and preprocess.mask_outside_lungs else None
+        lungs = read_gray(mask, min_side=None) > 127 if mask is not None and preprocess.mask_outside_lungs else None
         gray = preprocess.apply(gray, lungs, name=str(path))
     return gray_to_input(gray, size)
 
@@ -155,7 +188,7 @@ def load_mask(path: str | Path | None, size: int) -> np.ndarray | None:
     """A binary mask at ``size`` (nearest-neighbour), or None when there is none."""
     if path is None:
         return None
-    arr = read_gray(path)
+    arr = read_gray(path, min_side=None)
     if arr.shape != (size, size):
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.NEAREST))
     return arr > 127

@@ -3,8 +3,9 @@ without class sub-folders) or a manifest CSV with a ``path`` column (``label`` o
 
 New X-rays usually come without labels; when they sit in a folder named after one of the model's
 classes (``<Class>/x.png`` or ``<Class>/images/x.png``) or the manifest has a ``label``, the label
-is kept next to the prediction, otherwise it stays empty. Files that are not PNG, JPEG or DICOM
-are skipped and counted, never silently.
+is kept next to the prediction, otherwise it stays empty. Files of a folder without an image's
+name are skipped and named in ``predict.json``, never silently; a file named like an image whose
+content is another format (a GIF called ``.png``) is refused by the reader, as every command does.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class InputImage:
 @dataclass
 class Inputs:
     images: list[InputImage]
-    skipped: list[str]  # files of a folder that are not images (counted in the summary)
+    skipped: list[str]  # files of a folder that are not images (named in predict.json)
     where: str
 
 

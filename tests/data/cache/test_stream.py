@@ -103,6 +103,32 @@ def test_a_root_that_cannot_be_streamed_is_one_line(prepared, tmp_path, case, me
         dm.setup("fit")
 
 
+@pytest.mark.parametrize("case, message", [
+    ("truncated", r"train/chunk-0-0.bin has [0-9,]+ of its [0-9,]+ bytes \(truncated\); copy the whole prepared folder again"),
+    ("no_val", r"has no val/index.json though it was prepared with 3 val images; copy the whole prepared folder again"),
+])
+def test_a_damaged_copy_of_a_prepared_set_is_one_line_before_training(prepared, tmp_path, case, message):
+    """An interrupted copy (a chunk cut short, a split folder missing) is named before any batch is
+    read, instead of LitData waiting minutes for the chunk or failing mid-run on the folder."""
+    root = _copy_with(prepared, tmp_path)
+    if case == "truncated":
+        chunk = root / "train" / "chunk-0-0.bin"
+        chunk.write_bytes(chunk.read_bytes()[:-100])
+    else:
+        shutil.rmtree(root / "val")
+    assert prepared["meta"]["images"]["val"] == 3
+    with pytest.raises(LungclsError, match=message):
+        LungDataModule(_data(root, "litdata")).setup("fit")
+
+
+def test_prepare_refuses_a_used_output_folder_before_decoding_anything(prepared, monkeypatch):
+    cfg = compose_cfg("prepare", [*FOLDER, f"dataset.root={prepared['tree']}", f"prepare.output={prepared['root']}"],
+                      prepared["tmp"], prepared["tmp"] / "data")
+    monkeypatch.setattr(LungDataModule, "setup", lambda *a, **k: pytest.fail("images were decoded before the check"))
+    with pytest.raises(LungclsError, match="already exists and is not empty; name a new folder"):
+        prepare(cfg)
+
+
 def test_prepare_never_writes_over_a_folder_and_names_the_missing_extra(prepared, monkeypatch):
     cfg = compose_cfg("prepare", [*FOLDER, f"dataset.root={prepared['tree']}", f"prepare.output={prepared['root']}"],
                       prepared["tmp"], prepared["tmp"] / "data")

@@ -18,29 +18,34 @@ from lungcls.errors import LungclsError
 from lungcls.train import train
 
 
+def read_small(path):
+    """The decoded pixels of a test file a few pixels wide (the smallest-side check has its own tests)."""
+    return read_gray(path, min_side=None)
+
+
 def ramp(top: int, shape=(8, 16)) -> np.ndarray:
     return np.linspace(0, top, shape[0] * shape[1]).reshape(shape).round().astype(np.uint16)
 
 
 def test_12_and_16_bit_data_are_scaled_by_the_range_their_bits_hold(tmp_path):
     img12 = ramp(4095)
-    got = read_gray(write_dicom(tmp_path / "a.dcm", img12, bits_stored=12))
+    got = read_small(write_dicom(tmp_path / "a.dcm", img12, bits_stored=12))
     assert got.dtype == np.uint8 and got.shape == img12.shape
     assert np.abs(got.astype(int) - np.round(img12 / 4095 * 255)).max() <= 1
     # 12-bit data in a 16-bit file is not stretched: a dark 12-bit image stays dark
     dark = (ramp(4095) // 4).astype(np.uint16)
-    assert read_gray(write_dicom(tmp_path / "b.dcm", dark, bits_stored=12)).max() == pytest.approx(64, abs=1)
+    assert read_small(write_dicom(tmp_path / "b.dcm", dark, bits_stored=12)).max() == pytest.approx(64, abs=1)
     img16 = ramp(65535)
-    got16 = read_gray(write_dicom(tmp_path / "c.dcm", img16, bits_stored=16))
+    got16 = read_small(write_dicom(tmp_path / "c.dcm", img16, bits_stored=16))
     assert np.abs(got16.astype(int) - np.round(img16 / 65535 * 255)).max() <= 1
     eight = np.arange(128, dtype=np.uint8).reshape(8, 16)
-    assert np.array_equal(read_gray(write_dicom(tmp_path / "d.dcm", eight)), eight)
+    assert np.array_equal(read_small(write_dicom(tmp_path / "d.dcm", eight)), eight)
 
 
 def test_monochrome1_is_inverted(tmp_path):
     img = ramp(4095)
-    m2 = read_gray(write_dicom(tmp_path / "m2.dcm", img, bits_stored=12))
-    m1 = read_gray(write_dicom(tmp_path / "m1.dcm", img, photometric="MONOCHROME1", bits_stored=12))
+    m2 = read_small(write_dicom(tmp_path / "m2.dcm", img, bits_stored=12))
+    m1 = read_small(write_dicom(tmp_path / "m1.dcm", img, photometric="MONOCHROME1", bits_stored=12))
     assert np.abs(m1.astype(int) - (255 - m2.astype(int))).max() <= 1
     assert m1[0, 0] == 255 and m1[-1, -1] == 0
 
@@ -48,13 +53,13 @@ def test_monochrome1_is_inverted(tmp_path):
 def test_window_and_rescale_are_applied(tmp_path):
     img = ramp(4095)
     # a window of 1000..2000 (linear, DICOM's centre/width convention): below -> black, above -> white
-    got = read_gray(write_dicom(tmp_path / "w.dcm", img, bits_stored=12, WindowCenter=1500.5, WindowWidth=1001))
+    got = read_small(write_dicom(tmp_path / "w.dcm", img, bits_stored=12, WindowCenter=1500.5, WindowWidth=1001))
     assert got[img <= 990].max() == 0 and got[img >= 2010].min() == 255
     middle = (img > 1100) & (img < 1900)
     expected = (img[middle].astype(float) - 1000) / 1000 * 255
     assert np.abs(got[middle] - expected).max() <= 2
     # the window is in rescaled units: slope 2, intercept -1000 maps stored 1250 -> 1500
-    got_r = read_gray(write_dicom(tmp_path / "r.dcm", img, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1000,
+    got_r = read_small(write_dicom(tmp_path / "r.dcm", img, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1000,
                                   WindowCenter=1500.5, WindowWidth=1001))
     assert got_r[img <= 990 // 2 + 500].max() == 0 and got_r[img >= 2010 // 2 + 500].min() == 255
 
@@ -65,20 +70,20 @@ def test_a_voi_lut_sequence_is_applied(tmp_path):
     lut.LUTDescriptor = [4096, 0, 8]  # 4096 entries from value 0, 8-bit output
     lut.add_new(0x00283006, "US", [255 - v // 16 for v in range(4096)])  # LUT Data: a LUT that inverts
     ds_path = write_dicom(tmp_path / "lut.dcm", img, bits_stored=12, VOILUTSequence=[lut])
-    got = read_gray(ds_path)
+    got = read_small(ds_path)
     assert np.abs(got.astype(int) - (255 - img // 16)).max() <= 1
 
 
 def test_rle_compressed_files_decode_like_uncompressed_ones(tmp_path):
     img = ramp(4095)
-    plain = read_gray(write_dicom(tmp_path / "plain.dcm", img, bits_stored=12))
-    rle = read_gray(write_dicom(tmp_path / "rle.dcm", img, bits_stored=12, transfer_syntax=RLELossless))
+    plain = read_small(write_dicom(tmp_path / "plain.dcm", img, bits_stored=12))
+    rle = read_small(write_dicom(tmp_path / "rle.dcm", img, bits_stored=12, transfer_syntax=RLELossless))
     assert np.array_equal(plain, rle)
 
 
 def test_multi_frame_and_undecodable_compression_are_refused_with_one_line(tmp_path):
     with pytest.raises(LungclsError, match="has 2 frames") as e:
-        read_gray(write_dicom(tmp_path / "mf.dcm", np.stack([ramp(4095)] * 2), bits_stored=12))
+        read_small(write_dicom(tmp_path / "mf.dcm", np.stack([ramp(4095)] * 2), bits_stored=12))
     assert "\n" not in str(e.value)
     from pydicom import dcmread
     from pydicom.encaps import encapsulate
@@ -162,3 +167,26 @@ def test_training_and_evaluation_read_dicom_folders(train_cfg, tmp_path):
     assert out.returncode == 0, out.stderr
     got = json.loads((ev_all / "metrics.json").read_text())["all"]
     assert sum(v["support"] for v in got["per_class"].values()) == 31
+
+
+def test_a_file_cut_off_in_its_header_is_called_truncated_and_reader_warnings_are_one_line(tmp_path, caplog, capfd):
+    """A header length that runs past the file's end made pydicom warn once per 512 bytes, quoting
+    them raw, before the error called the file 'no image': now one summary line, and 'truncated'."""
+    import logging
+
+    whole = write_dicom(tmp_path / "whole.dcm", ramp(4095, (64, 64)), bits_stored=12).read_bytes()
+    at = whole.index(b"\x02\x00\x10\x00UI")  # (0002,0010) Transfer Syntax UID, explicit VR: 2-byte length
+    huge = tmp_path / "huge.dcm"
+    huge.write_bytes(whole[: at + 6] + b"\xff\xf0" + whole[at + 8 :])
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole[:400])
+    said = {}
+    for path in (huge, cut):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), pytest.raises(LungclsError, match=f"DICOM .*{path.name} is truncated or damaged"):
+            read_gray(path)
+        said[path.name] = [r.getMessage() for r in caplog.records]
+    assert len(said["huge.dcm"]) == 1 and "warning(s) from the reader" in said["huge.dcm"][0] and len(said["huge.dcm"][0]) < 300
+    assert len(said["cut.dcm"]) <= 1
+    out, err = capfd.readouterr()
+    assert len(out) + len(err) < 500  # nothing printed around the logging system
