@@ -5,7 +5,6 @@ for: an evaluation of another file (SHA-256 mismatch) is refused."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from lungcls.errors import LungclsError
-from lungcls.inference.screening import checkpoint_sha256
+from lungcls.inference.checkpoints import checkpoint_sha256
+from lungcls.inference.screening import read_evaluation
 from lungcls.metrics.riskcontrol import decide
 
 __all__ = ["MissCap", "load_miss_caps"]
@@ -42,13 +42,7 @@ class MissCap:
 
 
 def _read(source: Any) -> tuple[Path, dict[str, Any]]:
-    path = Path(str(source)).expanduser().resolve()
-    path = path / "metrics.json" if path.is_dir() else path
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise LungclsError(f"{source} is not an evaluation (no readable metrics.json); give the run folder of "
-                           "lungcls-evaluate ... evaluate.miss_rate=0.05") from None
+    path, metrics = read_evaluation(source, "evaluate.miss_rate=0.05")
     cap = metrics.get("miss_rate_control")
     if not cap or cap.get("threshold") is None or not metrics.get("checkpoint_sha256"):
         raise LungclsError(f"{path} has no miss-rate cap; run lungcls-evaluate ckpt=... evaluate.miss_rate=0.05 and give its run folder")

@@ -210,17 +210,23 @@ class ScreeningThreshold:
         return np.asarray(probs)[:, list(class_names).index(self.positive_class)] >= self.threshold
 
 
-def _read_evaluation(source: str | Path) -> tuple[Path, dict[str, Any]]:
+def read_evaluation(source: Any, how: str) -> tuple[Path, dict[str, Any]]:
+    """An evaluation's metrics.json (its run folder or the file), or one line naming the command
+    (``lungcls-evaluate ... <how>``) that writes one."""
     path = Path(str(source)).expanduser().resolve()
     path = path / "metrics.json" if path.is_dir() else path
     try:
-        metrics = json.loads(path.read_text())
+        return path, json.loads(path.read_text())
     except (OSError, ValueError):
         raise LungclsError(f"{source} is not an evaluation (no readable metrics.json); give the run folder of "
-                           "lungcls-evaluate ... evaluate.positive_class=<Class>") from None
+                           f"lungcls-evaluate ... {how}") from None
+
+
+def _read_evaluation(source: str | Path) -> tuple[Path, dict[str, Any]]:
+    path, metrics = read_evaluation(source, "evaluate.positive_class=<Class>")
     chosen = (metrics.get("screening") or {}).get("target_sensitivity") or {}
     if not metrics.get("checkpoint") or not metrics.get("screening"):
-        raise LungclsError(f"{path} has no screening view; run lungcls-evaluate ckpt_path=... evaluate.positive_class=<Class> and give its run folder")
+        raise LungclsError(f"{path} has no screening view; run lungcls-evaluate ckpt=... evaluate.positive_class=<Class> and give its run folder")
     if chosen.get("threshold") is None:
         raise LungclsError(f"{path} chose no threshold ({chosen.get('reason') or 'unknown reason'}); evaluate with a val split that holds positives")
     return path, metrics

@@ -3,7 +3,6 @@ HTML), the sanity-check cascade, and the legend that says what the shares mean."
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from lungcls.explain.checks.localisation import BORDER_ALERT, ratio
 from lungcls.report.html import TableSection, filled_columns
 from lungcls.report.outputs import Explained
-from lungcls.runs.files import replacing
+from lungcls.runs.files import write_rows_csv
 
 SUMMARY_COLUMNS = (
     "model", "layer", "images", "right", "lesion_share", "lesion_uniform", "lesion_ratio", "lesion_better_on",
@@ -93,13 +92,7 @@ def methods_section(table: Sequence[Mapping[str, Any]]) -> TableSection:
 
 
 def write_summary_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    with replacing(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(SUMMARY_COLUMNS)
-        for row in rows:
-            w.writerow(["" if row.get(c) is None else (f"{row[c]:.6f}" if isinstance(row[c], float) else row[c])
-                        for c in SUMMARY_COLUMNS])
-    return path
+    return write_rows_csv(path, SUMMARY_COLUMNS, rows)
 
 
 def _mask_lines(images: Sequence[Any]) -> list[str]:

@@ -5,10 +5,12 @@ inode), not as path names, so a hard or symbolic link cannot make a command writ
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:
@@ -41,3 +43,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through ``replacing``."""
     with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_rows_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """A table as CSV, written through a new file: floats with 6 decimals, None as an empty cell."""
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for row in rows:
+            w.writerow(["" if row.get(c) is None else (f"{row[c]:.6f}" if isinstance(row[c], float) else row[c]) for c in columns])
+    return Path(path)

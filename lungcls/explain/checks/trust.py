@@ -14,14 +14,13 @@ share); without lesion masks, the one that deletes fastest against random.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lungcls.runs.files import replacing
+from lungcls.runs.files import write_rows_csv
 
 __all__ = ["METHOD_COLUMNS", "method_table", "recommendation", "verdict_lines", "write_methods_csv"]
 
@@ -85,13 +84,7 @@ def _paired_uniform(items: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 def write_methods_csv(path: Path, table: Sequence[Mapping[str, Any]]) -> Path:
-    with replacing(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(METHOD_COLUMNS)
-        for row in table:
-            w.writerow(["" if row.get(c) is None else (f"{row[c]:.6f}" if isinstance(row[c], float) else row[c])
-                        for c in METHOD_COLUMNS])
-    return path
+    return write_rows_csv(path, METHOD_COLUMNS, table)
 
 
 def _checks(row: Mapping[str, Any], threshold: float) -> tuple[bool | None, bool | None, bool | None]:
