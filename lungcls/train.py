@@ -83,7 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # a sweeper optimises the kept (best) model's score, as metrics.json reports it, never a
         # last-epoch value
         results = {k: v for k, v in results.items() if not k.startswith(("val/", "test/"))}
-        results.update(score_kept_model(cfg, run_dir, dm, model, callbacks, loggers, trainer.global_step))
+        results.update(score_kept_model(cfg, run_dir, dm, model, callbacks, loggers, trainer.global_step,
+                                        world_size=trainer.world_size))
     for lg in loggers:
         lg.finalize("success")
     finish_wandb(loggers)
@@ -99,7 +100,7 @@ def _kept_checkpoint(callbacks: dict[str, pl.Callback]) -> str | None:
 
 
 def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: LungClassifier,
-                     callbacks: dict[str, pl.Callback], loggers: list, step: int) -> dict[str, float]:
+                     callbacks: dict[str, pl.Callback], loggers: list, step: int, world_size: int = 1) -> dict[str, float]:
     """Score the best checkpoint on train/val/test, write the result files, log the test metrics
     and return the val and test values a sweeper reads."""
     best = _kept_checkpoint(callbacks)
@@ -114,6 +115,7 @@ def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: 
         "backbone": cfg.backbone.name,
         "finetune": cfg.finetune.name,
         "duplicates": dm.duplicate_record,
+        "world_size": world_size,  # training processes (all nodes); the global batch is dataset.batch_size times this
     }
     stats = OmegaConf.to_container(cfg.stats, resolve=True)
     metrics = write_results(run_dir, predictions, dm.class_names, dm.normal_class, report_split="test", extra=extra,
