@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,8 +32,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_nodes(tmp: Path, *args: str, nodes: int = 2, per_node: int = 1) -> list[subprocess.Popen]:
-    """One ``torchrun`` per node, each in its own working folder ``tmp/node<i>``, all on one port."""
+def start_nodes(tmp: Path, *args: str, nodes: int = 2, per_node: int = 1, program: tuple[str, ...] = ("-m", "lungcls.train"),
+                ) -> list[subprocess.Popen]:
+    """One ``torchrun`` per node, each in its own working folder ``tmp/node<i>``, all on one port,
+    running ``program`` (lungcls-train) with ``args``."""
     port, procs = free_port(), []
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
     for i in range(nodes):
@@ -40,7 +43,7 @@ def start_nodes(tmp: Path, *args: str, nodes: int = 2, per_node: int = 1) -> lis
         cwd.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node_rank={i}",
                    f"--nproc_per_node={per_node}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                   "-m", "lungcls.train", *args]
+                   *program, *args]
         procs.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
 
@@ -114,3 +117,49 @@ def test_two_nodes_train_as_two_processes_on_one_node_and_as_one_process_with_th
     steps = [torch.load(runs / name / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
              for name in ("two-nodes", "single")]
     assert steps[0] == steps[1] > 0
+
+
+def test_two_nodes_share_one_decoded_cache_on_the_shared_file_system_and_a_second_run_reuses_it(tmp_path):
+    """Both nodes' first processes (LOCAL_RANK 0 on each) decode into the same ``dataset.cache_dir``:
+    the file lock makes one of them write, the other waits and maps the finished file (never a
+    half-written one: the file is renamed into place, then its record written). A second run maps it."""
+    cache = tmp_path / "cache"
+    first = two_node_run(tmp_path, tmp_path / "first", "dataset.cache=mmap", f"dataset.cache_dir={cache}")
+    files = sorted(p.name for p in cache.iterdir())
+    assert len([f for f in files if f.endswith(".npy")]) == 1 and all(".tmp" not in f for f in files), files
+    decoded = [len(re.findall(r"\bdecoded \d+ images", text)) for _, text in first]
+    assert sum(decoded) == 1, decoded  # exactly one node decoded
+    assert sum(text.count("mapped 48 decoded images read-only") for _, text in first) == 1
+    stamp = [(p.name, p.stat().st_mtime_ns) for p in sorted(cache.iterdir())]
+    second = two_node_run(tmp_path, tmp_path / "second", "dataset.cache=mmap", f"dataset.cache_dir={cache}")
+    assert [len(re.findall(r"\bdecoded \d+ images", text)) for _, text in second] == [0, 0]
+    assert [text.count("mapped 48 decoded images read-only") for _, text in second] == [1, 1]
+    assert [(p.name, p.stat().st_mtime_ns) for p in sorted(cache.iterdir()) if not p.name.endswith(".lock")] == \
+        [s for s in stamp if not s[0].endswith(".lock")]
+    assert _scores(tmp_path / "first") == _scores(tmp_path / "second")
+
+
+def test_litdata_streams_every_sample_once_per_epoch_across_two_nodes(tmp_path):
+    """LitData shards the prepared train split over the processes of both nodes: each sample once per
+    epoch across the ranks, the same number of batches on each rank (DDP would hang otherwise)."""
+    from conftest import make_class_tree
+
+    tree = make_class_tree(tmp_path / "tree", {"COVID": 10, "Normal": 10, "Viral Pneumonia": 10}, size=24)
+    prep = run_cli("lungcls.prepare", "dataset=folder", "dataset.classes=[COVID,Normal,Viral Pneumonia]",
+                   f"dataset.root={tree}", "dataset.image_size=16", "dataset.duplicates=none", "dataset.val_fraction=0.1",
+                   "dataset.test_fraction=0.1", f"prepare.output={tmp_path / 'prepared'}",
+                   f"hydra.run.dir={tmp_path / 'prep-run'}", timeout=240)
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    n = json.loads((tmp_path / "prepared" / "lungcls.json").read_text())["images"]["train"]
+    assert n == 24
+    procs = start_nodes(tmp_path, str(tmp_path / "prepared"), str(n), "3", str(tmp_path),
+                        program=(str(Path(__file__).with_name("stream_probe.py")),))
+    for rc, text in finish(procs):
+        assert rc == 0, text[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    for epoch in range(2):
+        batches = [r["epochs"][epoch] for r in ranks]
+        assert len(batches[0]) == len(batches[1]) == n // (2 * 3)
+        rows = sorted(row for per_rank in batches for batch in per_rank for row in batch)
+        assert len(rows) == n and len(set(rows)) == n, rows
