@@ -151,4 +151,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # run by its module name, not as __main__: a Submitit launcher pickles the task by reference
+    # (a function of __main__ would be pickled by value, without this module's imports)
+    from lungcls.train import main as train_main
+
+    train_main()

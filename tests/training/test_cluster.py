@@ -163,3 +163,19 @@ def test_litdata_streams_every_sample_once_per_epoch_across_two_nodes(tmp_path):
         assert len(batches[0]) == len(batches[1]) == n // (2 * 3)
         rows = sorted(row for per_rank in batches for batch in per_rank for row in batch)
         assert len(rows) == n and len(set(rows)) == n, rows
+
+
+def test_a_sweep_through_the_submitit_launcher_runs_its_jobs_and_a_failed_job_fails_the_multirun(tmp_path):
+    """hydra/launcher=submitit_local runs each job as its own process, as SLURM would: the good job
+    completes, the failing one leaves error.txt, the multirun exits 1 naming it and lungcls-compare
+    lists it as failed."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    out = run_cli("lungcls.train", "-m", "hydra/launcher=submitit_local", *DEMO[:-1], "trainer.max_epochs=1,0",
+                  f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}", timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "1 job(s) of the multirun failed" in out.stderr and "trainer.max_epochs=0 trains nothing" in out.stderr
+    assert (sweep / "0" / "metrics.json").is_file() and (sweep / ".submitit").is_dir()
+    assert json.loads((sweep / "1" / "status.json").read_text())["state"] == "failed"
+    compared = run_cli("lungcls.compare", str(sweep), "--out", str(tmp_path / "compare"), timeout=120)
+    assert "failed: trainer.max_epochs=0 trains nothing" in compared.stdout + compared.stderr, compared.stdout[-2000:]

@@ -36,3 +36,53 @@ def test_ddp_processes_wait_for_a_lost_peer_only_process_timeout_s(train_cfg):
     trainer = build_trainer(train_cfg("trainer=ddp_cpu", "trainer.process_timeout_s=45"), [], [])
     assert trainer.strategy._timeout == timedelta(seconds=45)
     assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.strategy._start_method == "popen"
+
+
+def _sbatch_script() -> str:
+    """The docs' SLURM batch script (README, or a page under docs/)."""
+    import re
+
+    from conftest import REPO
+
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        if page.is_file():
+            for block in re.findall(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", page.read_text(), re.S):
+                return block
+    raise AssertionError("no sbatch script (```bash #!/bin/bash #SBATCH ...) in the docs")
+
+
+def test_the_docs_slurm_script_is_valid_bash_and_its_tasks_are_what_lightning_and_lungcls_expect(tmp_path, monkeypatch, train_cfg):
+    """bash -n; run with a stand-in srun, its command composes with lungcls's config; and the
+    environment srun gives each task (SLURM_NTASKS, SLURM_PROCID...) is what Lightning's SLURM
+    detection reads, for as many processes as trainer.num_nodes x trainer.devices."""
+    import re
+    import shlex
+    import subprocess
+
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    script = tmp_path / "train.sbatch"
+    script.write_text(_sbatch_script())
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    sbatch = " ".join(line for line in script.read_text().splitlines() if line.startswith("#SBATCH"))
+    nodes, per_node = (int(re.search(rf"--{k}=(\d+)", sbatch).group(1)) for k in ("nodes", "ntasks-per-node"))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/srun-args\n')
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    ran = subprocess.run(["bash", str(script)], env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    command = (tmp_path / "srun-args").read_text().split("\n")[:-1]
+    assert command[0] == "lungcls-train", shlex.join(command)
+    overrides = [o for o in command[1:] if not o.startswith("dataset.root=")]
+    assert f"trainer.num_nodes={nodes}" in overrides and f"trainer.devices={per_node}" in overrides
+    for key, value in {"SLURM_NTASKS": nodes * per_node, "SLURM_NNODES": nodes, "SLURM_NTASKS_PER_NODE": per_node, "SLURM_PROCID": 3, "SLURM_LOCALID": 3,
+                       "SLURM_NODEID": 0, "SLURM_JOB_ID": 7, "SLURM_JOB_NAME": script.name,
+                       "SLURM_NODELIST": f"node[1-{nodes}]"}.items():
+        monkeypatch.setenv(key, str(value))
+    assert SLURMEnvironment.detect()
+    env = SLURMEnvironment()
+    assert (env.world_size(), env.global_rank(), env.local_rank()) == (nodes * per_node, 3, 3)
+    env.validate_settings(num_devices=per_node, num_nodes=nodes)
+    monkeypatch.setenv("WORLD_SIZE", str(env.world_size()))  # what Lightning exports to the process group
+    settings = trainer_settings(train_cfg(*overrides))
+    assert (settings.num_nodes, settings.devices) == (nodes, per_node)
