@@ -8,12 +8,14 @@ import csv
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -179,3 +181,34 @@ def test_a_sweep_through_the_submitit_launcher_runs_its_jobs_and_a_failed_job_fa
     assert json.loads((sweep / "1" / "status.json").read_text())["state"] == "failed"
     compared = run_cli("lungcls.compare", str(sweep), "--out", str(tmp_path / "compare"), timeout=120)
     assert "failed: trainer.max_epochs=0 trains nothing" in compared.stdout + compared.stderr, compared.stdout[-2000:]
+
+
+def test_a_lost_node_fails_the_run_within_the_timeout_and_two_nodes_resume_it_to_the_uninterrupted_steps(tmp_path):
+    """SIGKILL to every process of node 1 mid-epoch: node 0 does not hang, its run ends within
+    trainer.process_timeout_s (plus start-up), the run's state is failed with the reason, and the
+    two nodes started again with ckpt_path=<last.ckpt> in the same folder reach the optimiser steps
+    of an uninterrupted two-node run."""
+    long = ["trainer.max_epochs=25", "trainer.process_timeout_s=30"]
+    two_node_run(tmp_path, tmp_path / "whole", *long)
+    run = tmp_path / "lost"
+    procs = start_nodes(tmp_path, *DEMO, *TWO_NODES, "dataset.batch_size=4", f"paths.data_dir={tmp_path / 'shared'}",
+                        f"hydra.run.dir={run}", *long)
+    deadline = time.monotonic() + 180
+    while not (run / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    node = psutil.Process(procs[1].pid)
+    for process in [*node.children(recursive=True), node]:  # the node is lost: its launcher and its worker
+        process.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    (rc, text), _ = finish(procs, timeout=120)
+    assert time.monotonic() - killed_at < 30 + 30, "node 0 waited past trainer.process_timeout_s"
+    assert rc != 0
+    state = json.loads((run / "status.json").read_text())
+    assert state["state"] == "failed" and "lost" in state["error"], state
+    assert not (run / "metrics.json").exists()
+    stopped = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    resumed = two_node_run(tmp_path, run, *long, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    assert json.loads((run / "status.json").read_text())["state"] == "complete"
+    steps = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] for r in (tmp_path / "whole", run)]
+    assert steps[0] == steps[1] > stopped > 0, (steps, stopped)
+    assert resumed[0][0] == 0
