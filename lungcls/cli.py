@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import hydra
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -108,29 +107,6 @@ def _exit_if_jobs_failed() -> None:
         print(f"lungcls: error: {len(FAILED_JOBS)} job(s) of the multirun failed (first: {FAILED_JOBS[0]}); "
               "each failed run folder holds error.txt, and lungcls-compare lists them as failed", file=sys.stderr)
         sys.exit(1)
-
-
-class FailedJobsCallback(Callback):
-    """Hydra callback (conf/hydra/default.yaml): a job run by another process (Submitit's SLURM or
-    local executor) records its failure only in its folder (``error.txt``), out of reach of
-    ``FAILED_JOBS``; the multirun process finds the folders that got one during the multirun."""
-
-    def __init__(self) -> None:
-        self.before: set[tuple[str, int]] = set()
-
-    @staticmethod
-    def _errors(config: DictConfig) -> set[tuple[str, int]]:
-        folder = Path(str(config.hydra.sweep.dir))
-        return {(str(p), p.stat().st_mtime_ns) for p in folder.glob("**/error.txt")} if folder.is_dir() else set()
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.before = self._errors(config)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        known = {Path(job.split(": ", 1)[0]).resolve() for job in FAILED_JOBS}  # Hydra's basic launcher: already there
-        for path, _ in sorted(self._errors(config) - self.before):
-            if Path(path).parent.resolve() not in known:
-                FAILED_JOBS.append(f"{Path(path).parent}: {Path(path).read_text().strip()}")
 
 
 _HYDRA_FLAGS_WITHOUT_A_RUN = ("-", )  # --help, --cfg, -m ...: Hydra handles them (multiruns compose per job)
