@@ -126,6 +126,7 @@ NEEDS_EXTRA = {
     "hparams_search=optuna": (("hydra_plugins.hydra_optuna_sweeper", "optuna"), "sweeps"),
     "hydra/sweeper=optuna": (("hydra_plugins.hydra_optuna_sweeper", "optuna"), "sweeps"),
     "hydra/launcher=slurm": (("hydra_plugins.hydra_submitit_launcher", "submitit"), "sweeps"),
+    "hydra/launcher=submitit_local": (("hydra_plugins.hydra_submitit_launcher", "submitit"), "sweeps"),
 }
 
 
@@ -265,6 +266,19 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
     return decorate
 
 
+# what gloo and NCCL say when another process of the run died (its node lost, killed, out of memory)
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "DistBackendError", "NCCL communicator was aborted")
+
+
+def _crash_reason(e: BaseException) -> str:
+    """status.json's reason for a crash: a lost peer process is named as such (the run can resume
+    from its last.ckpt), anything else as its exception."""
+    text = f"{type(e).__name__}: {_one_line(e)[:300]}"
+    if any(mark in text for mark in _PEER_LOST):
+        return f"another process of the distributed run was lost (its node died or was killed); resume from last.ckpt ({text})"
+    return text
+
+
 def hydra_app(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Wrap a Hydra task: record the run's state and turn user errors into one line."""
 
@@ -295,7 +309,7 @@ def hydra_app(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
             raise
         except BaseException as e:
             if record:
-                write_state(run_dir, "failed", f"{type(e).__name__}: {_one_line(e)[:300]}")
+                write_state(run_dir, "failed", _crash_reason(e))
             raise
         if record:
             write_state(run_dir, "complete")

@@ -85,7 +85,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # a sweeper optimises the kept (best) model's score, as metrics.json reports it, never a
         # last-epoch value
         results = {k: v for k, v in results.items() if not k.startswith(("val/", "test/"))}
-        results.update(score_kept_model(cfg, run_dir, dm, model, callbacks, loggers, trainer.global_step))
+        results.update(score_kept_model(cfg, run_dir, dm, model, callbacks, loggers, trainer.global_step,
+                                        world_size=trainer.world_size))
     if run.test and trainer.is_global_zero:  # card.auto: the model card, before W&B closes (it gets the page)
         card_at_end(cfg, run_dir, run=str(run_dir), loggers=loggers)
     for lg in loggers:
@@ -103,7 +104,7 @@ def _kept_checkpoint(callbacks: dict[str, pl.Callback]) -> str | None:
 
 
 def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: LungClassifier,
-                     callbacks: dict[str, pl.Callback], loggers: list, step: int) -> dict[str, float]:
+                     callbacks: dict[str, pl.Callback], loggers: list, step: int, world_size: int = 1) -> dict[str, float]:
     """Score the best checkpoint on train/val/test, write the result files, log the test metrics
     and return the val and test values a sweeper reads."""
     best = _kept_checkpoint(callbacks)
@@ -118,6 +119,7 @@ def score_kept_model(cfg: DictConfig, run_dir: Path, dm: LungDataModule, model: 
         "backbone": cfg.backbone.name,
         "finetune": cfg.finetune.name,
         "duplicates": dm.duplicate_record,
+        "world_size": world_size,  # training processes (all nodes); the global batch is dataset.batch_size times this
     }
     if dm.cfg.folds == "source" and dm.normal_class in dm.class_names:  # does the miss-rate cap hold at an unseen source?
         extra["miss_rate_at_held_out_source"] = held_out_miss_rates(predictions["val"], predictions["test"], dm.class_names, dm.normal_class)
@@ -155,4 +157,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # run by its module name, not as __main__: a Submitit launcher pickles the task by reference
+    # (a function of __main__ would be pickled by value, without this module's imports)
+    from lungcls.train import main as train_main
+
+    train_main()

@@ -188,8 +188,12 @@ class TrainerSettings:
     log_every_n_steps: Optional[int]
     accumulate_grad_batches: int
     check_val_every_n_epoch: Optional[int]
+    num_nodes: int
+    process_timeout_s: float  # lungcls's, not Lightning's: how long a process waits for a lost one
 
     def __post_init__(self) -> None:
+        check_range(self.num_nodes, "trainer.num_nodes", 1)
+        check_range(self.process_timeout_s, "trainer.process_timeout_s", 0, low_open=True)
         if self.max_epochs == 0:
             raise LungclsError("trainer.max_epochs=0 trains nothing; use 1 or more (or train=false to only score)")
         for key in ("min_epochs", "log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch"):
@@ -198,14 +202,46 @@ class TrainerSettings:
 
 def trainer_settings(cfg: DictConfig) -> TrainerSettings:
     """The typed ``trainer.*``; no epoch limit (-1) only with a step limit (``trainer.max_steps``), since
-    the learning-rate schedule needs the run's length."""
+    the learning-rate schedule needs the run's length; under a launcher, the launch's process count."""
     settings = typed_keys(cfg.trainer, TrainerSettings, "trainer")
     steps = cfg.trainer.max_steps if "max_steps" in cfg.trainer else None
     epochs = settings.max_epochs
     if epochs is not None and epochs < 0 and not (epochs == -1 and isinstance(steps, int) and steps > 0):
         raise LungclsError(f"trainer.max_epochs={epochs} gives the run no length (the learning-rate schedule needs one); "
                            "use 1 or more epochs")
+    check_launch(settings)
     return settings
+
+
+def check_launch(settings: TrainerSettings) -> None:
+    """Under torchrun (or any launcher that sets ``WORLD_SIZE``) the launch must have started
+    ``num_nodes * devices`` processes; otherwise every process stops here with one line, before the
+    process group would wait for processes that never come."""
+    import os
+
+    launched = os.environ.get("WORLD_SIZE")
+    if not launched or "ddp" not in settings.strategy or not str(settings.devices).isdigit():
+        return
+    expected = settings.num_nodes * int(settings.devices)
+    if int(launched) != expected:
+        raise LungclsError(
+            f"trainer.num_nodes={settings.num_nodes} x trainer.devices={settings.devices} = {expected} processes, but the "
+            f"launch started {launched} (WORLD_SIZE); set trainer.num_nodes to the launch's nodes (torchrun --nnodes, "
+            "sbatch --nodes) and trainer.devices to its processes per node (--nproc_per_node, --ntasks-per-node)")
+
+
+def _strategy(name: str, timeout_s: float) -> Any:
+    """A registered DDP strategy (``ddp``, ``ddp_spawn``...) built with ``process_timeout_s`` as its
+    process group's timeout: a process whose peer died stops after it instead of torch's 30 minutes."""
+    from datetime import timedelta
+
+    from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
+
+    entry = StrategyRegistry.get(name) if name in StrategyRegistry else None
+    if entry is None or not isinstance(entry, DDPStrategy):
+        return name
+    params = StrategyRegistry[name]["init_params"]
+    return type(entry)(**params, timeout=timedelta(seconds=timeout_s))
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
@@ -213,6 +249,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer
     settings = trainer_settings(cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(settings.precision, settings.accelerator)
+    trainer_cfg["strategy"] = _strategy(settings.strategy, trainer_cfg.pop("process_timeout_s"))
     try:
         return hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     except Exception as e:
