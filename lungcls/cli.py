@@ -255,6 +255,8 @@ def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
             except LungclsError as e:
                 print(f"lungcls: error: {e}", file=sys.stderr)
                 sys.exit(2)
+            if not _is_rank_zero() and not any(a.startswith("hydra.output_subdir") for a in sys.argv[1:]):
+                sys.argv.append("hydra.output_subdir=null")  # rank 0 writes the run's .hydra/; another would race it
             check_overrides(config_name, sys.argv[1:])
             FAILED_JOBS.clear()
             result = app()

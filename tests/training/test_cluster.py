@@ -146,7 +146,7 @@ def test_litdata_streams_every_sample_once_per_epoch_across_two_nodes(tmp_path):
     epoch across the ranks, the same number of batches on each rank (DDP would hang otherwise)."""
     from conftest import make_class_tree
 
-    tree = make_class_tree(tmp_path / "tree", {"COVID": 10, "Normal": 10, "Viral Pneumonia": 10}, size=24)
+    tree = make_class_tree(tmp_path / "tree", {"COVID": 10, "Normal": 10, "Viral Pneumonia": 10}, size=40)
     prep = run_cli("lungcls.prepare", "dataset=folder", "dataset.classes=[COVID,Normal,Viral Pneumonia]",
                    f"dataset.root={tree}", "dataset.image_size=16", "dataset.duplicates=none", "dataset.val_fraction=0.1",
                    "dataset.test_fraction=0.1", f"prepare.output={tmp_path / 'prepared'}",
