@@ -167,13 +167,18 @@ def plot_cam_grid(
                     title = str(model_names[j - 1]) + ("" if cell_titles is None else f"\n{cell_titles[j - 1][i]}")
                 ax.set_title(_fit(title, pw), fontsize=FONT_PT, pad=1.5, linespacing=1.1)
         _colour_bar(fig, width, cmap, bar_label)
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for fmt in formats:
-            with replacing(out.with_suffix(f".{fmt}")) as tmp:
-                fig.savefig(tmp, dpi=dpi, format=fmt)
+        return save_figure(fig, path, formats, dpi)
     finally:
         plt.close(fig)
+
+
+def save_figure(fig: Any, path: str | Path, formats: Sequence[str], dpi: int) -> Path:
+    """``path`` in every format asked for, each written through a new file; the PNG's path back."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        with replacing(out.with_suffix(f".{fmt}")) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=fmt)
     return out.with_suffix(".png")
 
 
@@ -219,11 +224,6 @@ def plot_curves(panels: Sequence[tuple[str, dict[str, np.ndarray], np.ndarray]],
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
         fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for fmt in formats:
-            with replacing(out.with_suffix(f".{fmt}")) as tmp:
-                fig.savefig(tmp, dpi=DPI, format=fmt)
+        return save_figure(fig, path, formats, DPI)
     finally:
         plt.close(fig)
-    return out.with_suffix(".png")
